@@ -1,0 +1,3 @@
+from librefang.cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""In-process event bus: async publish/subscribe with bounded per-subscriber queues.
+
+A publisher never blocks: when a subscriber's queue is full the event is dropped for that
+subscriber and counted. A short ring buffer keeps recent events for late readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """One published event."""
+
+    topic: str
+    data: dict[str, Any]
+    source: str = ""
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    timestamp: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "topic": self.topic, "source": self.source, "timestamp": self.timestamp, "data": self.data}
+
+
+class Subscription:
+    """A subscriber's bounded queue; iterate it with ``async for``."""
+
+    def __init__(self, bus: EventBus, pattern: str, maxsize: int) -> None:
+        self.bus = bus
+        self.pattern = pattern
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self._exact = not any(ch in pattern for ch in "*?[")
+
+    def matches(self, topic: str) -> bool:
+        return topic == self.pattern if self._exact else fnmatch.fnmatchcase(topic, self.pattern)
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self.bus.unsubscribe(self)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.queue.get()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class EventBus:
+    """Publish/subscribe by topic pattern (``agent.*``, ``*``)."""
+
+    def __init__(self, default_queue_size: int = 1000, history_size: int = 500) -> None:
+        self.default_queue_size = default_queue_size
+        self._subscribers: list[Subscription] = []
+        self.history: deque[Event] = deque(maxlen=history_size)
+        self.published = 0
+        self.dropped_total = 0
+
+    def subscribe(self, pattern: str = "*", maxsize: int | None = None) -> Subscription:
+        """A new subscription receiving events whose topic matches ``pattern``."""
+        sub = Subscription(self, pattern, maxsize or self.default_queue_size)
+        self._subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subscribers:
+            self._subscribers.remove(sub)
+
+    def publish(self, topic: str, data: dict[str, Any] | None = None, source: str = "") -> Event:
+        """Deliver an event to every matching subscriber without waiting."""
+        event = Event(topic=topic, data=data or {}, source=source)
+        self.published += 1
+        self.history.append(event)
+        for sub in self._subscribers:
+            if not sub.matches(topic):
+                continue
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.dropped += 1
+                self.dropped_total += 1
+        return event
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "published": self.published,
+            "dropped_events": self.dropped_total,
+            "subscribers": len(self._subscribers),
+        }

@@ -1,0 +1,424 @@
+"""The ``librefang`` command line (click). Plugins add sub-commands through ``register_commands``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from librefang.config import default_home
+
+
+def _home(ctx_home: str | None) -> Path:
+    return Path(ctx_home).expanduser() if ctx_home else default_home()
+
+
+def _client_headers(home: Path) -> dict[str, str]:
+    from librefang.config import Config
+    from librefang.vault import Vault
+
+    key = os.environ.get("LIBREFANG_API_KEY")
+    if not key:
+        try:
+            key = Vault(home).resolve(Config.load(home).core.api_key)
+        except Exception:
+            key = ""
+    if key.startswith("$sha256$"):
+        key = ""  # a hash cannot authenticate; LIBREFANG_API_KEY must hold the key
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _daemon_url(home: Path) -> str | None:
+    from librefang.home import pid_alive, read_daemon_file
+
+    info = read_daemon_file(home)
+    if not info or not pid_alive(int(info.get("pid", 0))):
+        return None
+    return info.get("url")
+
+
+def _api(home: Path, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    url = _daemon_url(home)
+    if url is None:
+        raise click.ClickException("no daemon is running for this home (start it with: librefang start)")
+    response = httpx.request(method, url + path, headers=_client_headers(home), timeout=10, **kwargs)
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if response.status_code >= 400:
+        message = body.get("error") if isinstance(body, dict) else body
+        raise click.ClickException(f"{response.status_code}: {message}")
+    return body
+
+
+class PluginCommands(click.Group):
+    """Core commands, plus plugin commands loaded only when a name is not a core command."""
+
+    _plugins_loaded = False
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        from librefang.config import Config
+        from librefang.plugins import PluginHost
+
+        try:
+            disabled = Config.load(default_home()).core.plugins.disabled
+        except Exception:
+            disabled = []
+        host = PluginHost()
+        host.load_entry_points(disabled)
+        host.register_all()
+        host.call("register_commands", cli=self)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._load_plugins()
+            command = super().get_command(ctx, name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugins()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=PluginCommands)
+@click.version_option(package_name="librefang")
+def main() -> None:
+    """LibreFang: the agent operating system daemon."""
+
+
+@main.command()
+@click.option("--home", envvar="LIBREFANG_HOME", help="Home folder (default ~/.librefang)")
+def init(home: str | None) -> None:
+    """Create the home folder, a commented config.toml and data/."""
+    from librefang.home import init_home
+
+    path = _home(home)
+    created = init_home(path)
+    click.echo(f"LibreFang home: {path}")
+    for item in created:
+        click.echo(f"  created {item}")
+    if not created:
+        click.echo("  already initialised")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@main.command()
+@click.option("--home", envvar="LIBREFANG_HOME")
+@click.option("--host", default=None, help="Listen address (default from api_listen)")
+@click.option("--port", type=int, default=None, help="Listen port (default from api_listen)")
+@click.option("--dev", is_flag=True, help="Hot-reload plugins when their source changes")
+@click.option("--foreground", is_flag=True, help="Stay attached instead of running in the background")
+def start(home: str | None, host: str | None, port: int | None, dev: bool, foreground: bool) -> None:
+    """Start the daemon (runs init first when there is no config)."""
+    from librefang.config import Config
+    from librefang.errors import ConfigError
+    from librefang.home import init_home
+
+    path = _home(home)
+    if not (path / "config.toml").exists():
+        init_home(path)
+    try:
+        config = Config.load(path)
+        cfg_host, cfg_port = config.listen()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    host = host or cfg_host
+    port = port if port is not None else cfg_port
+    running = _daemon_url(path)
+    if running:
+        raise click.ClickException(f"a daemon is already running for {path} at {running}")
+    if not foreground:
+        _start_background(path, host, port, dev)
+        return
+    _run_foreground(path, host, port, dev, config)
+
+
+def _start_background(home: Path, host: str, port: int, dev: bool) -> None:
+    import httpx
+
+    log_path = home / "logs" / "daemon.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "librefang", "start", "--foreground", "--home", str(home),
+            "--host", host, "--port", str(port)] + (["--dev"] if dev else [])
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"the daemon exited with code {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                click.echo(f"LibreFang daemon started (pid {proc.pid})")
+                click.echo(f"  API:     {url}/api")
+                click.echo(f"  WebChat: {url}/")
+                click.echo(f"  Log:     {log_path}")
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"the daemon did not answer within 20 s; see {log_path}")
+
+
+def _run_foreground(home: Path, host: str, port: int, dev: bool, config: Any) -> None:
+    import asyncio
+    import fcntl
+
+    from librefang.errors import ConfigError
+    from librefang.kernel import create_kernel
+    from librefang.logs import setup_logging
+    from librefang.netutil import is_loopback
+    from librefang.server import serve, write_daemon_file
+
+    lock = open(home / "daemon.lock", "w")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise click.ClickException(f"another daemon holds {home / 'daemon.lock'}") from None
+    setup_logging(home, config.core.log_level)
+    if not is_loopback(host) and not config.core.api_key and not os.environ.get("LIBREFANG_API_KEY"):
+        click.echo(
+            f"WARNING: listening on {host} without an api_key: remote clients will be refused "
+            "(set api_key or LIBREFANG_API_KEY)", err=True,
+        )
+    kernel = create_kernel(home)
+
+    def started() -> None:
+        write_daemon_file(home, {"pid": os.getpid(), "url": f"http://{host}:{port}", "listen_addr": f"{host}:{port}",
+                                 "started_at": time.time(), "version": kernel.version, "platform": sys.platform})
+        click.echo(f"LibreFang listening on http://{host}:{port}", err=True)
+
+    try:
+        asyncio.run(serve(kernel, host, port, dev=dev, on_started=started))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        info = _read_json(home / "daemon.json")
+        if info and info.get("pid") == os.getpid():
+            (home / "daemon.json").unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+@main.command()
+@click.option("--home", envvar="LIBREFANG_HOME")
+@click.option("--timeout", default=10.0, help="Seconds to wait before killing the process")
+def stop(home: str | None, timeout: float) -> None:
+    """Stop the daemon: POST /api/shutdown, then the PID from daemon.json."""
+    import signal
+
+    from librefang.home import pid_alive, read_daemon_file
+
+    path = _home(home)
+    info = read_daemon_file(path)
+    if not info or not pid_alive(int(info.get("pid", 0))):
+        click.echo("no daemon is running")
+        (path / "daemon.json").unlink(missing_ok=True)
+        return
+    pid = int(info["pid"])
+    try:
+        _api(path, "POST", "/api/shutdown")
+    except click.ClickException as exc:
+        click.echo(f"shutdown request failed ({exc.message}); sending SIGTERM", err=True)
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        click.echo(f"daemon {pid} killed")
+    else:
+        click.echo(f"daemon {pid} stopped")
+    (path / "daemon.json").unlink(missing_ok=True)
+
+
+@main.command()
+@click.option("--home", envvar="LIBREFANG_HOME")
+@click.option("--json", "as_json", is_flag=True)
+def status(home: str | None, as_json: bool) -> None:
+    """Show the running daemon's status."""
+    body = _api(_home(home), "GET", "/api/status")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"LibreFang {body['version']} running, uptime {body['uptime_seconds']:.0f}s, auth {body['auth_mode']}")
+    for key in ("agent_count", "active_agent_count"):
+        if key in body:
+            click.echo(f"  {key}: {body[key]}")
+    for plugin in body["plugins"]:
+        mark = "ok" if plugin["loaded"] else f"FAILED: {plugin['error']}"
+        click.echo(f"  plugin {plugin['name']} {plugin['version']} {mark}")
+
+
+def _plugin_rows(home: Path) -> list[dict[str, Any]]:
+    from librefang.config import Config
+    from librefang.plugins import PluginHost
+
+    host = PluginHost()
+    try:
+        disabled = Config.load(home).core.plugins.disabled
+    except Exception:
+        disabled = []
+    host.load_entry_points(disabled)
+    host.register_all()
+    return host.describe()
+
+
+@main.command()
+@click.option("--home", envvar="LIBREFANG_HOME")
+@click.option("--json", "as_json", is_flag=True)
+def plugins(home: str | None, as_json: bool) -> None:
+    """List installed plugins (from the running daemon when there is one)."""
+    path = _home(home)
+    rows = _api(path, "GET", "/api/status")["plugins"] if _daemon_url(path) else _plugin_rows(path)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed")
+    for row in rows:
+        state = "loaded" if row["loaded"] else f"FAILED ({row['error']})"
+        click.echo(f"{row['name']:<16} {row['distribution'] or '-':<24} {row['version'] or '-':<10} {state}")
+        if row.get("routes"):
+            click.echo(f"{'':<16} {len(row['routes'])} routes, hooks: {', '.join(row['hooks'])}")
+
+
+@main.command()
+@click.option("--home", envvar="LIBREFANG_HOME")
+def doctor(home: str | None) -> None:
+    """Check config, database, plugins and port; exit 1 when something is wrong."""
+    import asyncio
+
+    from librefang.config import Config
+    from librefang.errors import ConfigError
+    from librefang.storage import Database
+
+    path = _home(home)
+    problems = 0
+
+    def report(ok: bool, what: str, detail: str = "") -> None:
+        nonlocal problems
+        problems += 0 if ok else 1
+        click.echo(f"[{'ok' if ok else 'FAIL'}] {what}{': ' + detail if detail else ''}")
+
+    try:
+        config = Config.load(path)
+        report(True, "config", str(config.path))
+    except ConfigError as exc:
+        report(False, "config", str(exc))
+        sys.exit(1)
+    db = Database(config.database_url())
+
+    async def check_db() -> bool:
+        from sqlalchemy import text
+
+        await db.open()
+        try:
+            async with db.begin() as conn:
+                await conn.execute(text("CREATE TABLE IF NOT EXISTS librefang_doctor (x INTEGER)"))
+                await conn.execute(text("DROP TABLE librefang_doctor"))
+            return True
+        finally:
+            await db.close()
+
+    try:
+        report(asyncio.run(check_db()), "database writable", config.database_url().split("@")[-1])
+    except Exception as exc:
+        report(False, "database writable", f"{type(exc).__name__}: {exc}")
+    for row in _plugin_rows(path):
+        report(row["loaded"], f"plugin {row['name']}", row["error"] or row["version"])
+    host, port = config.listen()
+    if _daemon_url(path):
+        report(True, f"port {port}", "in use by this home's running daemon")
+    else:
+        report(_port_free(host, port), f"port {host}:{port} free")
+    sys.exit(1 if problems else 0)
+
+
+@main.group()
+def config() -> None:
+    """Read and change config.toml."""
+
+
+@config.command("get")
+@click.argument("key", required=False)
+@click.option("--home", envvar="LIBREFANG_HOME")
+def config_get(key: str | None, home: str | None) -> None:
+    """Print the effective value of KEY (dotted path), secrets redacted; all keys without KEY."""
+    from librefang.config import Config, redact
+
+    data = redact(Config.load(_home(home)).effective())
+    if key:
+        for part in key.split("."):
+            if not isinstance(data, dict) or part not in data:
+                raise click.ClickException(f"no such key: {key}")
+            data = data[part]
+    click.echo(json.dumps(data, indent=2) if isinstance(data, dict | list) else str(data))
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.option("--home", envvar="LIBREFANG_HOME")
+def config_set(key: str, value: str, home: str | None) -> None:
+    """Set KEY to VALUE (parsed as JSON when it is JSON, else a string); backs the file up first."""
+    from librefang.configfile import backup, render_with, validate_key_path, write_atomic
+    from librefang.errors import ApiError
+
+    path = _home(home)
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    if _daemon_url(path):
+        body = _api(path, "POST", "/api/config/set", json={"path": key, "value": parsed})
+        click.echo(f"{key} set ({body.get('status', 'ok')})")
+        return
+    try:
+        parts = validate_key_path(key, plugin_sections=None)
+        text = render_with(path / "config.toml", parts, parsed)
+        from librefang.config import Config
+
+        import tomllib
+
+        Config(path, tomllib.loads(text))  # validate before writing
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from None
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    backup(path / "config.toml", path)
+    write_atomic(path / "config.toml", text)
+    click.echo(f"{key} set")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,61 @@
+"""Guarded JSON body parsing: content type, size, syntax and nesting depth."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from librefang.errors import BadRequest, UnsupportedMediaType
+
+MAX_JSON_DEPTH = 32
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``value`` nests containers deeper than ``limit`` (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_json_bytes(raw: bytes) -> Any:
+    """Parse JSON from bytes; raise :class:`BadRequest` naming the problem."""
+    if not raw.strip():
+        raise BadRequest("request body is empty; a JSON body is required", code="invalid_json")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not valid UTF-8 (byte {exc.start})", code="invalid_json") from None
+    # The depth check runs on the parsed value; a pathological nesting may first hit
+    # Python's recursion limit inside the decoder, which is reported the same way.
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", code="invalid_json"
+        ) from None
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep") from None
+    if json_depth_exceeds(value):
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
+    return value
+
+
+async def read_json(request: Any) -> Any:
+    """Read and parse the JSON body of a Quart request, checking its content type."""
+    mimetype = request.mimetype
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"expected Content-Type application/json, got {mimetype}", code="unsupported_media_type"
+        )
+    raw = await request.get_data(cache=True, as_text=False)
+    return parse_json_bytes(raw)

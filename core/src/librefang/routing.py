@@ -1,0 +1,180 @@
+"""Route declaration for plugins: a Quart blueprint plus per-route metadata.
+
+A plugin builds a :class:`Router`, declares routes with their auth, rate cost and pydantic models,
+and hands it to the host through the ``register_routes`` hook::
+
+    router = Router("hello")
+
+    @router.get("/api/hello", cost=1, response=Hello)
+    async def hello() -> Hello:
+        return Hello(text="hi")
+
+Handlers receive the validated body as ``body=`` and the validated query string as ``query=``
+when models are declared, and may return a pydantic model, a dict/list (sent as JSON), or any
+Quart response.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from quart import Blueprint, Response, request
+
+from librefang.errors import BadRequest
+from librefang.jsonbody import read_json
+
+DEFAULT_COST = 5
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """What the host knows about one route."""
+
+    method: str
+    path: str
+    endpoint: str
+    public: bool = False
+    cost: int = DEFAULT_COST
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None
+    status: int = 200
+    summary: str = ""
+    websocket: bool = False
+    idempotent: bool = False
+    plugin: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    """A one-line message naming the fields that failed, e.g. ``body.name: Field required``."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}.{loc}: {err.get('msg')}" if loc else f"{where}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def to_response(result: Any, status: int) -> Any:
+    """Turn a handler's return value into something Quart sends."""
+    if isinstance(result, BaseModel):
+        return Response(result.model_dump_json(), status=status, mimetype="application/json")
+    if isinstance(result, dict | list):
+        return result, status
+    return result
+
+
+class Router:
+    """A set of routes owned by one plugin (wraps a Quart :class:`~quart.Blueprint`)."""
+
+    def __init__(self, name: str, *, tags: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.blueprint = Blueprint(name, __name__)
+        self.specs: list[RouteSpec] = []
+        self.tags = tags or (name,)
+
+    def route(
+        self,
+        path: str,
+        methods: tuple[str, ...] | list[str] = ("GET",),
+        *,
+        public: bool = False,
+        cost: int = DEFAULT_COST,
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: Any = None,
+        status: int = 200,
+        summary: str = "",
+        idempotent: bool = False,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Declare an HTTP route. ``public`` routes need no credential; ``cost`` is in limiter tokens;
+        ``idempotent`` opts a creating POST into ``Idempotency-Key`` replay."""
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            endpoint = fn.__name__
+            wants_body = body is not None
+            wants_query = query is not None
+
+            @functools.wraps(fn)
+            async def view(**kwargs: Any) -> Any:
+                if wants_body:
+                    data = await read_json(request)
+                    try:
+                        kwargs["body"] = body.model_validate(data)
+                    except ValidationError as exc:
+                        raise BadRequest(format_validation_error(exc, "body"), code="invalid_body") from None
+                if wants_query:
+                    try:
+                        kwargs["query"] = query.model_validate(request.args.to_dict())
+                    except ValidationError as exc:
+                        raise BadRequest(format_validation_error(exc, "query"), code="invalid_query") from None
+                result = fn(**kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                return to_response(result, status)
+
+            for method in methods:
+                self.specs.append(
+                    RouteSpec(
+                        method=method.upper(),
+                        path=path,
+                        endpoint=f"{self.name}.{endpoint}",
+                        public=public,
+                        cost=cost,
+                        body=body,
+                        query=query,
+                        response=response,
+                        status=status,
+                        summary=summary or (fn.__doc__ or "").strip().split("\n")[0],
+                        idempotent=idempotent,
+                        tags=self.tags,
+                    )
+                )
+            self.blueprint.add_url_rule(path, endpoint, view, methods=list(methods))
+            return fn
+
+        return decorator
+
+    def get(self, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return self.route(path, ("GET",), **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return self.route(path, ("POST",), **kw)
+
+    def put(self, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return self.route(path, ("PUT",), **kw)
+
+    def patch(self, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return self.route(path, ("PATCH",), **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        return self.route(path, ("DELETE",), **kw)
+
+    def websocket(
+        self, path: str, *, public: bool = False, cost: int = DEFAULT_COST, summary: str = ""
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Declare a WebSocket route (auth by header or the ``bearer.<key>`` sub-protocol)."""
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            endpoint = fn.__name__
+            self.specs.append(
+                RouteSpec(
+                    method="GET",
+                    path=path,
+                    endpoint=f"{self.name}.{endpoint}",
+                    public=public,
+                    cost=cost,
+                    summary=summary or (fn.__doc__ or "").strip().split("\n")[0],
+                    websocket=True,
+                    tags=self.tags,
+                )
+            )
+            self.blueprint.add_websocket(path, endpoint, fn)
+            return fn
+
+        return decorator

@@ -1,0 +1,117 @@
+"""Serving: Hypercorn in front of an ASGI switch that forwards to the current app.
+
+Reload builds a new app and swaps it in; requests already dispatched keep running on the app
+they started on, so in-flight requests and open sockets finish on the old version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from librefang.app import build_app
+
+if TYPE_CHECKING:  # pragma: no cover
+    from librefang.kernel import Kernel
+
+log = logging.getLogger("librefang.server")
+
+
+class AppSwitch:
+    """An ASGI app that forwards each connection to whichever app is current."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def swap(self, app: Any) -> Any:
+        old, self.app = self.app, app
+        return old
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # the kernel's lifecycle is run by serve(), not by ASGI
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await self.app(scope, receive, send)
+
+
+def hypercorn_config(host: str, port: int) -> Any:
+    from hypercorn.config import Config as HyperConfig
+
+    config = HyperConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 10
+    config.keep_alive_timeout = 75
+    config.include_server_header = False
+    config.h11_max_incomplete_size = 64 * 1024  # caps request line + headers
+    return config
+
+
+async def serve(
+    kernel: Kernel,
+    host: str,
+    port: int,
+    *,
+    dev: bool = False,
+    ready: asyncio.Event | None = None,
+    on_started: Any = None,
+) -> None:
+    """Start the kernel, serve until shutdown is requested, then stop the kernel."""
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    kernel.shutdown_requested = asyncio.Event()
+    await kernel.start()
+    kernel.listen_url = f"http://{host}:{port}"
+    app = build_app(kernel)
+    await app.startup()
+    switch = AppSwitch(app)
+    kernel.state["switch"] = switch
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, kernel.shutdown_requested.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    watcher = None
+    if dev:
+        from librefang.reload import Reloader
+
+        watcher = Reloader(kernel, switch)
+        kernel.state["reloader"] = watcher
+        watcher.start()
+    config = hypercorn_config(host, port)
+    server = asyncio.create_task(hypercorn_serve(switch, config, shutdown_trigger=kernel.shutdown_requested.wait))
+    if on_started is not None:
+        on_started()
+    if ready is not None:
+        ready.set()
+    try:
+        await server
+    finally:
+        if watcher is not None:
+            await watcher.stop()
+        try:
+            await switch.app.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            log.debug("app shutdown failed", exc_info=True)
+        await kernel.stop()
+
+
+def write_daemon_file(home: Path, payload: dict[str, Any]) -> Path:
+    import json
+    import os
+
+    path = home / "daemon.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+    return path
