@@ -1,0 +1,1 @@
+"""LibreFang providers plugin: LLM drivers behind one interface, the model catalog, the provider API."""
