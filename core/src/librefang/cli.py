@@ -133,23 +133,25 @@ def _port_free(host: str, port: int) -> bool:
 @click.option("--foreground", is_flag=True, help="Stay attached instead of running in the background")
 def start(home: str | None, host: str | None, port: int | None, dev: bool, foreground: bool) -> None:
     """Start the daemon (runs init first when there is no config)."""
-    from librefang.config import Config
     from librefang.errors import ConfigError
     from librefang.home import init_home
+    from librefang.vault import VaultError
 
     path = _home(home)
     if not (path / "config.toml").exists():
         init_home(path)
     try:
-        config = Config.load(path)
+        config = _offline_config(path)  # plugin sections too: a bad value stops start here
         cfg_host, cfg_port = config.listen()
-    except ConfigError as exc:
+    except (ConfigError, VaultError) as exc:
         raise click.ClickException(str(exc)) from None
     host = host or cfg_host
     port = port if port is not None else cfg_port
     running = _daemon_url(path)
     if running:
         raise click.ClickException(f"a daemon is already running for {path} at {running}")
+    if not _port_free(host, port):
+        raise click.ClickException(f"{host}:{port} is already in use (choose another with --port)")
     if not foreground:
         _start_background(path, host, port, dev)
         return
@@ -193,6 +195,7 @@ def _run_foreground(home: Path, host: str, port: int, dev: bool, config: Any) ->
     from librefang.logs import setup_logging
     from librefang.netutil import is_loopback
     from librefang.server import serve, write_daemon_file
+    from librefang.vault import VaultError
 
     lock = open(home / "daemon.lock", "w")  # noqa: SIM115 - held for the process lifetime
     try:
@@ -205,7 +208,10 @@ def _run_foreground(home: Path, host: str, port: int, dev: bool, config: Any) ->
             f"WARNING: listening on {host} without an api_key: remote clients will be refused "
             "(set api_key or LIBREFANG_API_KEY)", err=True,
         )
-    kernel = create_kernel(home)
+    try:
+        kernel = create_kernel(home)
+    except (ConfigError, VaultError) as exc:
+        raise click.ClickException(str(exc)) from None
 
     def started() -> None:
         write_daemon_file(home, {"pid": os.getpid(), "url": f"http://{host}:{port}", "listen_addr": f"{host}:{port}",
@@ -214,8 +220,10 @@ def _run_foreground(home: Path, host: str, port: int, dev: bool, config: Any) ->
 
     try:
         asyncio.run(serve(kernel, host, port, dev=dev, on_started=started))
-    except ConfigError as exc:
+    except (ConfigError, VaultError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the port was taken between the check and the bind
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
         info = _read_json(home / "daemon.json")
         if info and info.get("pid") == os.getpid():
@@ -318,9 +326,10 @@ def doctor(home: str | None) -> None:
     """Check config, database, plugins and port; exit 1 when something is wrong."""
     import asyncio
 
-    from librefang.config import Config
+    from librefang.config import redact
     from librefang.errors import ConfigError
     from librefang.storage import Database
+    from librefang.vault import Vault, VaultError
 
     path = _home(home)
     problems = 0
@@ -331,12 +340,22 @@ def doctor(home: str | None) -> None:
         click.echo(f"[{'ok' if ok else 'FAIL'}] {what}{': ' + detail if detail else ''}")
 
     try:
-        config = Config.load(path)
-        report(True, "config", str(config.path))
+        config = _offline_config(path)
+        report(True, "config valid", str(config.path))
     except ConfigError as exc:
-        report(False, "config", str(exc))
+        report(False, "config valid", str(exc))
         sys.exit(1)
-    db = Database(config.database_url())
+    try:
+        Vault(path).resolve(config.core.api_key)
+        names = Vault(path).names()
+        report(True, "secrets", f"vault {'with ' + str(len(names)) + ' secrets' if names else 'empty'}")
+    except VaultError as exc:
+        report(False, "secrets", str(exc))
+    try:
+        db = Database(config.database_url())
+    except (ConfigError, VaultError) as exc:
+        report(False, "database writable", str(exc))
+        sys.exit(1)
 
     async def check_db() -> bool:
         from sqlalchemy import text
@@ -353,7 +372,7 @@ def doctor(home: str | None) -> None:
     try:
         report(asyncio.run(check_db()), "database writable", config.database_url().split("@")[-1])
     except Exception as exc:
-        report(False, "database writable", f"{type(exc).__name__}: {exc}")
+        report(False, "database writable", f"{type(exc).__name__}: {redact(str(exc))}")
     for row in _plugin_rows(path):
         report(row["loaded"], f"plugin {row['name']}", row["error"] or row["version"])
     host, port = config.listen()
@@ -362,6 +381,30 @@ def doctor(home: str | None) -> None:
     else:
         report(_port_free(host, port), f"port {host}:{port} free")
     sys.exit(1 if problems else 0)
+
+
+def _offline_config(home: Path) -> Any:
+    """The config with every installed plugin's section validated (no daemon needed)."""
+    from librefang.config import Config
+    from librefang.errors import ConfigError
+    from librefang.plugins import PluginBound, PluginHost
+
+    config = Config.load(home)
+    host = PluginHost()
+    host.load_entry_points(config.core.plugins.disabled)
+    host.register_all()
+    errors: list[str] = []
+
+    def register(owner: str, name: str, model: Any) -> None:
+        try:
+            config.add_section(name, model, owner)
+        except ConfigError as exc:
+            errors.append(str(exc))
+
+    host.call("register_config", register=PluginBound(register))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return config
 
 
 @main.group()
@@ -374,9 +417,14 @@ def config() -> None:
 @click.option("--home", envvar="LIBREFANG_HOME")
 def config_get(key: str | None, home: str | None) -> None:
     """Print the effective value of KEY (dotted path), secrets redacted; all keys without KEY."""
-    from librefang.config import Config, redact
+    from librefang.config import redact
+    from librefang.errors import ConfigError
 
-    data = redact(Config.load(_home(home)).effective())
+    path = _home(home)
+    try:
+        data = _api(path, "GET", "/api/config") if _daemon_url(path) else redact(_offline_config(path).effective())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     if key:
         for part in key.split("."):
             if not isinstance(data, dict) or part not in data:
@@ -390,9 +438,13 @@ def config_get(key: str | None, home: str | None) -> None:
 @click.argument("value")
 @click.option("--home", envvar="LIBREFANG_HOME")
 def config_set(key: str, value: str, home: str | None) -> None:
-    """Set KEY to VALUE (parsed as JSON when it is JSON, else a string); backs the file up first."""
-    from librefang.configfile import backup, render_with, validate_key_path, write_atomic
-    from librefang.errors import ApiError
+    """Set KEY to VALUE (JSON when it parses as JSON, else a string; "null" removes the key).
+
+    With a daemon running the change goes through POST /api/config/set and is applied at once;
+    otherwise config.toml is edited directly. Either way comments are kept and a backup is made.
+    """
+    from librefang.configfile import apply_set, validate_key_path
+    from librefang.errors import ApiError, ConfigError
 
     path = _home(home)
     try:
@@ -401,23 +453,76 @@ def config_set(key: str, value: str, home: str | None) -> None:
         parsed = value
     if _daemon_url(path):
         body = _api(path, "POST", "/api/config/set", json={"path": key, "value": parsed})
-        click.echo(f"{key} set ({body.get('status', 'ok')})")
+        click.echo(f"{key} set: {body['status']}")
+        for reason in body.get("restart_reasons", []):
+            click.echo(f"  {reason}")
         return
     try:
-        parts = validate_key_path(key, plugin_sections=None)
-        text = render_with(path / "config.toml", parts, parsed)
-        from librefang.config import Config
-
-        import tomllib
-
-        Config(path, tomllib.loads(text))  # validate before writing
+        current = _offline_config(path)
+        parts = validate_key_path(key, set(current.section_models))
+        apply_set(current, parts, parsed)
     except ApiError as exc:
         raise click.ClickException(exc.message) from None
-    except Exception as exc:
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    backup(path / "config.toml", path)
-    write_atomic(path / "config.toml", text)
-    click.echo(f"{key} set")
+    click.echo(f"{key} set in {current.path} (no daemon running)")
+
+
+@main.group()
+def vault() -> None:
+    """Manage secrets in vault.enc (referenced from config as vault:NAME)."""
+
+
+def _vault(home: str | None) -> Any:
+    from librefang.vault import Vault
+
+    return Vault(_home(home))
+
+
+@vault.command("set")
+@click.argument("name")
+@click.option("--home", envvar="LIBREFANG_HOME")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the value from standard input")
+def vault_set(name: str, home: str | None, from_stdin: bool) -> None:
+    """Store secret NAME; the value is prompted for (hidden) or read from stdin, never an argument."""
+    from librefang.vault import VaultError
+
+    value = sys.stdin.read().rstrip("\n") if from_stdin else click.prompt("value", hide_input=True)
+    try:
+        _vault(home).set(name, value)
+    except (VaultError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"stored {name}; reference it in config.toml as \"vault:{name}\"")
+
+
+@vault.command("list")
+@click.option("--home", envvar="LIBREFANG_HOME")
+def vault_list(home: str | None) -> None:
+    """List secret names (never values)."""
+    from librefang.vault import VaultError
+
+    try:
+        names = _vault(home).names()
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name in names:
+        click.echo(name)
+
+
+@vault.command("remove")
+@click.argument("name")
+@click.option("--home", envvar="LIBREFANG_HOME")
+def vault_remove(name: str, home: str | None) -> None:
+    """Delete secret NAME."""
+    from librefang.vault import VaultError
+
+    try:
+        existed = _vault(home).delete(name)
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not existed:
+        raise click.ClickException(f"no secret named {name}")
+    click.echo(f"removed {name}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -66,6 +66,16 @@ class CoreConfig(Section):
 CORE_KEYS = set(CoreConfig.model_fields)
 
 
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists are leaves), for diffing two configs."""
+    if not isinstance(value, dict) or (prefix and not value):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def format_config_error(exc: ValidationError, prefix: str = "") -> str:
     """Name every key that failed, e.g. ``rate_limit.api_requests_per_minute: ...``."""
     parts = []
@@ -124,6 +134,23 @@ class Config:
         self.section_owners[name] = owner
         self._sections[name] = value
 
+    def revalidated(self, raw: dict[str, Any]) -> Config:
+        """A new :class:`Config` for ``raw`` with this config's plugin section models applied.
+
+        Raises :class:`ConfigError` naming the first bad keys; ``self`` is left untouched, so a
+        caller can validate a candidate file before adopting it.
+        """
+        new = Config(self.home, raw)
+        for name, model in self.section_models.items():
+            new.add_section(name, model, self.section_owners[name])
+        return new
+
+    def adopt(self, other: Config) -> None:
+        """Take over ``other``'s values in place (holders of this object see the new values)."""
+        self.raw = other.raw
+        self.core = other.core
+        self._sections = dict(other._sections)
+
     def remove_sections_of(self, owner: str) -> None:
         """Forget the sections a plugin registered (on unload or reload)."""
         for name in [n for n, o in self.section_owners.items() if o == owner]:
@@ -145,6 +172,13 @@ class Config:
     def database_url(self) -> str:
         """The SQLAlchemy async URL: ``database_url`` or SQLite under ``data/``."""
         url = self.core.database_url.strip()
+        if url.startswith(("env:", "vault:")):
+            from librefang.vault import Vault
+
+            reference = url
+            url = Vault(self.home).resolve(reference).strip()
+            if not url:
+                raise ConfigError(f"database_url: {reference} is empty")
         if not url:
             return f"sqlite+aiosqlite:///{self.data_dir / 'librefang.db'}"
         if url.startswith("postgres://"):
@@ -206,37 +240,49 @@ def redact(value: Any, key: str = "") -> Any:
 CONFIG_TEMPLATE = """\
 # LibreFang configuration. Every key is optional; the values shown are the defaults.
 # Full reference: docs/configuration.md, or GET /api/config/schema on a running daemon.
+# Change keys at runtime with `librefang config set KEY VALUE` (comments here are kept), then
+# keys marked [live] apply at once; the others need a restart.
 
-# Address the HTTP API listens on. Binding a non-loopback address without api_key is refused
-# for remote clients unless LIBREFANG_ALLOW_NO_AUTH is set.
+# Address the HTTP API listens on. A non-loopback address without api_key admits no remote
+# client unless LIBREFANG_ALLOW_NO_AUTH is set. [restart]
 api_listen = "127.0.0.1:4545"
 
-# trace | debug | info | warning | error
+# trace | debug | info | warning | error [live]
 log_level = "info"
 
-# Bearer key for the API. Plaintext, "$sha256$<hex>", "env:NAME" or "vault:NAME".
+# Bearer key for the API: plaintext, "$sha256$<hex>", "env:NAME" or "vault:NAME". [live]
 # LIBREFANG_API_KEY overrides it. Empty: only loopback clients are admitted.
 api_key = ""
 
-# Extra CORS origins allowed besides the listen address.
+# Extra CORS origins allowed besides the listen address. [live]
 cors_origin = []
 
-# Peers whose X-Forwarded-For / X-Real-IP / Forwarded headers are trusted (IPs or CIDRs).
+# Peers whose X-Forwarded-For / X-Real-IP / Forwarded headers are trusted (IPs or CIDRs). [live]
 trusted_proxies = []
 
+# Largest accepted request body and upload, in bytes. [live]
 max_request_body_bytes = 8388608
 max_upload_size_bytes = 10485760
 
-# PostgreSQL instead of the default SQLite file in data/: "postgresql://user:pass@host/db"
+# PostgreSQL instead of the default SQLite file data/librefang.db (needs the `postgres` extra):
+# "postgresql://user:pass@host/db", or "env:NAME" / "vault:NAME" to keep the password out of here. [restart]
 database_url = ""
 
 [rate_limit]
+# Tokens per minute per client IP; each route costs 1-50 tokens. Loopback is not limited. [live]
 api_requests_per_minute = 500
+# Retry-After seconds sent with a 429. [live]
+retry_after_secs = 60
+# Client IPs the limiter remembers at most (oldest forgotten first). [live]
+max_tracked_clients = 100000
 
 [audit]
+# Audit entries older than this are trimmed (0 keeps everything). [live]
 retention_days = 90
+# Where the chain's tip hash is anchored (default data/audit.anchor). [restart]
+anchor_path = ""
 
 [plugins]
-# Entry-point names of installed plugins not to load.
+# Entry-point names of installed plugins not to load. [restart]
 disabled = []
 """
