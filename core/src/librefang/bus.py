@@ -1,7 +1,9 @@
 """In-process event bus: async publish/subscribe with bounded per-subscriber queues.
 
 A publisher never blocks: when a subscriber's queue is full the event is dropped for that
-subscriber and counted. A short ring buffer keeps recent events for late readers.
+subscriber and counted (per subscriber and in total, shown in ``/api/health/detail``). A short
+ring buffer keeps recent events for late readers. Publish from the event loop's thread; code in a
+worker thread uses ``loop.call_soon_threadsafe(bus.publish, ...)``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ class Event:
 class Subscription:
     """A subscriber's bounded queue; iterate it with ``async for``."""
 
-    def __init__(self, bus: EventBus, pattern: str, maxsize: int) -> None:
+    def __init__(self, bus: EventBus, pattern: str, maxsize: int, name: str = "") -> None:
         self.bus = bus
         self.pattern = pattern
+        self.name = name
+        self.delivered = 0
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.dropped = 0
         self._exact = not any(ch in pattern for ch in "*?[")
@@ -66,16 +70,28 @@ class Subscription:
 class EventBus:
     """Publish/subscribe by topic pattern (``agent.*``, ``*``)."""
 
-    def __init__(self, default_queue_size: int = 1000, history_size: int = 500) -> None:
+    def __init__(self, default_queue_size: int = 1000, history_size: int = 500, max_subscribers: int = 10_000) -> None:
         self.default_queue_size = default_queue_size
+        self.max_subscribers = max_subscribers
         self._subscribers: list[Subscription] = []
         self.history: deque[Event] = deque(maxlen=history_size)
         self.published = 0
         self.dropped_total = 0
 
-    def subscribe(self, pattern: str = "*", maxsize: int | None = None) -> Subscription:
-        """A new subscription receiving events whose topic matches ``pattern``."""
-        sub = Subscription(self, pattern, maxsize or self.default_queue_size)
+    def subscribe(self, pattern: str = "*", maxsize: int | None = None, name: str = "") -> Subscription:
+        """A new subscription receiving events whose topic matches ``pattern`` (``fnmatch`` style).
+
+        ``maxsize`` bounds its queue (default 1000); events beyond it are dropped for this
+        subscriber only. Close it (``with bus.subscribe(...) as sub`` or ``sub.close()``) when done.
+        """
+        size = self.default_queue_size if maxsize is None else maxsize
+        if not 1 <= size <= 1_000_000:
+            raise ValueError("maxsize must be between 1 and 1,000,000")
+        if len(self._subscribers) >= self.max_subscribers:
+            from librefang.errors import ServiceUnavailable
+
+            raise ServiceUnavailable(f"event bus has {self.max_subscribers} subscribers already", code="bus_full")
+        sub = Subscription(self, pattern, size, name)
         self._subscribers.append(sub)
         return sub
 
@@ -93,6 +109,7 @@ class EventBus:
                 continue
             try:
                 sub.queue.put_nowait(event)
+                sub.delivered += 1
             except asyncio.QueueFull:
                 sub.dropped += 1
                 self.dropped_total += 1
@@ -103,8 +120,14 @@ class EventBus:
         return len(self._subscribers)
 
     def stats(self) -> dict[str, Any]:
+        """Counters for health and metrics; ``lagging`` lists subscribers that lost events."""
+        lagging = [
+            {"name": s.name, "pattern": s.pattern, "dropped": s.dropped, "queued": s.queue.qsize()}
+            for s in self._subscribers if s.dropped
+        ]
         return {
             "published": self.published,
             "dropped_events": self.dropped_total,
             "subscribers": len(self._subscribers),
+            "lagging": lagging[:20],
         }

@@ -1,0 +1,176 @@
+"""Storage: SQLite in WAL mode under data/, per-plugin Alembic histories applied at start,
+and an upgrade from an older schema that keeps the rows."""
+
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import librefang
+import pytest
+from librefang.storage import Database
+from sqlalchemy import text
+
+REV1 = '''
+"""notes table
+
+Revision ID: notes_0001
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "notes_0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table(
+        "notes_items",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("body", sa.Text, nullable=False),
+    )
+
+
+def downgrade():
+    op.drop_table("notes_items")
+'''
+
+REV2 = '''
+"""add a title column filled from the body, and a tags table
+
+Revision ID: notes_0002
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "notes_0002"
+down_revision = "notes_0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("notes_items", sa.Column("title", sa.String(40), nullable=False, server_default=""))
+    op.execute("UPDATE notes_items SET title = substr(body, 1, 10)")
+    op.create_table(
+        "notes_tags",
+        sa.Column("note_id", sa.Integer, sa.ForeignKey("notes_items.id"), primary_key=True),
+        sa.Column("tag", sa.String(50), primary_key=True),
+    )
+
+
+def downgrade():
+    op.drop_table("notes_tags")
+    op.drop_column("notes_items", "title")
+'''
+
+
+def write_revision(folder: Path, name: str, source: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(textwrap.dedent(source))
+
+
+class NotesPlugin:
+    """A test plugin that owns the ``notes`` schema history in ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @librefang.hookimpl
+    def register_migrations(self, register):
+        register("notes", self.folder)
+
+
+async def test_sqlite_file_in_data_dir_with_wal(make_kernel, librefang_home):
+    kernel = await make_kernel(load_entry_points=False)
+    assert kernel.db.url == f"sqlite+aiosqlite:///{librefang_home / 'data' / 'librefang.db'}"
+    async with kernel.db.begin() as conn:
+        mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+        sync = (await conn.execute(text("PRAGMA synchronous"))).scalar()
+        fk = (await conn.execute(text("PRAGMA foreign_keys"))).scalar()
+    assert mode == "wal" and sync == 1 and fk == 1
+    assert (librefang_home / "data" / "librefang.db").exists()
+    # WAL is a property of the file: a plain sqlite3 connection sees it too.
+    with sqlite3.connect(librefang_home / "data" / "librefang.db") as plain:
+        assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert await kernel.db.ping()
+
+
+async def test_core_migrations_applied_with_own_version_table(make_kernel, librefang_home):
+    kernel = await make_kernel(load_entry_points=False)
+    async with kernel.db.begin() as conn:
+        version = (await conn.execute(text("SELECT version_num FROM alembic_version_core"))).scalar()
+        tables = {r[0] for r in await conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
+    assert version == "core_0001"
+    assert {"core_audit_entries", "core_idempotency"} <= tables
+
+
+async def test_database_upgrade_keeps_rows(tmp_path):
+    folder = tmp_path / "notes_versions"
+    write_revision(folder, "0001_notes.py", REV1)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+
+    old = Database(url)
+    old.add_migrations("notes", folder)
+    await old.open()
+    assert await old.migrate() == ["notes"]
+    async with old.begin() as conn:
+        for i in range(1, 51):
+            await conn.execute(text("INSERT INTO notes_items (id, body) VALUES (:i, :b)"), {"i": i, "b": f"note body {i:03d}"})
+    assert await old.migrate() == []  # unchanged history: nothing to do
+    await old.close()
+
+    write_revision(folder, "0002_title_and_tags.py", REV2)
+    new = Database(url)
+    new.add_migrations("notes", folder)
+    await new.open()
+    assert await new.migrate() == ["notes"]
+    async with new.begin() as conn:
+        rows = (await conn.execute(text("SELECT id, body, title FROM notes_items ORDER BY id"))).all()
+        version = (await conn.execute(text("SELECT version_num FROM alembic_version_notes"))).scalar()
+        await conn.execute(text("INSERT INTO notes_tags (note_id, tag) VALUES (1, 'x')"))
+    assert version == "notes_0002"
+    assert len(rows) == 50
+    assert rows[0] == (1, "note body 001", "note body ")
+    assert rows[-1] == (50, "note body 050", "note body ")
+    await new.close()
+
+
+async def test_plugin_migrations_applied_at_start_and_upgraded_on_next_start(make_kernel, tmp_path):
+    folder = tmp_path / "notes_versions"
+    write_revision(folder, "0001_notes.py", REV1)
+    plugin = NotesPlugin(folder)
+    kernel = await make_kernel(plugins={"notes": plugin}, load_entry_points=False)
+    async with kernel.db.begin() as conn:
+        await conn.execute(text("INSERT INTO notes_items (id, body) VALUES (7, 'kept across upgrades')"))
+    await kernel.stop()
+
+    write_revision(folder, "0002_title_and_tags.py", REV2)
+    kernel = await make_kernel(plugins={"notes": plugin}, load_entry_points=False)
+    async with kernel.db.begin() as conn:
+        row = (await conn.execute(text("SELECT id, body, title FROM notes_items"))).one()
+        core = (await conn.execute(text("SELECT version_num FROM alembic_version_core"))).scalar()
+    assert tuple(row) == (7, "kept across upgrades", "kept acros")
+    assert core == "core_0001"  # another plugin's history is untouched
+
+
+async def test_plugin_may_only_register_its_own_history(make_kernel, tmp_path):
+    folder = tmp_path / "v"
+    write_revision(folder, "0001_notes.py", REV1)
+
+    class Squatter:
+        @librefang.hookimpl
+        def register_migrations(self, register):
+            register("core", folder)
+
+    kernel = await make_kernel(plugins={"squatter": Squatter()}, load_entry_points=False)
+    assert "may only register migrations" in kernel.plugins.records["squatter"].error
+
+
+async def test_missing_migrations_folder_is_refused(tmp_path):
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(ValueError, match="does not exist"):
+        db.add_migrations("notes", tmp_path / "nowhere")
