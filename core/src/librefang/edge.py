@@ -1,25 +1,50 @@
-"""The edge every request passes: request id, security headers, CORS, body limits, auth,
-rate limit, JSON errors and metrics. Order follows ARCHITECTURE §5.
+"""The edge every request passes: request id, CORS preflight, body limit, rate limit, auth, JSON
+errors, security headers and metrics.
 
-Everything here runs in one ``before_request`` and one ``after_request`` function so the hot path
-stays short (the health-throughput benchmark holds it to ≥ 0.8x a bare Quart app).
+Order: request id → CORS preflight → public shell/assets shortcut → body-size limit → rate limit →
+auth → route → JSON errors → security headers, CORS and metrics on the way out. The limiter runs
+before auth on purpose: a client guessing keys pays for every guess, and a 401 flood stops at 429
+before it costs an audit tally. Loopback peers without forwarding headers skip the limiter (the
+dashboard and CLI poll).
+
+Everything runs in one ``before_request`` and one ``after_request`` function and reads its
+settings from :class:`EdgeState` attributes, so the hot path (``GET /api/health`` from loopback:
+a uuid, two dict lookups, a cached loopback check, eight header sets) stays short; a benchmark
+holds it to ≥ 0.8x a bare Quart app.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from quart import Quart, Response, g, request, websocket
+from quart import Quart, Response, g, has_request_context, request, websocket
 from werkzeug.exceptions import HTTPException
 
-from librefang.auth import Authenticator
-from librefang.errors import ApiError, PayloadTooLarge, TooManyRequests, code_for_status
+from librefang.auth import (
+    ALWAYS_PUBLIC_PATHS,
+    PUBLIC_ASSET_PREFIXES,
+    WS_BEARER_PREFIX,
+    Authenticator,
+    AuthFailureAudit,
+    choose_subprotocol,
+    is_static_public,
+)
+from librefang.errors import (
+    ApiError,
+    ConfigError,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    code_for_status,
+)
 from librefang.metrics import Metrics
 from librefang.netutil import ProxyTrust, has_forwarding_headers, is_loopback
-from librefang.ratelimit import GcraLimiter
+from librefang.ratelimit import DEFAULT_COST, GcraLimiter, RateLimiter
 
 if TYPE_CHECKING:  # pragma: no cover
     from librefang.kernel import Kernel
@@ -42,28 +67,40 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store, no-cache, must-revalidate",
     "X-API-Version": "v1",
 }
-# Paths that are always public and never rate limited (the WebChat page and its assets).
-STATIC_PUBLIC_PREFIXES = ("/static/", "/webchat/", "/favicon.ico", "/logo.png")
+CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-Id, Accept"
+CORS_EXPOSE_HEADERS = "x-request-id, Retry-After"
 
 
 class EdgeState:
-    """Per-kernel edge services; the limiter survives app rebuilds (hot reload)."""
+    """Per-kernel edge services. The limiter and the auth-failure tallies survive app rebuilds (hot
+    reload) and config reloads; :meth:`configure` re-reads everything else from the config."""
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.metrics = Metrics(kernel)
+        self.auth_audit = AuthFailureAudit(kernel)
         self.limiter: Any = None
+        self._custom_limiter = False
         self.configure()
 
     def configure(self) -> None:
-        """(Re)build from config: key, proxies, CORS origins, limiter quota."""
+        """(Re)build from config: key, proxies, CORS origins, limiter quota, body limit."""
         core = self.kernel.config.core
-        self.auth = Authenticator(self.kernel.secret(core.api_key))
+        resolved = self.kernel.secret(core.api_key) if core.api_key else ""
+        if core.api_key.strip() and not resolved.strip():
+            # A dangling env:/vault: reference must not look like "auth on": say so loudly.
+            log.warning("api_key %r resolved to an empty value: only loopback clients are admitted",
+                        core.api_key if core.api_key.startswith(("env:", "vault:")) else "<set>")
+        try:
+            self.auth = Authenticator(resolved)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.proxies = ProxyTrust(core.trusted_proxies)
         rl = core.rate_limit
-        if (
+        if not self._custom_limiter and (
             self.limiter is None
-            or self.limiter.burst != rl.api_requests_per_minute
+            or self.limiter.per_minute != rl.api_requests_per_minute
             or self.limiter.max_keys != rl.max_tracked_clients
         ):
             self.limiter = GcraLimiter(rl.api_requests_per_minute, max_keys=rl.max_tracked_clients)
@@ -71,31 +108,35 @@ class EdgeState:
         self.max_body = core.max_request_body_bytes
         self.cors_origins = self._cors_origins()
 
+    def use_limiter(self, limiter: RateLimiter) -> None:
+        """Replace the in-process limiter (e.g. by one backed by a store shared between processes)."""
+        if not isinstance(limiter, RateLimiter):
+            raise TypeError("the limiter must implement librefang.ratelimit.RateLimiter")
+        self.limiter = limiter
+        self._custom_limiter = True
+
     def _cors_origins(self) -> frozenset[str]:
         core = self.kernel.config.core
         host, port = self.kernel.config.listen()
-        local = {f"http://localhost:{port}", f"http://127.0.0.1:{port}", f"http://[::1]:{port}"}
+        origins = {f"http://localhost:{port}", f"http://127.0.0.1:{port}", f"http://[::1]:{port}"}
         if not self.auth.enabled:
-            return frozenset(local)  # no key: browsers on localhost only
-        origins = set(local)
-        if host not in {"0.0.0.0", "::"}:
+            return frozenset(origins)  # no key: only browsers on this machine
+        listen = self.kernel.listen_url or ""
+        if listen:
+            origins.add(listen.rstrip("/"))
+        if host not in {"0.0.0.0", "::", ""}:
             origins.add(f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}")
-        origins.update(o.rstrip("/") for o in core.cors_origin if o.strip() and o.strip() != "*")
+        # cors_origin is explicit configuration; "*" (or "null") would defeat the point and is dropped.
+        origins.update(o.strip().rstrip("/") for o in core.cors_origin if o.strip() not in {"", "*", "null"})
         return frozenset(origins)
 
 
 def error_response(exc: ApiError, request_id: str | None) -> Response:
-    response = Response.__new__(Response)
-    Response.__init__(response, _dumps(exc.body(request_id)), status=exc.status, mimetype="application/json")
+    """The JSON error response for ``exc`` (headers such as Retry-After included)."""
+    response = Response(json.dumps(exc.body(request_id)), status=exc.status, mimetype="application/json")
     for name, value in exc.headers.items():
         response.headers[name] = value
     return response
-
-
-def _dumps(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def install_edge(app: Quart, kernel: Kernel) -> None:
@@ -106,44 +147,41 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
     security_headers = list(SECURITY_HEADERS.items())
     app.config["MAX_CONTENT_LENGTH"] = state.max_body
 
-    def resolve_spec() -> Any:
-        endpoint = request.endpoint
-        return specs.get(endpoint) if endpoint else None
-
     async def before() -> Any:
-        g.request_id = str(uuid.uuid4())
+        request_id = g.request_id = str(uuid.uuid4())
         g.started = time.perf_counter()
         metrics.in_flight.inc()
+        headers = request.headers
+        method = request.method
+        if method == "OPTIONS" and "access-control-request-method" in headers and "origin" in headers:
+            return _preflight(state, headers.get("origin", ""))
+        endpoint = request.endpoint
+        spec = specs.get(endpoint) if endpoint else None
         path = request.path
-        if path.startswith(STATIC_PUBLIC_PREFIXES) or path == "/":
-            spec = resolve_spec()
-            if spec is None or spec.public:
-                return None
+        if spec is not None:
+            public, cost = spec.public, spec.cost
+        else:
+            public, cost = is_static_public(method, path), DEFAULT_COST
+        if public and (path in ALWAYS_PUBLIC_PATHS or path.startswith(PUBLIC_ASSET_PREFIXES)):
+            return None  # the WebChat shell and its assets: no limiter, no credential
         length = request.content_length
         if length is not None and length > state.max_body:
-            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {state.max_body} bytes")
-        headers = request.headers
-        if request.method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers:
-            return _preflight(state, headers.get("origin", ""))
-        spec = resolve_spec()
+            raise PayloadTooLarge(
+                f"request body of {length} bytes exceeds the limit of {state.max_body} bytes",
+                code="payload_too_large",
+            )
         peer = (request.scope.get("client") or ("",))[0] or ""
-        if spec is None or not spec.public:
+        local = is_loopback(peer) and not has_forwarding_headers(headers)
+        if not local:
+            await _charge(state, state.proxies.client_ip(peer, headers), cost)
+        if not public:
             try:
                 g.principal = state.auth.check(headers, peer)
-            except ApiError:
+            except Unauthorized as exc:
                 metrics.auth_failures.inc()
-                kernel.tasks.spawn("core", _audit_auth_failure(kernel, path, peer, g.request_id))
+                client = peer if local else state.proxies.client_ip(peer, headers)
+                state.auth_audit.note(client or "unknown", path, exc.code, request_id)
                 raise
-        if is_loopback(peer) and not has_forwarding_headers(headers):
-            return None  # local clients (the dashboard, the CLI) are not rate limited
-        client = state.proxies.client_ip(peer, headers)
-        cost = spec.cost if spec is not None else 1
-        allowed, _wait = state.limiter.take(client, cost)
-        if not allowed:
-            metrics.rate_limited.inc()
-            raise TooManyRequests(
-                "Rate limit exceeded", code="rate_limited", headers={"Retry-After": str(state.retry_after)}
-            )
         return None
 
     async def after(response: Response) -> Response:
@@ -155,15 +193,15 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
         origin = request.headers.get("origin")
         if origin and origin in state.cors_origins:
             headers["Access-Control-Allow-Origin"] = origin
-            headers["Vary"] = "Origin"
-            headers["Access-Control-Expose-Headers"] = "x-request-id, Retry-After"
+            headers.add("Vary", "Origin")
+            headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
         started = getattr(g, "started", None)
+        status = response.status_code
         if started is not None:
             metrics.in_flight.dec()
             rule = request.url_rule
             route = rule.rule if rule is not None else "<unmatched>"
-            metrics.observe(request.method, route, response.status_code, time.perf_counter() - started)
-        status = response.status_code
+            metrics.observe(request.method, route, status, time.perf_counter() - started)
         if status >= 500:
             access_log.error("%s %s %s rid=%s", request.method, request.path, status, request_id)
         elif status >= 400:
@@ -171,22 +209,31 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
         return response
 
     async def before_ws() -> Any:
-        g.request_id = str(uuid.uuid4())
+        request_id = g.request_id = str(uuid.uuid4())
         endpoint = websocket.endpoint
         spec = specs.get(endpoint) if endpoint else None
+        headers = websocket.headers
         peer = (websocket.scope.get("client") or ("",))[0] or ""
-        if spec is None or not spec.public:
-            try:
-                g.principal = state.auth.check(websocket.headers, peer)
-            except ApiError as exc:
-                metrics.auth_failures.inc()
-                return error_response(exc, g.request_id)
-        if not (is_loopback(peer) and not has_forwarding_headers(websocket.headers)):
-            allowed, _ = state.limiter.take(state.proxies.client_ip(peer, websocket.headers), spec.cost if spec else 1)
-            if not allowed:
-                metrics.rate_limited.inc()
-                exc = TooManyRequests("Rate limit exceeded", headers={"Retry-After": str(state.retry_after)})
-                return error_response(exc, g.request_id)
+        offered = websocket.requested_subprotocols
+        local = is_loopback(peer) and not has_forwarding_headers(headers)
+        try:
+            if not local:
+                await _charge(state, state.proxies.client_ip(peer, headers), spec.cost if spec else DEFAULT_COST)
+            if spec is None or not spec.public:
+                try:
+                    g.principal = state.auth.check(headers, peer, offered)
+                except Unauthorized as exc:
+                    metrics.auth_failures.inc()
+                    client = peer if local else state.proxies.client_ip(peer, headers)
+                    state.auth_audit.note(client or "unknown", websocket.path, exc.code, request_id)
+                    raise
+        except ApiError as exc:
+            return _with_edge_headers(error_response(exc, request_id), request_id, security_headers)
+        if any(p.startswith(WS_BEARER_PREFIX) for p in offered):
+            # The handler cannot know to echo a credential sub-protocol, and a browser that offered
+            # sub-protocols drops a handshake that selects none: accept here with the right one.
+            g.websocket_subprotocol = choose_subprotocol(offered)
+            await websocket.accept(subprotocol=g.websocket_subprotocol)
         return None
 
     async def handle_api_error(exc: ApiError) -> Response:
@@ -195,21 +242,26 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
     async def handle_http_exception(exc: HTTPException) -> Response:
         status = exc.code or 500
         message = exc.description or exc.name
+        method, path = (request.method, request.path) if has_request_context() else ("GET", websocket.path)
         if status == 404:
-            message = f"no route for {request.method} {request.path}"
+            message = f"no route for {method} {path}"
         elif status == 405:
-            message = f"method {request.method} is not allowed for {request.path}"
+            message = f"method {method} is not allowed for {path}"
         elif status == 413:
             message = f"request body exceeds the limit of {state.max_body} bytes"
-        api = ApiError(message, status=status, code=code_for_status(status))
-        response = error_response(api, getattr(g, "request_id", None))
-        if status == 405 and exc.get_response().headers.get("Allow"):
-            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        elif status >= 500:
+            message = "Internal server error"
+        response = error_response(ApiError(message, status=status, code=code_for_status(status)), getattr(g, "request_id", None))
+        valid = getattr(exc, "valid_methods", None)
+        if status == 405 and valid:
+            response.headers["Allow"] = ", ".join(sorted(valid))
         return response
 
     async def handle_unexpected(exc: Exception) -> Response:
+        # The client learns only the request id; the traceback goes to the log under that id.
         request_id = getattr(g, "request_id", None)
-        log.error("unhandled error rid=%s %s %s", request_id, request.method, request.path, exc_info=exc)
+        where = f"{request.method} {request.path}" if has_request_context() else f"WS {websocket.path}"
+        log.error("unhandled error rid=%s %s", request_id, where, exc_info=exc)
         return error_response(ApiError("Internal server error", status=500, code="internal_error"), request_id)
 
     app.before_request(before)
@@ -220,20 +272,34 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
     app.register_error_handler(Exception, handle_unexpected)
 
 
+async def _charge(state: EdgeState, client: str, cost: int) -> None:
+    """Take ``cost`` tokens from ``client``'s quota or raise 429 with an honest Retry-After."""
+    allowed, wait = await state.limiter.acquire(client, cost)
+    if allowed:
+        return
+    state.metrics.rate_limited.inc()
+    # The real time until the request fits, capped by retry_after_secs (a request that can never fit,
+    # cost above the burst, is told to come back after the cap).
+    retry = min(max(1, math.ceil(wait)), state.retry_after)
+    raise TooManyRequests(
+        "Rate limit exceeded", code="rate_limited", headers={"Retry-After": str(retry)},
+        details={"retry_after_seconds": retry, "cost": cost},
+    )
+
+
+def _with_edge_headers(response: Response, request_id: str, security_headers: list[tuple[str, str]]) -> Response:
+    response.headers["x-request-id"] = request_id
+    for name, value in security_headers:
+        response.headers[name] = value
+    return response
+
+
 def _preflight(state: EdgeState, origin: str) -> Response:
     response = Response("", status=204)
     if origin in state.cors_origins:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = (
-            "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-Id"
-        )
+        response.headers["Access-Control-Allow-Methods"] = CORS_ALLOW_METHODS
+        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
         response.headers["Access-Control-Max-Age"] = "600"
     return response
-
-
-async def _audit_auth_failure(kernel: Kernel, path: str, peer: str, request_id: str) -> None:
-    await kernel.audit.record(
-        "AuthAttempt", actor=peer or "unknown", target=path, outcome="denied", request_id=request_id
-    )

@@ -25,37 +25,52 @@ class ProxyTrust:
     """Which peers may tell us the real client address through forwarding headers."""
 
     def __init__(self, trusted: Iterable[str]) -> None:
-        self.networks = []
+        from librefang.errors import ConfigError
+
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for item in trusted:
-            self.networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            try:
+                self.networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {item!r} is not an IP address or network") from None
 
     def trusts(self, host: str) -> bool:
+        """True when ``host`` is inside one of the trusted proxy networks."""
         if not self.networks:
             return False
         try:
             addr = ipaddress.ip_address(host)
         except ValueError:
             return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
         return any(addr in net for net in self.networks)
 
     def client_ip(self, peer: str, headers: Mapping[str, str]) -> str:
-        """The client address: the TCP peer, or what a trusted proxy says it forwarded."""
-        if not self.trusts(peer):
+        """The client address: the TCP peer, or what a trusted proxy says it forwarded.
+
+        Order: CF-Connecting-IP, X-Real-IP, Forwarded (right-most ``for=``), then the right-most
+        X-Forwarded-For hop that is not itself a trusted proxy. A value that is not an IP address
+        is ignored, so a proxy passing garbage cannot mint arbitrary limiter keys.
+        """
+        if not self.networks or not self.trusts(peer):
             return peer
         for name in ("cf-connecting-ip", "x-real-ip"):
-            value = headers.get(name)
+            value = _ip_or_none(headers.get(name))
             if value:
-                return value.strip()
+                return value
         forwarded = headers.get("forwarded")
         if forwarded:
             for part in reversed(forwarded.split(",")):
                 for pair in part.split(";"):
                     key, _, value = pair.strip().partition("=")
-                    if key.lower() == "for" and value:
-                        return value.strip('"[]').split("]:")[0]
+                    if key.lower() == "for":
+                        address = _ip_or_none(_strip_forwarded_node(value))
+                        if address:
+                            return address
         xff = headers.get("x-forwarded-for")
         if xff:
-            hops = [h.strip() for h in xff.split(",") if h.strip()]
+            hops = [hop for hop in (_ip_or_none(h) for h in xff.split(",")[-MAX_HOPS:]) if hop]
             for hop in reversed(hops):  # right-most address not itself a trusted proxy
                 if not self.trusts(hop):
                     return hop
@@ -64,5 +79,32 @@ class ProxyTrust:
         return peer
 
 
+MAX_HOPS = 32  # X-Forwarded-For hops looked at (right-most); bounds work on a hostile header
+
+
+def _strip_forwarded_node(value: str) -> str:
+    """``"[2001:db8::1]:4711"`` → ``2001:db8::1``; ``192.0.2.1:80`` → ``192.0.2.1`` (RFC 7239 node)."""
+    value = value.strip().strip('"')
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
+
+
+def _ip_or_none(value: str | None) -> str | None:
+    """The canonical text of an IP address, or None when ``value`` is not one."""
+    if not value:
+        return None
+    value = value.strip()
+    if len(value) > 64:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
 def has_forwarding_headers(headers: Mapping[str, str]) -> bool:
+    """True when the request carries any header a proxy uses to name the original client."""
     return any(name in headers for name in FORWARDING_HEADERS)

@@ -27,8 +27,7 @@ from quart import Blueprint, Response, request
 
 from librefang.errors import BadRequest
 from librefang.jsonbody import read_json
-
-DEFAULT_COST = 5
+from librefang.ratelimit import DEFAULT_COST, route_cost
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class Router:
         methods: tuple[str, ...] | list[str] = ("GET",),
         *,
         public: bool = False,
-        cost: int = DEFAULT_COST,
+        cost: int | None = None,
         body: type[BaseModel] | None = None,
         query: type[BaseModel] | None = None,
         response: Any = None,
@@ -92,16 +91,16 @@ class Router:
         summary: str = "",
         idempotent: bool = False,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Declare an HTTP route. ``public`` routes need no credential; ``cost`` is in limiter tokens;
-        ``idempotent`` opts a creating POST into ``Idempotency-Key`` replay."""
+        """Declare an HTTP route. ``public`` routes need no credential; ``cost`` is in limiter tokens
+        (default: the reference cost table, :func:`librefang.ratelimit.route_cost`); ``idempotent``
+        opts a creating POST into ``Idempotency-Key`` replay."""
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             endpoint = fn.__name__
             wants_body = body is not None
             wants_query = query is not None
 
-            @functools.wraps(fn)
-            async def view(**kwargs: Any) -> Any:
+            async def run(kwargs: dict[str, Any]) -> Any:
                 if wants_body:
                     data = await read_json(request)
                     try:
@@ -118,6 +117,14 @@ class Router:
                     result = await result
                 return to_response(result, status)
 
+            @functools.wraps(fn)
+            async def view(**kwargs: Any) -> Any:
+                if idempotent:  # Idempotency-Key replay (core service, see librefang.idempotency)
+                    from librefang.idempotency import run_idempotent
+
+                    return await run_idempotent(lambda: run(kwargs))
+                return await run(kwargs)
+
             for method in methods:
                 self.specs.append(
                     RouteSpec(
@@ -125,7 +132,7 @@ class Router:
                         path=path,
                         endpoint=f"{self.name}.{endpoint}",
                         public=public,
-                        cost=cost,
+                        cost=cost if cost is not None else route_cost(method, path),
                         body=body,
                         query=query,
                         response=response,
@@ -156,7 +163,7 @@ class Router:
         return self.route(path, ("DELETE",), **kw)
 
     def websocket(
-        self, path: str, *, public: bool = False, cost: int = DEFAULT_COST, summary: str = ""
+        self, path: str, *, public: bool = False, cost: int | None = None, summary: str = ""
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Declare a WebSocket route (auth by header or the ``bearer.<key>`` sub-protocol)."""
 
@@ -168,7 +175,7 @@ class Router:
                     path=path,
                     endpoint=f"{self.name}.{endpoint}",
                     public=public,
-                    cost=cost,
+                    cost=cost if cost is not None else route_cost("GET", path),
                     summary=summary or (fn.__doc__ or "").strip().split("\n")[0],
                     websocket=True,
                     tags=self.tags,

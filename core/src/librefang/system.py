@@ -9,6 +9,7 @@ from typing import Any
 from quart import Response
 
 from librefang import current_kernel
+from librefang.auth import public_routes
 from librefang.metrics import process_rss_bytes
 from librefang.plugins import await_me_maybe
 from librefang.routing import Router
@@ -19,13 +20,14 @@ API_VERSION = {"current": "v1", "supported": ["v1"], "deprecated": []}
 
 def system_router() -> Router:
     """The core's own routes (registered as plugin ``core``)."""
-    from librefang import auditapi, configapi, security
+    from librefang import auditapi, configapi, logstream, security
 
     router = Router("core", tags=("system",))
     add_system_routes(router)
     configapi.add_routes(router)
     auditapi.add_routes(router)
     security.add_routes(router)
+    logstream.add_routes(router)
     return router
 
 
@@ -78,7 +80,7 @@ def add_system_routes(router: Router) -> None:
             memory_used_mb=round(process_rss_bytes() / 1_048_576, 1),
             auth_mode=kernel.edge.auth.mode,
             plugins=kernel.plugins.describe(),
-            public_routes=kernel.routes.public_paths(),
+            public_routes=public_routes(kernel.routes.specs.values()),
             **extra,
         )
 
@@ -116,9 +118,9 @@ def add_system_routes(router: Router) -> None:
     @router.get("/api/openapi.json", public=True, cost=1)
     async def openapi() -> dict[str, Any]:
         """The OpenAPI 3.1 document of every registered route."""
-        from librefang.openapi import build_openapi
-
         from quart import current_app
+
+        from librefang.openapi import build_openapi
 
         document = current_app.config.get("LIBREFANG_OPENAPI")
         if document is None:  # built once per app; a reload builds a new app
