@@ -1,8 +1,17 @@
 """Append-only, hash-chained audit log stored in the database, with an external anchor file.
 
 Each entry's ``hash`` is SHA-256 over its tagged fields and the previous entry's hash; the first
-``prev_hash`` is 64 zeros. The tip (seq and hash) is also written to an anchor file so that a
-rewritten tail is detected. Retention trims old entries and records where the chain now starts.
+``prev_hash`` is 64 zeros. Every committed entry's ``seq hash`` is also appended to an anchor file
+outside the database (:mod:`librefang.auditanchor`), so an edited, deleted, inserted, reordered or
+wholesale rewritten run of rows is detected, and the first broken ``seq`` is named exactly.
+
+Retention trims old entries: the anchor file is rewritten first to start at the last trimmed
+entry, then the rows are deleted and the database records where the chain now starts, so the
+remaining chain still verifies end to end.
+
+Multi-process note: one process appends at a time. ``seq`` is the primary key, so a second writer
+racing on the same database fails its insert instead of forking the chain, but a shared anchor and
+a shared append lock (PostgreSQL advisory lock) are needed before several daemons share one chain.
 """
 
 from __future__ import annotations
@@ -11,18 +20,25 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
-import os
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 
+from librefang.auditanchor import AnchorCorrupt, AnchorFile, AnchorReader
 from librefang.storage import Database
+
+log = logging.getLogger("librefang.audit")
 
 GENESIS = "0" * 64
 FIELDS = ("seq", "timestamp", "actor", "action", "target", "detail", "outcome", "request_id")
+COLUMNS = "seq, timestamp, actor, action, target, detail, outcome, request_id, prev_hash, hash"
 MAX_DETAIL_CHARS = 4000
+VERIFY_BATCH = 1000
+RETENTION_INTERVAL_SECS = 3600.0
 
 
 def entry_hash(entry: dict[str, Any], prev_hash: str) -> str:
@@ -32,6 +48,15 @@ def entry_hash(entry: dict[str, Any], prev_hash: str) -> str:
         digest.update(f"\x1f{name}={entry[name]}".encode())
     digest.update(f"\x1fprev_hash={prev_hash}".encode())
     return digest.hexdigest()
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def format_timestamp(moment: dt.datetime) -> str:
+    """RFC 3339 UTC with microseconds; one fixed format so text order is time order."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
 @dataclass
@@ -58,28 +83,147 @@ class VerifyResult:
         return out
 
 
+class _Walk:
+    """State of one verification pass: the chain so far, the anchor cursor and the first break.
+
+    Runs in a worker thread one batch at a time (hashing and anchor reads are blocking work).
+    """
+
+    def __init__(self, start: tuple[int, str], anchor: AnchorReader | None, tip_seq: int) -> None:
+        self.prev_seq, self.prev_hash = start
+        self.anchor = anchor
+        self.tip_seq = tip_seq
+        self.count = 0
+        self.broken: tuple[int, str] | None = None
+        self.anchor_failed = False
+        self.anchor_start: tuple[int, str] | None = None
+        self._pending: tuple[int, str] | None = None
+
+    def fail(self, seq: int, message: str, *, anchor: bool = False) -> None:
+        if anchor:
+            self.anchor_failed = True
+        if self.broken is None or seq < self.broken[0]:
+            self.broken = (seq, message)
+
+    def begin(self) -> None:
+        """Read the anchor's start line and compare it with where the database says the chain starts."""
+        if self.anchor is None:
+            return
+        try:
+            self.anchor_start = self.anchor.read_start()
+        except AnchorCorrupt as exc:
+            self.anchor = None
+            self.fail(self.prev_seq + 1, f"anchor file is corrupt: {exc}", anchor=True)
+            return
+        anchor_seq, anchor_hash = self.anchor_start
+        if self.prev_seq > anchor_seq:
+            self.fail(anchor_seq + 1, f"chain break at seq {anchor_seq + 1}: entries up to seq {self.prev_seq}"
+                      " were removed from the database without an anchored retention trim", anchor=True)
+        elif self.prev_seq == anchor_seq and self.prev_hash != anchor_hash:
+            self.fail(anchor_seq + 1, f"chain break at seq {anchor_seq + 1}: the chain start differs from the"
+                      " anchor file", anchor=True)
+
+    def _next_anchor(self) -> tuple[int, str] | None:
+        if self._pending is not None:
+            line, self._pending = self._pending, None
+            return line
+        if self.anchor is None:
+            return None
+        try:
+            return self.anchor.read_line()
+        except AnchorCorrupt as exc:
+            self.anchor = None
+            self.fail(self.prev_seq, f"anchor file is corrupt: {exc}", anchor=True)
+            return None
+
+    def _check_anchor(self, seq: int, digest: str) -> None:
+        if self.anchor_start is None:
+            return
+        start_seq, start_hash = self.anchor_start
+        if seq <= start_seq:  # a retention trim anchored but not yet applied to the database
+            if seq == start_seq and digest != start_hash:
+                self.fail(seq, f"chain break at seq {seq}: hash differs from the anchor file", anchor=True)
+            return
+        line = self._next_anchor()
+        while line is not None and line[0] < seq:
+            self.fail(line[0], f"chain break at seq {line[0]}: anchored entry is missing from the database",
+                      anchor=True)
+            line = self._next_anchor()
+        if line is None or line[0] > seq:
+            self._pending = line
+            self.fail(seq, f"chain break at seq {seq}: entry is not in the anchor file (inserted?)", anchor=True)
+        elif line[1] != digest:
+            self.fail(seq, f"chain break at seq {seq}: hash differs from the anchor file (rewritten)", anchor=True)
+
+    def process(self, rows: list[dict[str, Any]]) -> None:
+        """Check one batch of entries, in seq order."""
+        for entry in rows:
+            self.count += 1
+            seq = int(entry["seq"])
+            if seq != self.prev_seq + 1:
+                self.fail(self.prev_seq + 1, f"chain break at seq {self.prev_seq + 1}: next entry has seq {seq}")
+            elif entry["prev_hash"] != self.prev_hash:
+                self.fail(seq, f"chain break at seq {seq}: prev_hash does not match the previous entry")
+            elif entry_hash(entry, self.prev_hash) != entry["hash"]:
+                self.fail(seq, f"chain break at seq {seq}: entry content does not match its hash")
+            self._check_anchor(seq, entry["hash"])
+            self.prev_seq, self.prev_hash = seq, entry["hash"]
+
+    def finish(self) -> None:
+        """Anchored entries the database no longer holds (a deleted tail)."""
+        if self.anchor_start is None:
+            return
+        line = self._next_anchor()
+        if line is not None and line[0] <= self.tip_seq:
+            self.fail(line[0], f"chain break at seq {line[0]}: anchored entry is missing from the database",
+                      anchor=True)
+
+
 class AuditChain:
     """The kernel's audit log. ``record`` appends; ``verify`` walks the whole chain."""
 
-    def __init__(self, db: Database, anchor_path: Path) -> None:
+    def __init__(self, db: Database, anchor_path: Path, *, clock: Callable[[], dt.datetime] = utc_now) -> None:
         self.db = db
         self.anchor_path = anchor_path
+        self.anchor = AnchorFile(anchor_path)
+        self.clock = clock  # injectable so tests can write entries dated in the past
         self._lock = asyncio.Lock()
         self._tip_seq = 0
         self._tip_hash = GENESIS
+        self._entries = 0
         self.last_verify: dict[str, Any] | None = None
+        self.last_trim: dict[str, Any] | None = None
+        self._verifying: asyncio.Future[VerifyResult] | None = None
 
     async def open(self) -> None:
-        """Load the tip from the database."""
+        """Load the tip, create the anchor for a new chain, and re-anchor an entry a crash left out."""
         async with self.db.begin() as conn:
-            row = (
-                await conn.execute(text("SELECT seq, hash FROM core_audit_entries ORDER BY seq DESC LIMIT 1"))
-            ).first()
-            if row is None:
-                start = await self._chain_start(conn)
-                self._tip_seq, self._tip_hash = start
+            start = await self._chain_start(conn)
+            tip = (await conn.execute(text(f"SELECT {COLUMNS} FROM core_audit_entries ORDER BY seq DESC LIMIT 1"))
+                   ).mappings().first()
+            self._entries = int((await conn.execute(text("SELECT COUNT(*) FROM core_audit_entries"))).scalar_one())
+        self._tip_seq, self._tip_hash = (int(tip["seq"]), tip["hash"]) if tip else start
+        await asyncio.to_thread(self._reconcile_anchor, start, dict(tip) if tip else None)
+
+    def _reconcile_anchor(self, start: tuple[int, str], tip: dict[str, Any] | None) -> None:
+        if not self.anchor.exists():
+            if tip is None:
+                self.anchor.create(*start)
             else:
-                self._tip_seq, self._tip_hash = int(row[0]), row[1]
+                log.error("audit anchor %s is missing; /api/audit/verify will report the chain as unanchored",
+                          self.anchor_path)
+            return
+        try:
+            last = self.anchor.last()
+        except AnchorCorrupt as exc:
+            log.error("audit anchor %s is corrupt: %s", self.anchor_path, exc)
+            return
+        # The entry is committed before its anchor line is written, so a crash in between leaves the
+        # database exactly one entry ahead. Only that entry, chained to the anchored tip, is re-anchored.
+        if tip is not None and last is not None and int(tip["seq"]) == last[0] + 1 \
+                and tip["prev_hash"] == last[1] and entry_hash(tip, last[1]) == tip["hash"]:
+            self.anchor.append(int(tip["seq"]), tip["hash"])
+            log.warning("audit anchor was one entry behind (interrupted write); re-anchored seq %s", tip["seq"])
 
     @staticmethod
     async def _chain_start(conn: Any) -> tuple[int, str]:
@@ -90,6 +234,11 @@ class AuditChain:
 
     @property
     def length(self) -> int:
+        """Entries currently held (after retention trims)."""
+        return self._entries
+
+    @property
+    def tip_seq(self) -> int:
         return self._tip_seq
 
     @property
@@ -106,47 +255,42 @@ class AuditChain:
         outcome: str = "ok",
         request_id: str = "",
     ) -> dict[str, Any]:
-        """Append an entry and return it. ``detail`` may be a string or a JSON-able value."""
+        """Append an entry and return it. ``detail`` may be a string or a JSON-able value.
+
+        Credential-shaped substrings in ``target`` and ``detail`` are scrubbed before hashing.
+        """
+        from librefang.logs import scrub
+
         if not isinstance(detail, str):
             detail = json.dumps(detail, sort_keys=True, default=str)
         entry = {
-            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-            "actor": actor[:200],
-            "action": action[:100],
-            "target": target[:500],
-            "detail": detail[:MAX_DETAIL_CHARS],
-            "outcome": outcome[:50],
-            "request_id": request_id[:64],
+            "actor": str(actor)[:200],
+            "action": str(action)[:100],
+            "target": scrub(str(target))[:500],
+            "detail": scrub(detail)[:MAX_DETAIL_CHARS],
+            "outcome": str(outcome)[:50],
+            "request_id": str(request_id or "")[:64],
         }
         async with self._lock:
+            entry["timestamp"] = format_timestamp(self.clock())
             entry["seq"] = self._tip_seq + 1
             entry["prev_hash"] = self._tip_hash
             entry["hash"] = entry_hash(entry, self._tip_hash)
             async with self.db.begin() as conn:
                 await conn.execute(
                     text(
-                        "INSERT INTO core_audit_entries (seq, timestamp, actor, action, target, detail, outcome,"
-                        " request_id, prev_hash, hash) VALUES (:seq, :timestamp, :actor, :action, :target,"
-                        " :detail, :outcome, :request_id, :prev_hash, :hash)"
+                        f"INSERT INTO core_audit_entries ({COLUMNS}) VALUES (:seq, :timestamp, :actor, :action,"
+                        " :target, :detail, :outcome, :request_id, :prev_hash, :hash)"
                     ),
                     entry,
                 )
             self._tip_seq, self._tip_hash = entry["seq"], entry["hash"]
-            self._write_anchor(entry["seq"], entry["hash"])
+            self._entries += 1
+            try:
+                self.anchor.append(entry["seq"], entry["hash"])
+            except OSError as exc:  # the entry is stored; verify will show it as unanchored
+                log.error("could not write the audit anchor %s: %s", self.anchor_path, exc)
         return entry
-
-    def _write_anchor(self, seq: int, digest: str) -> None:
-        self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.anchor_path.with_suffix(".tmp")
-        tmp.write_text(f"{seq} {digest}\n")
-        os.replace(tmp, self.anchor_path)
-
-    def _read_anchor(self) -> tuple[int, str] | None:
-        try:
-            seq, digest = self.anchor_path.read_text().split()
-            return int(seq), digest
-        except (FileNotFoundError, ValueError):
-            return None
 
     async def recent(self, limit: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Newest first, with the total count."""
@@ -154,72 +298,112 @@ class AuditChain:
             total = (await conn.execute(text("SELECT COUNT(*) FROM core_audit_entries"))).scalar_one()
             rows = (
                 await conn.execute(
-                    text(
-                        "SELECT seq, timestamp, actor, action, target, detail, outcome, request_id, prev_hash, hash"
-                        " FROM core_audit_entries ORDER BY seq DESC LIMIT :limit OFFSET :offset"
-                    ),
+                    text(f"SELECT {COLUMNS} FROM core_audit_entries ORDER BY seq DESC LIMIT :limit OFFSET :offset"),
                     {"limit": limit, "offset": offset},
                 )
             ).mappings().all()
         return [dict(r) for r in rows], int(total)
 
     async def verify(self) -> VerifyResult:
-        """Walk the chain: every link, every hash, contiguous seqs, and the anchor."""
+        """Walk the chain: contiguous seqs, every link, every hash, and each entry against the anchor.
+
+        Concurrent callers share one walk (it costs a hash per entry), and a caller that goes away
+        does not cancel it for the others.
+        """
+        if self._verifying is None or self._verifying.done():
+            self._verifying = asyncio.ensure_future(self._verify())
+        return await asyncio.shield(self._verifying)
+
+    async def _verify(self) -> VerifyResult:
+        reader: AnchorReader | None = None
         async with self.db.begin() as conn:
-            prev_seq, prev_hash = await self._chain_start(conn)
-            result = await conn.stream(
-                text(
-                    "SELECT seq, timestamp, actor, action, target, detail, outcome, request_id, prev_hash, hash"
-                    " FROM core_audit_entries ORDER BY seq"
+            # Snapshot under the lock: the rows, the chain start and the anchor file are taken at one
+            # point, so appends and trims running meanwhile are not mistaken for tampering.
+            async with self._lock:
+                start = await self._chain_start(conn)
+                tip_seq = self._tip_seq
+                result = await conn.stream(
+                    text(f"SELECT {COLUMNS} FROM core_audit_entries WHERE seq <= :tip ORDER BY seq"),
+                    {"tip": tip_seq},
                 )
-            )
-            count = 0
-            hashes: dict[int, str] = {}
-            broken: tuple[int, str] | None = None
-            async for row in result.mappings():
-                entry = dict(row)
-                count += 1
-                seq = int(entry["seq"])
-                if broken is None:
-                    if seq != prev_seq + 1:
-                        broken = (prev_seq + 1, f"chain break at seq {prev_seq + 1}: next entry has seq {seq}")
-                    elif entry["prev_hash"] != prev_hash:
-                        broken = (seq, f"chain break at seq {seq}: prev_hash does not match the previous entry")
-                    elif entry_hash(entry, prev_hash) != entry["hash"]:
-                        broken = (seq, f"chain break at seq {seq}: entry content does not match its hash")
-                prev_seq, prev_hash = seq, entry["hash"]
-                hashes[seq] = entry["hash"]
-        anchor = self._read_anchor()
-        anchor_status = "none"
-        if anchor is not None:
-            anchor_seq, anchor_hash = anchor
-            if hashes.get(anchor_seq) == anchor_hash and anchor_seq == prev_seq:
-                anchor_status = "ok"
-            elif hashes.get(anchor_seq) == anchor_hash:
-                anchor_status = "behind"  # a crash between commit and anchor write; tail still chained
-            else:
-                anchor_status = "mismatch"
-                if broken is None:
-                    broken = (anchor_seq, f"anchor mismatch: entry seq {anchor_seq} differs from the anchor file")
-        elif count:
-            anchor_status = "missing"
+                reader = await asyncio.to_thread(self.anchor.open_reader)
+            try:
+                walk = _Walk(start, reader, tip_seq)
+                await asyncio.to_thread(walk.begin)
+                mapped = result.mappings()
+                while True:
+                    rows = [dict(r) for r in await mapped.fetchmany(VERIFY_BATCH)]
+                    if not rows:
+                        break
+                    await asyncio.to_thread(walk.process, rows)
+                await asyncio.to_thread(walk.finish)
+            finally:
+                if reader is not None:
+                    reader.close()
+                await result.close()
+        if reader is None:
+            anchor_status = "missing" if walk.count else "none"
+            if walk.count:
+                walk.fail(start[0] + 1, "anchor file is missing: the chain cannot be checked against it")
+        else:
+            anchor_status = "mismatch" if walk.anchor_failed else "ok"
+        broken = walk.broken
         verdict = VerifyResult(
             valid=broken is None,
-            entries=count,
-            tip_hash=prev_hash,
+            entries=walk.count,
+            tip_hash=walk.prev_hash,
             anchor_status=anchor_status,
             first_broken_seq=broken[0] if broken else None,
             error=broken[1] if broken else None,
         )
-        self.last_verify = {"valid": verdict.valid, "entries": count, "at": dt.datetime.now(dt.UTC).isoformat()}
+        self.last_verify = {
+            "valid": verdict.valid, "entries": walk.count, "first_broken_seq": verdict.first_broken_seq,
+            "at": format_timestamp(utc_now()),
+        }
         return verdict
 
     async def trim(self, retention_days: int) -> int:
-        """Delete entries older than ``retention_days`` (0 keeps all); the chain stays verifiable."""
+        """Delete entries older than ``retention_days`` (0 keeps all); the chain stays verifiable.
+
+        Refuses to trim a chain that does not verify, so tampering is never laundered away.
+        Records a ``RetentionTrim`` entry when something was deleted; returns how many.
+        """
         if retention_days <= 0:
             return 0
-        cutoff = (dt.datetime.now(dt.UTC) - dt.timedelta(days=retention_days)).isoformat(timespec="microseconds")
-        async with self._lock, self.db.begin() as conn:
+        cutoff = format_timestamp(self.clock() - dt.timedelta(days=retention_days))
+        if await self._last_expired(cutoff) is None:
+            return 0
+        verdict = await self.verify()
+        if not verdict.valid:
+            log.error("audit retention skipped: the chain does not verify (%s)", verdict.error)
+            self.last_trim = {"deleted": 0, "refused": verdict.error, "at": format_timestamp(utc_now())}
+            return 0
+        async with self._lock:
+            last = await self._last_expired(cutoff)
+            if last is None:
+                return 0
+            last_seq, last_hash = last
+            # Anchor first: if the process dies before the rows go, the anchor's start simply points
+            # into rows that are still present, which verifies; the next trim finishes the job.
+            await asyncio.to_thread(self.anchor.rewrite_from, last_seq, last_hash)
+            async with self.db.begin() as conn:
+                deleted = await conn.execute(text("DELETE FROM core_audit_entries WHERE seq <= :s"), {"s": last_seq})
+                for name, value in (("trimmed_seq", str(last_seq)), ("trimmed_hash", last_hash)):
+                    await conn.execute(text("DELETE FROM core_audit_meta WHERE name = :n"), {"n": name})
+                    await conn.execute(
+                        text("INSERT INTO core_audit_meta (name, value) VALUES (:n, :v)"), {"n": name, "v": value}
+                    )
+                count = int(deleted.rowcount or 0)
+            self._entries = max(0, self._entries - count)
+        self.last_trim = {"deleted": count, "through_seq": last_seq, "at": format_timestamp(utc_now())}
+        await self.record(
+            "RetentionTrim", detail={"deleted": count, "through_seq": last_seq, "retention_days": retention_days}
+        )
+        return count
+
+    async def _last_expired(self, cutoff: str) -> tuple[int, str] | None:
+        """(seq, hash) of the newest entry older than ``cutoff``; the tip itself is always kept."""
+        async with self.db.begin() as conn:
             row = (
                 await conn.execute(
                     text(
@@ -229,11 +413,14 @@ class AuditChain:
                     {"cutoff": cutoff, "tip": self._tip_seq},
                 )
             ).first()
-            if row is None:
-                return 0
-            last_seq, last_hash = int(row[0]), row[1]
-            deleted = await conn.execute(text("DELETE FROM core_audit_entries WHERE seq <= :s"), {"s": last_seq})
-            for name, value in (("trimmed_seq", str(last_seq)), ("trimmed_hash", last_hash)):
-                await conn.execute(text("DELETE FROM core_audit_meta WHERE name = :n"), {"n": name})
-                await conn.execute(text("INSERT INTO core_audit_meta (name, value) VALUES (:n, :v)"), {"n": name, "v": value})
-            return int(deleted.rowcount or 0)
+        return (int(row[0]), row[1]) if row is not None else None
+
+    async def run_retention(self, retention_days: Callable[[], int],
+                            interval: float = RETENTION_INTERVAL_SECS) -> None:
+        """Trim at once, then every ``interval`` seconds, for as long as the kernel runs."""
+        while True:
+            try:
+                await self.trim(retention_days())
+            except Exception:  # a failed trim is retried on the next round
+                log.exception("audit retention trim failed")
+            await asyncio.sleep(interval)

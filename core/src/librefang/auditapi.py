@@ -12,7 +12,7 @@ from librefang.routing import Router
 
 class RecentQuery(BaseModel):
     n: int = Field(50, ge=1, le=1000, description="Entries per page")
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=1_000_000_000, description="Entries to skip (newest first)")
 
 
 class AuditEntry(BaseModel):
