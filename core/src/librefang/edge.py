@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+import traceback
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,8 @@ class EdgeState:
             # A dangling env:/vault: reference must not look like "auth on": say so loudly.
             log.warning("api_key %r resolved to an empty value: only loopback clients are admitted",
                         core.api_key if core.api_key.startswith(("env:", "vault:")) else "<set>")
+        # Kept only to scrub it from logged tracebacks; requests are checked against a digest.
+        self.secret_value = resolved.strip() if len(resolved.strip()) >= 6 and not resolved.startswith("$sha256$") else ""
         try:
             self.auth = Authenticator(resolved)
         except ValueError as exc:
@@ -258,10 +261,11 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
         return response
 
     async def handle_unexpected(exc: Exception) -> Response:
-        # The client learns only the request id; the traceback goes to the log under that id.
+        # The client learns only the request id; the traceback goes to the log under that id, with
+        # credential shapes and known secret values scrubbed (exception messages do carry them).
         request_id = getattr(g, "request_id", None)
         where = f"{request.method} {request.path}" if has_request_context() else f"WS {websocket.path}"
-        log.error("unhandled error rid=%s %s", request_id, where, exc_info=exc)
+        log.error("unhandled error rid=%s %s\n%s", request_id, where, scrubbed_traceback(kernel, exc))
         return error_response(ApiError("Internal server error", status=500, code="internal_error"), request_id)
 
     app.before_request(before)
@@ -285,6 +289,21 @@ async def _charge(state: EdgeState, client: str, cost: int) -> None:
         "Rate limit exceeded", code="rate_limited", headers={"Retry-After": str(retry)},
         details={"retry_after_seconds": retry, "cost": cost},
     )
+
+
+def scrubbed_traceback(kernel: Kernel, exc: BaseException) -> str:
+    """The formatted traceback of ``exc`` without secrets: credential shapes (see
+    :func:`librefang.logs.scrub`), the API key and every value stored in the vault."""
+    from librefang.logs import scrub
+
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    secrets = list(kernel.vault.known_values())
+    key = kernel.edge.secret_value
+    if key:
+        secrets.append(key)
+    for value in sorted(secrets, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return scrub(text)
 
 
 def _with_edge_headers(response: Response, request_id: str, security_headers: list[tuple[str, str]]) -> Response:

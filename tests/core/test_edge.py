@@ -1,0 +1,301 @@
+"""Every response: request ids, security headers (errors and streams too), JSON errors for every
+status, and the body guards (size with and without Content-Length, depth, syntax, content type)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import httpx
+import librefang
+import pytest
+from librefang.app import build_app
+from librefang.edge import SECURITY_HEADERS
+from librefang.jsonbody import MAX_JSON_DEPTH
+from librefang.routing import Router
+from librefang.testing import make_client, start_live_server
+from pydantic import BaseModel
+from quart import Response
+
+REMOTE = {"client": ("203.0.113.5", 1234)}
+LEAKY_SECRET = "sk-live-0123456789abcdefSECRET"
+
+
+class EchoBody(BaseModel):
+    data: Any = None
+
+
+class EdgePlugin:
+    """Routes that fail, stream, and take a JSON body."""
+
+    @librefang.hookimpl
+    def register_routes(self, register):
+        router = Router("edgetest")
+
+        @router.get("/api/edgetest/boom")
+        async def boom():
+            raise RuntimeError(f"database password is {LEAKY_SECRET}")
+
+        @router.post("/api/edgetest/echo", body=EchoBody)
+        async def echo(body: EchoBody):
+            return {"data": body.data}
+
+        @router.post("/api/edgetest/raw")
+        async def raw():
+            from quart import request
+
+            return {"received": len(await request.get_data())}
+
+        @router.get("/api/edgetest/stream")
+        async def stream():
+            async def events():
+                for i in range(3):
+                    yield f"data: {i}\n\n".encode()
+
+            response = Response(events(), mimetype="text/event-stream")
+            response.timeout = None
+            return response
+
+        register(router)
+
+
+async def build(make_kernel, config: str | None = None):
+    kernel = await make_kernel(config=config, plugins={"edgetest": EdgePlugin()}, load_entry_points=False)
+    return kernel, make_client(build_app(kernel))
+
+
+def assert_security_headers(response) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.get(name) == value, name
+    assert "max-age=63072000" in response.headers["Strict-Transport-Security"]
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    rid = response.headers["x-request-id"]
+    assert uuid.UUID(rid).version == 4
+
+
+async def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    body = await response.get_json()
+    assert set(body) >= {"error", "code", "request_id"}
+    assert isinstance(body["error"], str) and body["error"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    if code is not None:
+        assert body["code"] == code
+    assert_security_headers(response)
+    return body
+
+
+# -- request ids ---------------------------------------------------------------------------------
+async def test_request_id_fresh_uuid4_and_client_id_not_reused(make_kernel):
+    _, client = await build(make_kernel)
+    seen = set()
+    for _ in range(5):
+        response = await client.get("/api/health", headers={"X-Request-Id": "client-chosen-id"})
+        rid = response.headers["x-request-id"]
+        assert rid != "client-chosen-id"
+        assert uuid.UUID(rid).version == 4
+        seen.add(rid)
+    assert len(seen) == 5
+
+
+# -- headers on every kind of response -----------------------------------------------------------
+async def test_security_headers_on_success_errors_preflight_and_stream(make_kernel):
+    _, client = await build(make_kernel, 'api_key = "k-0123456789"\n')
+    assert_security_headers(await client.get("/api/health"))
+    assert_security_headers(await client.get("/api/status", scope_base=REMOTE))  # 401
+    assert_security_headers(await client.get("/api/nowhere"))  # 401 for loopback too (key set)
+    assert_security_headers(await client.options(
+        "/api/status", headers={"Origin": "http://localhost:4545", "Access-Control-Request-Method": "GET"}))
+    stream = await client.get("/api/edgetest/stream", headers={"Authorization": "Bearer k-0123456789"})
+    assert stream.status_code == 200 and stream.mimetype == "text/event-stream"
+    assert_security_headers(stream)
+    assert await stream.get_data(as_text=True) == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+# -- JSON errors for every status ------------------------------------------------------------------
+async def test_404_and_405_are_json(make_kernel):
+    _, client = await build(make_kernel)
+    body = await assert_error(await client.get("/api/does-not-exist"), 404, "not_found")
+    assert "/api/does-not-exist" in body["error"]
+    await assert_error(await client.get("/api/v1/does-not-exist"), 404, "not_found")
+    response = await client.delete("/api/health")
+    body = await assert_error(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["Allow"]
+    assert "DELETE" in body["error"]
+
+
+async def test_500_hides_the_error_and_logs_traceback_with_request_id(make_kernel, caplog):
+    _, client = await build(make_kernel)
+    with caplog.at_level(logging.ERROR, logger="librefang.edge"):
+        response = await client.get("/api/edgetest/boom")
+    body = await assert_error(response, 500, "internal_error")
+    assert body["error"] == "Internal server error"
+    raw = await response.get_data(as_text=True)
+    for leak in (LEAKY_SECRET, "Traceback", "RuntimeError", "database password", "edge.py"):
+        assert leak not in raw
+    rid = response.headers["x-request-id"]
+    records = [r.getMessage() for r in caplog.records if r.name == "librefang.edge" and rid in r.getMessage()]
+    assert records, "the 500 must be logged with its request id"
+    logged = records[0]
+    assert "Traceback (most recent call last)" in logged and "RuntimeError: database password is" in logged
+    assert "raise RuntimeError" in logged  # the failing line is there for whoever debugs it
+    assert LEAKY_SECRET not in logged  # but not the secret the exception message carried
+
+
+async def test_500_log_scrubs_the_api_key_and_vault_values(make_kernel, librefang_home, caplog):
+    from librefang.vault import Vault
+
+    Vault(librefang_home).set("bot_token", "vaulted-value-998877")
+
+    class Leaky:
+        @librefang.hookimpl
+        def register_routes(self, register):
+            router = Router("leaky")
+
+            @router.get("/api/leaky")
+            async def leaky():
+                raise ValueError("key=plain-master-key-42 token vaulted-value-998877")
+
+            register(router)
+
+    kernel = await make_kernel(config='api_key = "plain-master-key-42"\n', plugins={"leaky": Leaky()},
+                               load_entry_points=False)
+    client = make_client(build_app(kernel))
+    with caplog.at_level(logging.ERROR, logger="librefang.edge"):
+        response = await client.get("/api/leaky", headers={"Authorization": "Bearer plain-master-key-42"})
+    assert response.status_code == 500
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "ValueError" in logged
+    assert "plain-master-key-42" not in logged and "vaulted-value-998877" not in logged
+
+
+async def test_429_is_json_with_retry_after(make_kernel):
+    _, client = await build(make_kernel, "[rate_limit]\napi_requests_per_minute = 1\n")
+    assert (await client.get("/api/health", scope_base=REMOTE)).status_code == 200
+    response = await client.get("/api/health", scope_base=REMOTE)
+    body = await assert_error(response, 429, "rate_limited")
+    assert body["error"] == "Rate limit exceeded"
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+# -- body guards ---------------------------------------------------------------------------------
+async def test_body_over_limit_with_content_length_is_413(make_kernel):
+    _, client = await build(make_kernel)
+    limit = 8 * 1024 * 1024
+    payload = json.dumps({"data": "x" * limit}).encode()
+    response = await client.post("/api/edgetest/echo", data=payload, headers={"Content-Type": "application/json"})
+    body = await assert_error(response, 413, "payload_too_large")
+    assert str(limit) in body["error"]
+    # At the limit it is accepted.
+    fits = json.dumps({"data": "x" * (limit - 20)}).encode()
+    assert len(fits) <= limit
+    ok = await client.post("/api/edgetest/echo", data=fits, headers={"Content-Type": "application/json"})
+    assert ok.status_code == 200
+
+
+async def stream_body(client, path: str, chunks: list[bytes], content_type: str = "application/json"):
+    """Send a body in chunks with no Content-Length (what chunked transfer encoding looks like in ASGI)."""
+    async with client.request(
+        path, method="POST", headers={"Content-Type": content_type}, scope_base={"client": ("127.0.0.1", 5)}
+    ) as connection:
+        for chunk in chunks:
+            await connection.send(chunk)
+        await connection.send_complete()
+    return await connection.as_response()
+
+
+async def test_chunked_body_over_limit_is_413(make_kernel):
+    _, client = await build(make_kernel, "max_request_body_bytes = 4096\n")
+    chunk = b" " * 1024
+    response = await stream_body(client, "/api/edgetest/echo", [b'{"data": "'] + [chunk] * 5 + [b'"}'])
+    await assert_error(response, 413, "payload_too_large")
+    response = await stream_body(client, "/api/edgetest/raw", [chunk] * 6, "application/octet-stream")
+    await assert_error(response, 413, "payload_too_large")
+    ok = await stream_body(client, "/api/edgetest/echo", [b'{"data": ', b'"small"}'])
+    assert ok.status_code == 200 and (await ok.get_json()) == {"data": "small"}
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+async def test_json_depth_limit(make_kernel):
+    _, client = await build(make_kernel)
+    # {"data": ...} is one level, so the array may nest MAX_JSON_DEPTH - 1 deep.
+    ok = await client.post("/api/edgetest/echo", data=f'{{"data": {nested(MAX_JSON_DEPTH - 1)}}}',
+                           headers={"Content-Type": "application/json"})
+    assert ok.status_code == 200
+    deep = await client.post("/api/edgetest/echo", data=f'{{"data": {nested(MAX_JSON_DEPTH)}}}',
+                             headers={"Content-Type": "application/json"})
+    body = await assert_error(deep, 400, "json_too_deep")
+    assert "32" in body["error"]
+    # Far beyond the interpreter's recursion limit: still a clean 400.
+    abyss = await client.post("/api/edgetest/echo", data=nested(200_000), headers={"Content-Type": "application/json"})
+    await assert_error(abyss, 400, "json_too_deep")
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b'{"data": ', "malformed JSON"),
+        (b'{"data": 1,}', "line 1 column"),
+        (b"{'data': 1}", "property name"),
+        (b"", "empty"),
+        (b'{"data": "\xff"}', "UTF-8"),
+    ],
+)
+async def test_malformed_json_is_400_naming_the_problem(make_kernel, payload, fragment):
+    _, client = await build(make_kernel)
+    response = await client.post("/api/edgetest/echo", data=payload, headers={"Content-Type": "application/json"})
+    body = await assert_error(response, 400, "invalid_json")
+    assert fragment in body["error"]
+
+
+async def test_wrong_content_type_is_415(make_kernel):
+    _, client = await build(make_kernel)
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        response = await client.post("/api/edgetest/echo", data=b'{"data": 1}', headers={"Content-Type": content_type})
+        body = await assert_error(response, 415, "unsupported_media_type")
+        assert "application/json" in body["error"]
+    for content_type in ("application/json", "application/json; charset=utf-8", "application/merge-patch+json"):
+        response = await client.post("/api/edgetest/echo", data=b'{"data": 1}', headers={"Content-Type": content_type})
+        assert response.status_code == 200, content_type
+
+
+async def test_schema_violation_is_400_not_500(make_kernel):
+    _, client = await build(make_kernel)
+    response = await client.post("/api/edgetest/echo", data=b"[1, 2]", headers={"Content-Type": "application/json"})
+    body = await assert_error(response, 400, "invalid_body")
+    assert "body" in body["error"]
+
+
+# -- over a real socket ----------------------------------------------------------------------------
+def test_live_server_stream_headers_and_chunked_413(librefang_home):
+    (librefang_home / "config.toml").write_text("max_request_body_bytes = 4096\n")
+    server = start_live_server(librefang_home, plugins={"edgetest": EdgePlugin()}, load_entry_points=False)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http, \
+                http.stream("GET", "/api/edgetest/stream") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            assert stream.headers["x-frame-options"] == "DENY"
+            assert uuid.UUID(stream.headers["x-request-id"]).version == 4
+            assert "".join(stream.iter_text()) == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+        def chunks():
+            yield b'{"data": "'
+            for _ in range(8):
+                yield b"y" * 1024
+            yield b'"}'
+
+        response = httpx.post(server.url + "/api/edgetest/echo", content=chunks(),
+                              headers={"Content-Type": "application/json"}, timeout=10)
+        assert response.status_code == 413
+        assert "content-length" not in {k.lower() for k in response.request.headers}
+        body = response.json()
+        assert body["code"] == "payload_too_large" and body["request_id"] == response.headers["x-request-id"]
+        assert response.headers["x-content-type-options"] == "nosniff"
+    finally:
+        server.stop()
