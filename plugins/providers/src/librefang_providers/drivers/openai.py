@@ -1,0 +1,255 @@
+"""OpenAI Chat Completions driver, also used for every OpenAI-compatible provider (by base URL).
+
+Streaming: ``data:`` events of ``chat.completion.chunk`` objects, ended by ``data: [DONE]``. Tool calls
+arrive as ``delta.tool_calls[{index, id?, function{name?, arguments?}}]`` pieces that are joined
+by ``index``; arguments may be split anywhere. ``stream_options.include_usage`` asks for a last
+chunk with usage. Reasoning models send ``delta.reasoning_content`` (DeepSeek, vLLM) or ``delta.reasoning``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from librefang_providers.drivers.base import HTTPDriver, parse_tool_input
+from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
+from librefang_providers.types import (
+    CONTENT_FILTERED,
+    END_TURN,
+    MAX_TOKENS,
+    TOOL_USE,
+    CompletionRequest,
+    CompletionResponse,
+    ContentComplete,
+    ImageBlock,
+    StreamEvent,
+    TextBlock,
+    TextDelta,
+    ThinkingBlock,
+    ThinkingDelta,
+    ToolInputDelta,
+    ToolResultBlock,
+    ToolUseBlock,
+    ToolUseEnd,
+    ToolUseStart,
+    Usage,
+)
+
+FINISH_REASONS = {
+    "stop": END_TURN,
+    "length": MAX_TOKENS,
+    "tool_calls": TOOL_USE,
+    "function_call": TOOL_USE,
+    "content_filter": CONTENT_FILTERED,
+}
+
+
+def _image_url(block: ImageBlock) -> str:
+    return block.url or f"data:{block.media_type};base64,{block.data}"
+
+
+def build_messages(request: CompletionRequest) -> list[dict[str, Any]]:
+    """Normalised messages → Chat Completions messages (tool results become ``role: tool``)."""
+    out: list[dict[str, Any]] = []
+    if request.system:
+        out.append({"role": "system", "content": request.system})
+    for message in request.messages:
+        if isinstance(message.content, str):
+            out.append({"role": message.role, "content": message.content})
+            continue
+        if message.role == "assistant":
+            text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+            calls = [
+                {"id": b.id, "type": "function",
+                 "function": {"name": b.name, "arguments": json.dumps(b.input, ensure_ascii=False)}}
+                for b in message.content if isinstance(b, ToolUseBlock)
+            ]
+            entry: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if calls:
+                entry["tool_calls"] = calls
+            out.append(entry)
+            continue
+        parts: list[dict[str, Any]] = []
+        for block in message.content:
+            if isinstance(block, ToolResultBlock):
+                content = f"Error: {block.content}" if block.is_error else block.content
+                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": content})
+            elif isinstance(block, TextBlock):
+                parts.append({"type": "text", "text": block.text})
+            elif isinstance(block, ImageBlock):
+                parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+        if parts:
+            if all(p["type"] == "text" for p in parts):
+                out.append({"role": "user", "content": "".join(p["text"] for p in parts)})
+            else:
+                out.append({"role": "user", "content": parts})
+    return out
+
+
+def _usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    details = raw.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or raw.get("prompt_cache_hit_tokens") or 0
+    return Usage(
+        input_tokens=raw.get("prompt_tokens") or 0,
+        output_tokens=raw.get("completion_tokens") or 0,
+        cache_read_tokens=cached,
+    )
+
+
+class OpenAIDriver(HTTPDriver):
+    """Chat Completions over httpx (``{base_url}/chat/completions``)."""
+
+    default_base_url = "https://api.openai.com/v1"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self.config.api_key:
+            headers["authorization"] = f"Bearer {self.config.api_key}"
+        headers.update(self.config.headers)
+        return headers
+
+    def build_body(self, request: CompletionRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": request.model, "messages": build_messages(request)}
+        # OpenAI's own reasoning models refuse max_tokens; compatible servers mostly know only max_tokens.
+        body["max_completion_tokens" if self.provider == "openai" else "max_tokens"] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop"] = request.stop
+        if request.tools:
+            body["tools"] = [
+                {"type": "function",
+                 "function": {"name": t.name, "description": t.description, "parameters": t.input_schema}}
+                for t in request.tools
+            ]
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json":
+            body["response_format"] = {"type": "json_object"}
+        elif fmt is not None and fmt.type == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": fmt.name, "schema": fmt.schema or {}}}
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        body.update(request.extra_body)
+        return body
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/chat/completions"
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """One non-streaming call."""
+        data = await self.post_json(self.url, self.build_body(request, stream=False), self.headers(), request)
+        if isinstance(data, dict) and "error" in data and not data.get("choices"):
+            raise self.stream_error(data, request.model)
+        try:
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+        except (KeyError, IndexError, TypeError):
+            raise self.incomplete(request.model, "") from None
+        content: list[Any] = []
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if reasoning:
+            content.append(ThinkingBlock(reasoning))
+        if message.get("content"):
+            content.append(TextBlock(message["content"]))
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            content.append(ToolUseBlock(
+                id=call.get("id") or f"call_{len(content)}",
+                name=function.get("name", ""),
+                input=parse_tool_input(function.get("arguments") or "", self, request.model),
+            ))
+        stop = FINISH_REASONS.get(choice.get("finish_reason") or "stop", END_TURN)
+        if stop == END_TURN and any(isinstance(b, ToolUseBlock) for b in content):
+            stop = TOOL_USE
+        return CompletionResponse(content=content, stop_reason=stop, usage=_usage(data.get("usage")),
+                                  provider=self.provider, model=data.get("model") or request.model)
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamEvent]:
+        """Stream the call as normalised events (see the module docstring)."""
+        model = request.model
+        text: list[str] = []
+        calls: dict[int, list[Any]] = {}  # index -> [id, name, [argument pieces]]
+        finish: str | None = None
+        usage = Usage()
+        done = False
+        served_model = model
+        deadline = self.deadline(request)
+        decoder = SSEDecoder()
+        loads = json.loads
+        async with self.open_stream(self.url, self.build_body(request, stream=True), self.headers(), request) as resp:
+            try:
+                async for chunk in resp.aiter_bytes():
+                    if time.monotonic() > deadline:
+                        raise self.timed_out(model, "".join(text))
+                    for _name, data in decoder.feed(chunk):
+                        if data == b"[DONE]":
+                            done = True
+                            continue
+                        try:
+                            obj = loads(data)
+                        except ValueError:
+                            raise self.bad_json(model, "".join(text)) from None
+                        choices = obj.get("choices")
+                        if choices:
+                            choice = choices[0]
+                            delta = choice.get("delta")
+                            if delta:
+                                piece = delta.get("content")
+                                if piece:
+                                    text.append(piece)
+                                    yield TextDelta(piece)
+                                if "tool_calls" in delta or "reasoning_content" in delta or "reasoning" in delta:
+                                    for event in self._rare_delta(delta, calls):
+                                        yield event
+                            if choice.get("finish_reason"):
+                                finish = choice["finish_reason"]
+                        elif "error" in obj:
+                            raise self.stream_error(obj, model)
+                        if obj.get("usage"):
+                            usage = _usage(obj["usage"])
+                        if obj.get("model"):
+                            served_model = obj["model"]
+            except httpx.HTTPError as exc:
+                raise self.transport_error(exc, model, "".join(text), bool(text) or bool(calls)) from None
+            except StreamTooLarge:
+                raise self.bad_json(model, "".join(text)) from None
+        if finish is None and not done:
+            raise self.incomplete(model, "".join(text))
+        for index in sorted(calls):
+            call_id, name, pieces = calls[index]
+            yield ToolUseEnd(call_id, name, parse_tool_input("".join(pieces), self, model))
+        stop = FINISH_REASONS.get(finish or "stop", END_TURN)
+        if stop == END_TURN and calls:
+            stop = TOOL_USE  # some compatible servers say "stop" after tool calls
+        yield ContentComplete(stop, usage, self.provider, served_model)
+
+    @staticmethod
+    def _rare_delta(delta: dict[str, Any], calls: dict[int, list[Any]]) -> list[StreamEvent]:
+        """Reasoning and tool-call pieces (off the plain-text fast path)."""
+        events: list[StreamEvent] = []
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            events.append(ThinkingDelta(reasoning))
+        for piece in delta.get("tool_calls") or ():
+            index = piece.get("index", len(calls))
+            function = piece.get("function") or {}
+            state = calls.get(index)
+            if state is None:
+                state = calls[index] = [piece.get("id") or f"call_{index}", function.get("name") or "", []]
+                events.append(ToolUseStart(state[0], state[1]))
+            elif function.get("name") and not state[1]:
+                state[1] = function["name"]
+            arguments = function.get("arguments")
+            if arguments:
+                state[2].append(arguments)
+                events.append(ToolInputDelta(state[0], arguments))
+        return events
