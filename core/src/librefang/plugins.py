@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import logging
 import os
 import re
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -26,6 +28,7 @@ from typing import Any
 import pluggy
 
 from librefang import hookspecs
+from librefang.errors import PluginError
 from librefang.markers import PROJECT
 
 log = logging.getLogger("librefang.plugins")
@@ -47,12 +50,14 @@ class PluginRecord:
 
     name: str
     module_name: str
+    attr: str = ""
     distribution: str = ""
     version: str = ""
     module: Any = None
     error: str | None = None
     requires: set[str] = field(default_factory=set)
     source_dir: Path | None = None
+    source_file: Path | None = None  # a single-module plugin: only this file of source_dir is its source
     hooks: list[str] = field(default_factory=list)
     routes: list[str] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
@@ -62,9 +67,19 @@ class PluginRecord:
 
     @property
     def ok(self) -> bool:
+        """Imported, registered and not failed."""
         return self.error is None and self.module is not None
 
+    def owns_path(self, path: Path) -> bool:
+        """Whether a changed file belongs to this plugin's source (hot reload)."""
+        if self.source_dir is None:
+            return False
+        if self.source_file is not None:
+            return path == self.source_file
+        return path.is_relative_to(self.source_dir)
+
     def describe(self) -> dict[str, Any]:
+        """The JSON shape shown in ``GET /api/status`` (``plugins[]``) and ``librefang plugins``."""
         return {
             "name": self.name,
             "distribution": self.distribution,
@@ -103,7 +118,8 @@ def discover(disabled: Iterable[str] = ()) -> list[PluginRecord]:
                     requires.add(match.group(1).lower().replace("_", "-"))
         records[ep.name] = PluginRecord(
             name=ep.name,
-            module_name=ep.value.split(":")[0],
+            module_name=ep.module,
+            attr=ep.attr or "",
             distribution=dist.metadata["Name"] if dist is not None else "",
             version=dist.version if dist is not None else "",
             requires=requires,
@@ -111,19 +127,86 @@ def discover(disabled: Iterable[str] = ()) -> list[PluginRecord]:
     return list(records.values())
 
 
-def _import_fresh(module_name: str) -> types.ModuleType:
-    """Import ``module_name``, first dropping its top-level package from ``sys.modules``."""
-    top = module_name.split(".")[0]
-    for mod in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
-        del sys.modules[mod]
+def _top_name(module_name: str) -> str:
+    return module_name.split(".")[0]
+
+
+def _plugin_object(module: types.ModuleType, attr: str) -> Any:
+    """The object an entry point names: the module itself, or ``module:attr``."""
+    obj: Any = module
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+# Python validates a cached .pyc by the source's mtime (whole seconds) and size, so an edit made in
+# the same second as the previous import could be served from a stale cache. During a hot reload we
+# point the cache at a folder that never exists (and write none) so every module compiles from source.
+_NO_PYCACHE = str(Path(tempfile.gettempdir()) / f"librefang-reload-nocache-{os.getpid()}")
+
+
+@dataclass
+class FreshImport:
+    """A plugin imported afresh for a hot reload; :meth:`rollback` puts the previous modules back."""
+
+    plugin: Any
+    top: str
+    previous: dict[str, types.ModuleType]
+
+    def rollback(self) -> None:
+        """Forget the new modules and restore the ones that were replaced."""
+        _drop_modules(self.top)
+        sys.modules.update(self.previous)
+
+
+def _drop_modules(top: str) -> dict[str, types.ModuleType]:
+    dropped = {}
+    for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+        dropped[name] = sys.modules.pop(name)
+    return dropped
+
+
+def import_fresh(module_name: str, attr: str = "") -> FreshImport:
+    """Import ``module_name`` afresh from source, first dropping its top-level package from
+    ``sys.modules``. On failure the previous modules are back in place before the error propagates."""
+    top = _top_name(module_name)
+    if top == "librefang":
+        raise PluginError("the core (librefang) cannot be hot-reloaded; restart the daemon")
+    previous = _drop_modules(top)
     importlib.invalidate_caches()
-    return importlib.import_module(module_name)
+    saved = sys.pycache_prefix, sys.dont_write_bytecode
+    sys.pycache_prefix, sys.dont_write_bytecode = _NO_PYCACHE, True
+    try:
+        module = importlib.import_module(module_name)
+        plugin = _plugin_object(module, attr)
+    except BaseException:
+        _drop_modules(top)
+        sys.modules.update(previous)
+        raise
+    finally:
+        sys.pycache_prefix, sys.dont_write_bytecode = saved
+    return FreshImport(plugin=plugin, top=top, previous=previous)
 
 
-def _source_dir(module: types.ModuleType) -> Path | None:
-    top = sys.modules.get(module.__name__.split(".")[0])
-    file = getattr(top, "__file__", None)
-    return Path(file).resolve().parent if file else None
+def _source_location(module_name: str) -> tuple[Path | None, Path | None]:
+    """(folder to watch, single file or None) of the top-level package of ``module_name``.
+
+    Uses the import system's spec, so it works for a plugin whose import failed too (the folder is
+    still watched in ``--dev``, and fixing the file loads the plugin)."""
+    top = _top_name(module_name)
+    try:
+        spec = sys.modules[top].__spec__ if top in sys.modules else importlib.util.find_spec(top)
+    except Exception:  # a broken parent package: nothing to watch
+        return None, None
+    if spec is None:
+        return None, None
+    locations = list(spec.submodule_search_locations or [])
+    if locations:  # a package: watch its folder (the first one of a namespace package)
+        return Path(locations[0]).resolve(), None
+    if spec.origin and spec.origin not in {"built-in", "frozen"}:
+        file = Path(spec.origin).resolve()
+        return file.parent, file
+    return None, None
 
 
 def order_by_dependencies(records: list[PluginRecord]) -> list[PluginRecord]:
@@ -147,18 +230,30 @@ def order_by_dependencies(records: list[PluginRecord]) -> list[PluginRecord]:
     return ordered
 
 
+def tracing_enabled() -> bool:
+    """``LIBREFANG_TRACE_PLUGINS=1`` logs every hook call (plugin, duration, error) at INFO."""
+    return os.environ.get("LIBREFANG_TRACE_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 class PluginHost:
-    """Owns the pluggy manager and the records of every plugin."""
+    """Owns the pluggy manager and the records of every plugin.
+
+    Until :attr:`live` is set (the kernel sets it once every plugin started), a plugin whose hook
+    raises is marked failed and taken out, so the daemon starts without it. Afterwards a raising
+    hook is logged and its result skipped, but the plugin keeps serving (and is still shut down).
+    """
 
     def __init__(self) -> None:
         self.records: dict[str, PluginRecord] = {}
+        self.tracing = tracing_enabled()
+        self.live = False
         self.pm = self._new_manager()
-        self.tracing = os.environ.get("LIBREFANG_TRACE_PLUGINS", "") in {"1", "true", "yes", "on"}
 
-    @staticmethod
-    def _new_manager() -> pluggy.PluginManager:
+    def _new_manager(self) -> pluggy.PluginManager:
         pm = pluggy.PluginManager(PROJECT)
         pm.add_hookspecs(hookspecs)
+        if self.tracing:
+            pm.add_hookcall_monitoring(_trace_before, _trace_after)
         return pm
 
     # -- loading -----------------------------------------------------------------------------
@@ -167,11 +262,12 @@ class PluginHost:
         for record in discover(disabled):
             self.records[record.name] = record
             try:
-                record.module = importlib.import_module(record.module_name)
-                record.source_dir = _source_dir(record.module)
+                module = importlib.import_module(record.module_name)
+                record.module = _plugin_object(module, record.attr)
             except Exception as exc:  # a broken plugin must not stop the daemon
                 record.error = f"import failed: {type(exc).__name__}: {exc}"
                 log.error("plugin %s failed to import: %s", record.name, exc, exc_info=True)
+            record.source_dir, record.source_file = _source_location(record.module_name)
 
     def add_plugin(self, name: str, module: Any, *, distribution: str = "", version: str = "") -> PluginRecord:
         """Add an already-imported plugin object (tests, embedding). Replaces one of the same name."""
@@ -183,7 +279,7 @@ class PluginHost:
             module=module,
         )
         if isinstance(module, types.ModuleType):
-            record.source_dir = _source_dir(module)
+            record.source_dir, record.source_file = _source_location(module.__name__)
         self.records[name] = record
         return record
 
@@ -203,7 +299,7 @@ class PluginHost:
                 try:
                     self.pm.add_hookspecs(specs)
                 except Exception as exc:
-                    record.error = f"bad hookspecs: {exc}"
+                    self.fail(record.name, f"bad hookspecs: {exc}")
         for record in self.loaded():
             self._register(record)
         self._check_pending()
@@ -213,10 +309,10 @@ class PluginHost:
             self.pm.register(record.module, name=record.name)
             record.hooks = [h.name for h in self.pm.get_hookcallers(record.module) or []]
         except Exception as exc:
-            record.error = f"registration failed: {exc}"
-            log.error("plugin %s failed to register: %s", record.name, exc)
+            self.fail(record.name, f"registration failed: {exc}")
 
     def _check_pending(self) -> None:
+        # check_pending raises for the first plugin with an unknown hook; fail it and look again.
         for _ in range(len(self.records) + 1):
             try:
                 self.pm.check_pending()
@@ -226,6 +322,23 @@ class PluginHost:
                 if name not in self.records:
                     raise
                 self.fail(name, f"unknown hook: {exc}")
+
+    def build_manager(self, replace: dict[str, Any]) -> pluggy.PluginManager:
+        """A new manager with every loaded plugin, the modules in ``replace`` swapped in (hot reload).
+
+        Raises on any problem (bad hookspecs, a hook that is unknown or has a bad signature) and
+        leaves :attr:`pm` untouched, so the caller can keep the current version."""
+        modules = {r.name: r.module for r in self.loaded()}
+        modules.update(replace)
+        pm = self._new_manager()
+        for module in modules.values():
+            specs = getattr(module, "hookspecs", None)
+            if specs is not None:
+                pm.add_hookspecs(specs)
+        for name, module in modules.items():
+            pm.register(module, name=name)
+        pm.check_pending()
+        return pm
 
     def loaded(self) -> list[PluginRecord]:
         """Plugins that imported and are not failed, in dependency order."""
@@ -246,10 +359,21 @@ class PluginHost:
             ms = (time.perf_counter() - started) * 1000
             trace_log.info("hook %s plugin=%s %.2fms%s", hook_name, plugin, ms, f" error={error!r}" if error else "")
 
+    def _hook_failed(self, hook_name: str, plugin: str, exc: Exception) -> None:
+        if self.live:  # a running plugin keeps serving; the failure is logged with its traceback
+            log.error("plugin %s failed in hook %s: %s: %s", plugin, hook_name, type(exc).__name__, exc,
+                      exc_info=exc)
+            return
+        self.fail(plugin, f"{hook_name} failed: {type(exc).__name__}: {exc}")
+        log.debug("%s", "".join(traceback.format_exception(exc)))
+
     def call(
         self, hook_name: str, *, plugin: str | None = None, isolate: bool = True, **kwargs: Any
     ) -> list[tuple[str, Any]]:
-        """Call a hook synchronously on each plugin; a raising plugin is marked failed (if ``isolate``)."""
+        """Call a hook synchronously on each plugin (or only on ``plugin``).
+
+        With ``isolate`` a raising implementation is reported (see :class:`PluginHost`) and skipped;
+        without it the exception propagates."""
         results = []
         for name, fn in self.impls(hook_name, plugin):
             started = time.perf_counter()
@@ -259,8 +383,7 @@ class PluginHost:
                 self._trace(hook_name, name, started, exc)
                 if not isolate:
                     raise
-                self.fail(name, f"{hook_name} failed: {type(exc).__name__}: {exc}")
-                log.debug("%s", traceback.format_exc())
+                self._hook_failed(hook_name, name, exc)
                 continue
             self._trace(hook_name, name, started, None)
             results.append((name, value))
@@ -269,7 +392,7 @@ class PluginHost:
     async def acall(
         self, hook_name: str, *, plugin: str | None = None, isolate: bool = True, **kwargs: Any
     ) -> list[tuple[str, Any]]:
-        """Call a hook on each plugin, awaiting coroutine results; failures isolated as in :meth:`call`."""
+        """Call a hook on each plugin, awaiting coroutine results; failures handled as in :meth:`call`."""
         results = []
         for name, fn in self.impls(hook_name, plugin):
             started = time.perf_counter()
@@ -279,8 +402,7 @@ class PluginHost:
                 self._trace(hook_name, name, started, exc)
                 if not isolate:
                     raise
-                self.fail(name, f"{hook_name} failed: {type(exc).__name__}: {exc}")
-                log.debug("%s", traceback.format_exc())
+                self._hook_failed(hook_name, name, exc)
                 continue
             self._trace(hook_name, name, started, None)
             results.append((name, value))
@@ -307,7 +429,19 @@ class PluginHost:
         return out
 
     def describe(self) -> list[dict[str, Any]]:
+        """Every known plugin (loaded or failed), sorted by name."""
         return [self.records[name].describe() for name in sorted(self.records)]
+
+
+def _trace_before(hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
+    # Calls made through ``pm.hook.<name>(...)`` (plugin-offered hooks); values are not logged.
+    trace_log.info("hook %s via pm.hook plugins=%s", hook_name, [impl.plugin_name for impl in hook_impls])
+
+
+def _trace_after(outcome: Any, hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
+    error = outcome.exception
+    if error is not None:
+        trace_log.info("hook %s via pm.hook error=%r", hook_name, error)
 
 
 class PluginBound:
@@ -317,12 +451,14 @@ class PluginBound:
         self.fn = fn
 
     def bind(self, plugin: str) -> Callable[..., Any]:
+        """The callback a plugin receives: the plugin's name is passed first."""
+
         def register(*args: Any, **kwargs: Any) -> Any:
             return self.fn(plugin, *args, **kwargs)
 
         return register
 
 
-def reimport(record: PluginRecord) -> types.ModuleType:
-    """Import a plugin's module afresh from its source (hot reload)."""
-    return _import_fresh(record.module_name)
+def reimport(record: PluginRecord) -> FreshImport:
+    """Import a plugin's module afresh from its source (hot reload); see :func:`import_fresh`."""
+    return import_fresh(record.module_name, record.attr)

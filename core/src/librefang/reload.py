@@ -1,9 +1,21 @@
-"""Hot reload for development (``librefang start --dev``).
+"""Hot reload for development (``librefang start --dev``), ARCHITECTURE §3.
 
-Watches every loaded plugin's source folder with watchfiles. On a change to plugin X: import X
-afresh; if that fails the old version keeps serving. Otherwise stop old X, register new X, gather
-its config, routes and checks, build a new app and start new X; if any of that fails, put old X
-back. Only then is the new app swapped in. Other plugins are not restarted and keep their state.
+Quart cannot change its routes once it served a request, so a reload never mutates an app. The
+:class:`Reloader` watches the source folder of every plugin with watchfiles. When a file of plugin X
+changes, it runs one transaction:
+
+1. import X afresh (a syntax error stops here: nothing was touched, the old modules are put back);
+2. build a new plugin manager with the new X (an unknown hook or bad signature stops here);
+3. run old X's ``shutdown`` and cancel its tasks;
+4. gather new X's config section, routes, checks and migrations, build a new Quart app, run new X's
+   ``startup``;
+5. swap the new app into the ASGI switch. Requests already running finish on the old app, which
+   is shut down once they have drained.
+
+If step 4 fails, the previous manager, modules and contributions are put back, old X is started
+again, and the old app (never swapped out) keeps serving. The error is logged and shown as
+``plugins[].reload_error`` in ``GET /api/status``. The other plugins are never stopped: their state
+(kept in the kernel, the database, or their own modules) is untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("librefang.reload")
 WATCHED_SUFFIXES = (".py", ".toml", ".json", ".html", ".js", ".css")
+HISTORY_LIMIT = 50
+RETIRE_TIMEOUT = 60.0  # longest wait for the old app's open requests (a WebSocket may never end)
 
 
 class Reloader:
@@ -33,15 +47,34 @@ class Reloader:
         self.switch = switch
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.watching = asyncio.Event()  # set once the watcher is installed (tests wait for it)
         self.history: list[dict[str, Any]] = []
 
-    def folders(self) -> dict[Path, str]:
-        return {r.source_dir: r.name for r in self.kernel.plugins.records.values() if r.source_dir and r.module}
+    def folders(self) -> list[Path]:
+        """The folders to watch: one per plugin with a known source (the core is never watched)."""
+        import librefang
+
+        core_dir = Path(librefang.__file__).resolve().parent
+        found = {r.source_dir for r in self.kernel.plugins.records.values() if r.source_dir is not None}
+        return sorted(f for f in found if f != core_dir and not core_dir.is_relative_to(f))
+
+    def plugins_for(self, changed: set[Path]) -> list[str]:
+        """Names of the plugins a set of changed files belongs to."""
+        names = set()
+        for path in changed:
+            if not path.name.endswith(WATCHED_SUFFIXES):
+                continue
+            for record in self.kernel.plugins.records.values():
+                if record.owns_path(path):
+                    names.add(record.name)
+        return sorted(names)
 
     def start(self) -> None:
+        """Start watching (a task owned by the core, cancelled when the kernel stops)."""
         self.kernel.tasks.spawn("core", self._watch(), name="core:reloader")
 
     async def stop(self) -> None:
+        """Stop watching."""
         self._stop.set()
 
     async def _watch(self) -> None:
@@ -49,30 +82,36 @@ class Reloader:
 
         folders = self.folders()
         if not folders:
+            self.watching.set()
             return
-        log.info("watching %d plugin folders for changes", len(folders))
-        async for changes in awatch(*folders, stop_event=self._stop, debounce=150, step=50):
-            touched = set()
-            for _change, path in changes:
-                if not path.endswith(WATCHED_SUFFIXES):
-                    continue
-                for folder, name in folders.items():
-                    if Path(path).is_relative_to(folder):
-                        touched.add(name)
-            for name in sorted(touched):
+        # yield_on_timeout: the first (empty) yield tells us the OS watches are in place.
+        watcher = awatch(*folders, stop_event=self._stop, debounce=150, step=50, yield_on_timeout=True,
+                         rust_timeout=500)
+        async for changes in watcher:
+            if not self.watching.is_set():
+                self.watching.set()
+                log.info("hot reload: watching %d plugin folders: %s", len(folders), ", ".join(map(str, folders)))
+            if not changes:
+                continue
+            for name in self.plugins_for({Path(path) for _change, path in changes}):
                 await self.reload(name)
 
     async def reload(self, name: str) -> bool:
-        """Reload plugin ``name``; True when the new version is live."""
+        """Reload plugin ``name``; True when the new version is live, False when the old one stays."""
         async with self._lock:
             started = time.perf_counter()
-            ok, error = await self._reload(name)
+            try:
+                ok, error = await self._reload(name)
+            except Exception as exc:  # a bug here must not kill the watcher
+                log.exception("reload of plugin %s crashed", name)
+                ok, error = False, f"{type(exc).__name__}: {exc}"
             record = self.kernel.plugins.records[name]
             record.reload_error = error
             if ok:
                 record.reloads += 1
+                record.loaded_at = time.time()
             self.history.append({"plugin": name, "ok": ok, "error": error, "at": time.time()})
-            del self.history[:-50]
+            del self.history[:-HISTORY_LIMIT]
             ms = (time.perf_counter() - started) * 1000
             if ok:
                 log.info("reloaded plugin %s in %.0f ms", name, ms)
@@ -87,70 +126,81 @@ class Reloader:
         kernel = self.kernel
         host = kernel.plugins
         record = host.records[name]
-        old_module = record.module
         try:
-            new_module = reimport(record)
+            fresh = reimport(record)
         except Exception as exc:  # syntax error, failing import: nothing was touched
             return False, f"import failed: {type(exc).__name__}: {exc}"
-        await kernel.stop_plugin(name)
         try:
-            app = await self._activate(name, new_module)
+            new_pm = host.build_manager({name: fresh.plugin})
+        except Exception as exc:  # unknown hook, bad hook signature, clashing hookspecs
+            fresh.rollback()
+            return False, f"registration failed: {type(exc).__name__}: {exc}"
+
+        old = _Saved(kernel, name)
+        await kernel.stop_plugin(name)
+        app = None
+        try:
+            host.pm = new_pm
+            record.module, record.error = fresh.plugin, None
+            record.hooks = [h.name for h in new_pm.get_hookcallers(fresh.plugin) or []]
+            kernel.collect_plugin(name)
+            await kernel.db.migrate([n for n in kernel.db.migrations if n == name or n.startswith(name)])
+            app = build_app(kernel)
+            await app.startup()
+            await kernel.start_plugin(name, isolate=False)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            await kernel.stop_plugin(name)
-            try:
-                await self._activate(name, old_module, swap=True)
-            except Exception:  # the old version cannot come back either: report it as failed
-                log.exception("could not restore plugin %s", name)
-                record.error = f"reload failed and restore failed: {error}"
+            if app is not None:
+                await _shutdown_app(app)
+            fresh.rollback()
+            await old.restore()
             return False, error
         old_app = self.switch.swap(app)
-        kernel.tasks.spawn("core", _retire(old_app), name="core:retire-app")
+        kernel.tasks.spawn("core", _retire(self.switch, old_app), name="core:retire-app")
         return True, None
 
-    async def _activate(self, name: str, module: Any, swap: bool = True) -> Any:
-        """Register ``module`` as plugin ``name``, gather what it contributes, start it, build an app."""
+
+class _Saved:
+    """The state of one plugin before a reload, to put back when the new version fails."""
+
+    def __init__(self, kernel: Kernel, name: str) -> None:
+        record = kernel.plugins.records[name]
+        self.kernel = kernel
+        self.name = name
+        self.pm = kernel.plugins.pm
+        self.module = record.module
+        self.error = record.error
+        self.hooks = list(record.hooks)
+        self.was_started = record.started
+        self.contributions = kernel.contributions_of(name)
+
+    async def restore(self) -> None:
         kernel = self.kernel
-        host = kernel.plugins
-        record = host.records[name]
-        if host.pm.has_plugin(name):
-            host.pm.unregister(name=name)
-        record.module = module
-        record.error = None
-        specs = getattr(module, "hookspecs", None)
-        if specs is not None:
-            host.pm.add_hookspecs(specs)
-        host.pm.register(module, name=name)
-        host.pm.check_pending()
-        record.hooks = [h.name for h in host.pm.get_hookcallers(module) or []]
-        kernel.config.remove_sections_of(name)
-        kernel.collect_config(plugin=name)
-        kernel.routes.remove_plugin(name)
-        kernel.collect_routes(plugin=name)
-        for key in [k for k, (owner, _) in kernel.security_checks.items() if owner == name]:
-            del kernel.security_checks[key]
-        kernel.collect_security_checks(plugin=name)
-        kernel.plugins.call("register_migrations", plugin=name, register=_migrations_register(kernel))
-        await kernel.db.migrate([n for n in kernel.db.migrations if n == name or n.startswith(name)])
-        if record.error:
-            raise RuntimeError(record.error)
-        app = build_app(kernel)
-        await app.startup()
-        if not await kernel.start_plugin(name):
-            raise RuntimeError(record.error or "startup failed")
-        return app
+        record = kernel.plugins.records[self.name]
+        await kernel.tasks.cancel_owner(self.name)  # whatever the failed new version spawned
+        record.started = False
+        if self.name in kernel.start_order:
+            kernel.start_order.remove(self.name)
+        kernel.plugins.pm = self.pm
+        record.module, record.error, record.hooks = self.module, self.error, self.hooks
+        kernel.restore_contributions(self.name, self.contributions)
+        if self.was_started:
+            await kernel.start_plugin(self.name)
 
 
-def _migrations_register(kernel: Kernel) -> Any:
-    from librefang.plugins import PluginBound
-
-    return PluginBound(kernel._add_migrations)
-
-
-async def _retire(app: Any, grace: float = 30.0) -> None:
-    """Let requests on the old app finish before its shutdown runs."""
-    await asyncio.sleep(grace)
+async def _shutdown_app(app: Any) -> None:
     try:
         await app.shutdown()
-    except Exception:  # noqa: BLE001
-        log.debug("old app shutdown failed", exc_info=True)
+    except Exception:  # noqa: BLE001 - an app that is being thrown away
+        log.debug("app shutdown failed", exc_info=True)
+
+
+async def _retire(switch: AppSwitch, app: Any) -> None:
+    """Let requests on the old app finish, then shut it down."""
+    try:
+        async with asyncio.timeout(RETIRE_TIMEOUT):
+            await switch.drained(app)
+    except TimeoutError:
+        log.warning("%d requests still open on a retired app after %.0f s", switch.active(app), RETIRE_TIMEOUT)
+    finally:
+        await _shutdown_app(app)

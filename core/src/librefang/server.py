@@ -21,14 +21,33 @@ log = logging.getLogger("librefang.server")
 
 
 class AppSwitch:
-    """An ASGI app that forwards each connection to whichever app is current."""
+    """An ASGI app that forwards each request (or WebSocket) to whichever app is current.
+
+    It counts the calls still running on each app, so a retired app is shut down only once the
+    requests that started on it have finished (:meth:`drained`).
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.generation = 0
+        self._active: dict[int, int] = {}
+        self._idle: dict[int, asyncio.Event] = {}
 
     def swap(self, app: Any) -> Any:
+        """Make ``app`` current; returns the previous app (still serving its open requests)."""
         old, self.app = self.app, app
+        self.generation += 1
         return old
+
+    def active(self, app: Any) -> int:
+        """How many requests are running on ``app``."""
+        return self._active.get(id(app), 0)
+
+    async def drained(self, app: Any) -> None:
+        """Wait until no request runs on ``app`` (bound the wait with ``asyncio.timeout``)."""
+        key = id(app)
+        if self._active.get(key):
+            await self._idle.setdefault(key, asyncio.Event()).wait()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":  # the kernel's lifecycle is run by serve(), not by ASGI
@@ -39,7 +58,20 @@ class AppSwitch:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        await self.app(scope, receive, send)
+        app = self.app
+        key = id(app)
+        self._active[key] = self._active.get(key, 0) + 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            left = self._active[key] - 1
+            if left:
+                self._active[key] = left
+            else:
+                del self._active[key]
+                event = self._idle.pop(key, None)
+                if event is not None:
+                    event.set()
 
 
 def hypercorn_config(host: str, port: int) -> Any:

@@ -2,16 +2,21 @@
 
 Fixtures: ``librefang_home`` (a temp home), ``make_kernel`` (build and start kernels, stopped after
 the test), ``kernel`` and ``client`` (every installed plugin, in-process), ``live_server`` (a real
-Hypercorn server on a free 127.0.0.1 port, in a thread). Test plugins are plain modules or objects
-with ``@librefang.hookimpl`` functions passed as ``plugins={"name": obj}``.
+Hypercorn server on a free 127.0.0.1 port, in a thread), ``plugin_site`` (write a plugin package
+that ``importlib.metadata`` discovers through its entry point, as if pip-installed). In-process test
+plugins are plain modules or objects with ``@librefang.hookimpl`` functions passed as
+``plugins={"name": obj}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import socket
+import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +186,74 @@ def live_server(librefang_home: Path) -> Iterator[LiveServer]:
     server = start_live_server(librefang_home)
     yield server
     server.stop()
+
+
+def write_plugin_package(
+    root: Path,
+    *,
+    entry_name: str,
+    package: str,
+    files: dict[str, str],
+    module: str = "plugin",
+    distribution: str | None = None,
+    version: str = "0.1.0",
+    requires: tuple[str, ...] = (),
+) -> Path:
+    """Write plugin ``package`` into ``root`` the way an installer would: the package folder with
+    ``files`` (relative path -> source) and a ``*.dist-info`` whose ``entry_points.txt`` puts
+    ``entry_name = package.module`` in the ``librefang.plugins`` group. With ``root`` on
+    ``sys.path`` (``monkeypatch.syspath_prepend`` or ``PYTHONPATH``), the daemon discovers it.
+    Returns the package folder (the folder ``--dev`` watches)."""
+    import textwrap
+
+    dist = distribution or f"librefang-{entry_name}"
+    pkg_dir = root / package
+    pkg_dir.mkdir(parents=True, exist_ok=True)
+    files = {"__init__.py": "", **files}
+    for relative, source in files.items():
+        target = pkg_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    metadata = ["Metadata-Version: 2.1", f"Name: {dist}", f"Version: {version}"]
+    metadata += [f"Requires-Dist: {req}" for req in requires]
+    (info / "METADATA").write_text("\n".join(metadata) + "\n")
+    (info / "entry_points.txt").write_text(f"[librefang.plugins]\n{entry_name} = {package}.{module}\n")
+    (info / "RECORD").write_text("")
+    importlib.invalidate_caches()
+    return pkg_dir
+
+
+class PluginSite:
+    """A temp folder on ``sys.path`` holding plugin packages written by :meth:`add`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.packages: list[str] = []
+
+    def add(self, entry_name: str, files: dict[str, str], **kwargs: Any) -> Path:
+        """Write a plugin (see :func:`write_plugin_package`); ``package`` defaults to a unique name."""
+        package = kwargs.pop("package", None) or f"lftest_{entry_name}_{uuid.uuid4().hex[:8]}"
+        self.packages.append(package)
+        return write_plugin_package(self.root, entry_name=entry_name, package=package, files=files, **kwargs)
+
+    def forget_modules(self) -> None:
+        """Drop the written packages from ``sys.modules`` (so the next test imports its own)."""
+        for package in self.packages:
+            for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+                del sys.modules[name]
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginSite]:
+    """Write real plugin packages that are discovered through the ``librefang.plugins`` entry point.
+
+    ``plugin_site.add("hello", {"plugin.py": source})`` then select it with
+    ``monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", "hello")`` (other installed plugins stay out)."""
+    root = tmp_path / "site-packages"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    site = PluginSite(root)
+    yield site
+    site.forget_modules()
