@@ -5,11 +5,9 @@ allowed when ``max(TAT, now) + c·T - now <= burst·T``; the quota refills conti
 per ``T = 60 / per_minute`` seconds. A client whose TAT is in the past has its full quota again,
 so forgetting it loses nothing: that is what makes the state cheap to bound.
 
-The table is an LRU-ordered dict capped at ``max_keys``. Every call pops a couple of stale entries
-from its cold end (least recently seen clients, the likeliest to have refilled), so idle clients
-disappear within about one refill period without any full scan; when the table is full the least
-recently seen client is evicted (it merely gets a fresh quota). Memory therefore never exceeds
-``max_keys`` entries whatever the number of source addresses.
+The state is bounded by construction (see :class:`GcraLimiter`): two generations of plain dicts,
+rotated by size and by time, so idle clients disappear within two refill periods without any scan,
+and memory never exceeds ``max_keys`` entries whatever the number of source addresses.
 
 The edge talks to a :class:`RateLimiter` (``acquire`` is async) so a store shared by several
 daemon processes can replace the in-process :class:`GcraLimiter`.
@@ -19,7 +17,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 # -- route costs (reference table, core brief §8.3) ---------------------------------------------------
@@ -96,10 +93,17 @@ class RateLimiter(Protocol):
 
 
 class GcraLimiter:
-    """In-process GCRA limiter keyed by client address (one float per client)."""
+    """In-process GCRA limiter keyed by client address (one float per client, two generations).
 
-    # Stale entries removed from the cold end per call: > 1 so the sweep outpaces new clients.
-    SWEEP_PER_CALL = 2
+    State lives in two dicts: ``young`` takes every write, ``old`` is the previous generation and is
+    only read (a hit is promoted back into ``young``). The generations rotate (``old`` dropped,
+    ``young`` becomes ``old``) when ``young`` holds half of ``max_keys`` or when one refill period
+    has passed since the last rotation. A client's TAT is never more than one refill period past its
+    last request, so a time-based rotation drops only clients whose quota is full again; a size-based
+    one (a flood of new addresses) drops the least recently seen half, which merely get a fresh
+    quota. Every operation is a couple of plain dict operations, and the total never exceeds
+    ``max_keys``.
+    """
 
     def __init__(self, per_minute: int, burst: int | None = None, max_keys: int = 100_000) -> None:
         if per_minute < 1:
@@ -107,65 +111,76 @@ class GcraLimiter:
         self.per_minute = per_minute
         self.interval = 60.0 / per_minute
         self.burst = burst or per_minute
-        self.tolerance = self.interval * self.burst
-        self.max_keys = max(1, max_keys)
-        self._tat: OrderedDict[str, float] = OrderedDict()
+        self.tolerance = self.interval * self.burst  # one full refill period, in seconds
+        self.max_keys = max(2, max_keys)
+        self._half = self.max_keys // 2
+        self._young: dict[str, float] = {}
+        self._old: dict[str, float] = {}
+        self._rotated_at: float | None = None  # set by the first call (tests inject their own clock)
         self.denied = 0
         self.evicted = 0
 
     def take(self, key: str, cost: int, now: float | None = None) -> tuple[bool, float]:
         """Synchronous core of :meth:`acquire` (``now`` injectable for tests)."""
-        now = time.monotonic() if now is None else now
-        table = self._tat
-        self._sweep_cold_end(now)
-        tat = table.get(key)
-        if tat is None or tat < now:
-            tat = now
-        new_tat = tat + cost * self.interval
+        if now is None:
+            now = time.monotonic()
+        rotated_at = self._rotated_at
+        if rotated_at is None:
+            self._rotated_at = now
+        elif now - rotated_at >= self.tolerance:
+            self._rotate(now, full=False)
+        young = self._young
+        tat = young.get(key)
+        if tat is None:
+            tat = self._old.pop(key, None)
+            if len(young) >= self._half:
+                self._rotate(now, full=True)
+                young = self._young
+        base = tat if tat is not None and tat > now else now
+        new_tat = base + cost * self.interval
         if new_tat - now > self.tolerance:
             self.denied += 1
+            if tat is not None:
+                young[key] = tat  # keep the state (it may have just been promoted from old)
             return False, new_tat - now - self.tolerance
-        if key in table:
-            table.move_to_end(key)
-        elif len(table) >= self.max_keys:
-            table.popitem(last=False)  # least recently seen client: it just gets a fresh quota
-            self.evicted += 1
-        table[key] = new_tat
+        young[key] = new_tat
         return True, 0.0
 
     async def acquire(self, key: str, cost: int) -> tuple[bool, float]:
         """Charge ``cost`` tokens to ``key`` (see :class:`RateLimiter`)."""
         return self.take(key, cost)
 
-    def _sweep_cold_end(self, now: float) -> None:
-        table = self._tat
-        for _ in range(self.SWEEP_PER_CALL):
-            if not table:
-                return
-            key = next(iter(table))
-            if table[key] > now:
-                return
-            del table[key]
+    def _rotate(self, now: float, *, full: bool) -> None:
+        if full:
+            # Clients dropped before their quota refilled: they get a fresh one (counted).
+            self.evicted += sum(1 for tat in self._old.values() if tat > now)
+        self._old = self._young
+        self._young = {}
+        self._rotated_at = now
 
     def sweep(self, now: float | None = None) -> int:
         """Remove every client whose quota has fully refilled; returns how many were removed."""
         now = time.monotonic() if now is None else now
-        stale = [k for k, tat in self._tat.items() if tat <= now]
-        for key in stale:
-            del self._tat[key]
-        return len(stale)
+        removed = 0
+        for table in (self._young, self._old):
+            stale = [k for k, tat in table.items() if tat <= now]
+            for key in stale:
+                del table[key]
+            removed += len(stale)
+        return removed
 
     def describe(self) -> dict[str, Any]:
+        """Configuration and live counters, for ``/api/security``."""
         return {
             "backend": "in-process",
             "algorithm": "GCRA",
             "per_minute": self.per_minute,
             "burst": self.burst,
-            "tracked_clients": len(self._tat),
+            "tracked_clients": len(self),
             "max_tracked_clients": self.max_keys,
             "denied_total": self.denied,
             "evicted_total": self.evicted,
         }
 
     def __len__(self) -> int:
-        return len(self._tat)
+        return len(self._young) + len(self._old)
