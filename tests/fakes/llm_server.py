@@ -254,7 +254,9 @@ class FakeLLMServer:
                     "ollama": wire.ollama_body}[fmt](script, model, usage)
             await self._send(writer, 200, body)
             return True
-        if fmt == "openai":
+        if script.raw_events is not None:
+            events: Iterator[bytes] = (event.encode() for event in script.raw_events)
+        elif fmt == "openai":
             include = bool((record.body.get("stream_options") or {}).get("include_usage"))
             events = wire.openai_stream(script, model, usage, include)
         elif fmt == "anthropic":

@@ -43,7 +43,8 @@ class Script:
     the whole streamed body into writes of that many bytes (so lines and UTF-8 characters split);
     ``delay`` is slept between writes. ``fault`` is one of the keys of ``FAULT_STATUS`` (answered with
     that status, or ``status``) or ``malformed`` / ``stall`` / ``drop`` (after ``fault_after`` events).
-    ``only`` restricts the script to requests of one wire format.
+    ``only`` restricts the script to requests of one wire format. ``raw_events`` replaces the
+    generated stream with these exact strings (provider quirks, in-stream error events).
     """
 
     text: str = ""
@@ -60,6 +61,7 @@ class Script:
     retry_after: str | None = "1"
     retry_after_ms: int | None = None
     only: str | None = None
+    raw_events: list[str] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Script:
