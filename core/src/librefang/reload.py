@@ -4,16 +4,17 @@ Quart cannot change its routes once it served a request, so a reload never mutat
 :class:`Reloader` watches the source folder of every plugin with watchfiles. When a file of plugin X
 changes, it runs one transaction:
 
-1. import X afresh (a syntax error stops here: nothing was touched, the old modules are put back);
-2. build a new plugin manager with the new X (an unknown hook or bad signature stops here);
-3. run old X's ``shutdown`` and cancel its tasks;
-4. gather new X's config section, routes, checks and migrations, build a new Quart app, run new X's
-   ``startup``;
+1. import X afresh (a syntax error stops here: the old modules are put back);
+2. build a new plugin manager with the new X (an unknown hook or a bad hook signature stops here);
+3. gather new X's config section, routes, checks and migration folders and build a new Quart app
+   (a bad config value, a duplicate route or a raising register hook stops here). Registration has
+   no side effects, so old X is still running and serving;
+4. run old X's ``shutdown`` and cancel its tasks, migrate new X's tables, run new X's ``startup``;
 5. swap the new app into the ASGI switch. Requests already running finish on the old app, which
    is shut down once they have drained.
 
-If step 4 fails, the previous manager, modules and contributions are put back, old X is started
-again, and the old app (never swapped out) keeps serving. The error is logged and shown as
+When a step fails, the previous manager, modules and contributions are put back (after step 4
+old X is started again) and the old app, never swapped out, keeps serving. The error is logged and shown as
 ``plugins[].reload_error`` in ``GET /api/status``. The other plugins are never stopped: their state
 (kept in the kernel, the database, or their own modules) is untouched.
 """
@@ -137,24 +138,29 @@ class Reloader:
             return False, f"registration failed: {type(exc).__name__}: {exc}"
 
         old = _Saved(kernel, name)
-        await kernel.stop_plugin(name)
-        app = None
-        try:
+        try:  # gather what the new version registers while the old one still runs: no side effects
             host.pm = new_pm
             record.module, record.error = fresh.plugin, None
             record.hooks = [h.name for h in new_pm.get_hookcallers(fresh.plugin) or []]
             kernel.collect_plugin(name)
-            await kernel.db.migrate([n for n in kernel.db.migrations if n == name or n.startswith(name)])
             app = build_app(kernel)
+        except Exception as exc:  # bad config value, duplicate route, a raising register hook
+            fresh.rollback()
+            await old.restore(restart=False)
+            return False, f"{type(exc).__name__}: {exc}"
+
+        host.pm = old.pm  # the old version's shutdown runs through the manager that knows it
+        await kernel.stop_plugin(name)
+        host.pm = new_pm
+        try:
+            await kernel.db.migrate([n for n in kernel.db.migrations if n == name or n.startswith(name)])
             await app.startup()
             await kernel.start_plugin(name, isolate=False)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            if app is not None:
-                await _shutdown_app(app)
+            await _shutdown_app(app)
             fresh.rollback()
-            await old.restore()
-            return False, error
+            await old.restore(restart=True)
+            return False, f"{type(exc).__name__}: {exc}"
         old_app = self.switch.swap(app)
         kernel.tasks.spawn("core", _retire(self.switch, old_app), name="core:retire-app")
         return True, None
@@ -174,18 +180,17 @@ class _Saved:
         self.was_started = record.started
         self.contributions = kernel.contributions_of(name)
 
-    async def restore(self) -> None:
+    async def restore(self, *, restart: bool) -> None:
+        """Put the old version back; ``restart`` when it was already stopped for the new one."""
         kernel = self.kernel
         record = kernel.plugins.records[self.name]
-        await kernel.tasks.cancel_owner(self.name)  # whatever the failed new version spawned
-        record.started = False
-        if self.name in kernel.start_order:
-            kernel.start_order.remove(self.name)
         kernel.plugins.pm = self.pm
         record.module, record.error, record.hooks = self.module, self.error, self.hooks
         kernel.restore_contributions(self.name, self.contributions)
-        if self.was_started:
-            await kernel.start_plugin(self.name)
+        if restart:
+            await kernel.tasks.cancel_owner(self.name)  # whatever the failed new version spawned
+            if self.was_started:
+                await kernel.start_plugin(self.name)
 
 
 async def _shutdown_app(app: Any) -> None:
