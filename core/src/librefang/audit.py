@@ -322,10 +322,9 @@ class AuditChain:
             async with self._lock:
                 start = await self._chain_start(conn)
                 tip_seq = self._tip_seq
-                result = await conn.stream(
-                    text(f"SELECT {COLUMNS} FROM core_audit_entries WHERE seq <= :tip ORDER BY seq"),
-                    {"tip": tip_seq},
-                )
+                # Every row, not only those up to our tip: under the lock no legitimate entry lies
+                # beyond it, so a row there was written behind the daemon's back.
+                result = await conn.stream(text(f"SELECT {COLUMNS} FROM core_audit_entries ORDER BY seq"))
                 reader = await asyncio.to_thread(self.anchor.open_reader)
             try:
                 walk = _Walk(start, reader, tip_seq)
