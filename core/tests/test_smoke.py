@@ -13,7 +13,7 @@ async def test_api_v1_prefix_serves_same_route(client):
 
 
 async def test_unknown_route_is_json_404(client):
-    response = await client.get("/api/agents")
+    response = await client.get("/api/no-such-route")
     assert response.status_code == 404
     body = await response.get_json()
     assert body["code"] == "not_found"

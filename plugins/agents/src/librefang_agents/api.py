@@ -1,0 +1,55 @@
+"""What other plugins may import from the agents plugin.
+
+Get the registry of a running kernel with :func:`registry` and call its methods (all async)::
+
+    from librefang_agents.api import registry
+
+    agents = registry(kernel)
+    record = await agents.get(agent_id)          # AgentRecord; 400 / 404 as ApiError
+    manifest = record.parsed()                   # AgentManifest
+    tools = visible_tools(manifest, record.mode) # what the agent may call
+
+Events published on ``kernel.bus`` (data always has ``agent_id`` and ``name``):
+``agent.spawned``, ``agent.killed``, ``agent.config_changed``, ``agent.mode_changed``,
+``agent.state_changed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from librefang_agents.capabilities import (
+    ASSIST_TOOLS,
+    MODES,
+    PROFILES,
+    effective_capabilities,
+    implied_capabilities,
+    inheritance_violations,
+    visible_tools,
+)
+from librefang_agents.config import default_model
+from librefang_agents.manifest import AgentManifest, ManifestCapabilities, ManifestError, parse_manifest
+from librefang_agents.service import Actor, AgentService, parse_agent_id
+from librefang_agents.store import STATES, AgentRecord
+from librefang_agents.views import resolve_model
+from librefang_agents.workspace import workspace_dir
+
+EVENTS = ("agent.spawned", "agent.killed", "agent.config_changed", "agent.mode_changed", "agent.state_changed")
+
+__all__ = [
+    "ASSIST_TOOLS", "EVENTS", "MODES", "PROFILES", "STATES", "Actor", "AgentManifest", "AgentRecord",
+    "AgentService", "ManifestCapabilities", "ManifestError", "default_model", "effective_capabilities",
+    "implied_capabilities", "inheritance_violations", "parse_agent_id", "parse_manifest", "registry",
+    "resolve_model", "visible_tools", "workspace_of",
+]
+
+
+def registry(kernel: Any) -> AgentService:
+    """The agent registry of a started kernel (``KeyError`` when the agents plugin is not running)."""
+    return kernel.services["agents"]
+
+
+def workspace_of(kernel: Any, record: AgentRecord) -> Path:
+    """The workspace folder of an agent (``LIBREFANG_HOME/workspaces/agents/<name>``)."""
+    return workspace_dir(kernel.home, record.name)
