@@ -32,6 +32,7 @@ def init_home(home: Path) -> list[str]:
 
 
 def read_daemon_file(home: Path) -> dict[str, Any] | None:
+    """The running daemon's ``daemon.json`` ({pid, url, ...}), or None."""
     try:
         return json.loads((home / "daemon.json").read_text())
     except (FileNotFoundError, ValueError):
@@ -39,6 +40,16 @@ def read_daemon_file(home: Path) -> dict[str, Any] | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie waiting to be reaped."""
+    if pid <= 0:
+        return False
+    try:
+        # /proc/<pid>/stat is "pid (comm) STATE ..."; comm may hold spaces, so split after ")".
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state in {"Z", "X"}:
+            return False
+    except (FileNotFoundError, IndexError, PermissionError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -8,13 +8,20 @@ at start; a fingerprint of each folder is kept so an unchanged schema costs no A
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 _STATE_TABLE = "librefang_schema_state"
 
@@ -41,6 +48,9 @@ def _run_alembic_upgrade(sync_conn: Any, name: str, folder: str) -> None:
     from alembic.operations import Operations
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
+
+    # Alembic announces every internal plugin it sets up at INFO; only the upgrades matter.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     script = ScriptDirectory(folder, version_locations=[folder])
 
