@@ -174,3 +174,46 @@ async def test_missing_migrations_folder_is_refused(tmp_path):
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
     with pytest.raises(ValueError, match="does not exist"):
         db.add_migrations("notes", tmp_path / "nowhere")
+
+
+@pytest.fixture
+async def postgres_url():
+    """A fresh PostgreSQL database when LIBREFANG_TEST_POSTGRES_URL points at a server
+    (e.g. ``postgresql://postgres@127.0.0.1:54329/postgres``); the test is skipped otherwise."""
+    import os
+    import uuid
+
+    admin_url = os.environ.get("LIBREFANG_TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("set LIBREFANG_TEST_POSTGRES_URL to run against PostgreSQL")
+    asyncpg = pytest.importorskip("asyncpg")
+    name = f"lf_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+    yield admin_url.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    await conn.close()
+
+
+async def test_postgres_from_vault_reference_upgrade_keeps_rows(make_kernel, librefang_home, tmp_path, postgres_url):
+    from librefang.vault import Vault
+
+    Vault(librefang_home).set("PG_URL", postgres_url)
+    folder = tmp_path / "notes_versions"
+    write_revision(folder, "0001_notes.py", REV1)
+    plugin = NotesPlugin(folder)
+    config = 'database_url = "vault:PG_URL"\n'
+    kernel = await make_kernel(plugins={"notes": plugin}, load_entry_points=False, config=config)
+    assert kernel.db.url.startswith("postgresql+asyncpg://") and not kernel.db.is_sqlite
+    async with kernel.db.begin() as conn:
+        await conn.execute(text("INSERT INTO notes_items (id, body) VALUES (3, 'kept in postgres')"))
+    await kernel.stop()
+    write_revision(folder, "0002_title_and_tags.py", REV2)
+    kernel = await make_kernel(plugins={"notes": plugin}, load_entry_points=False, config=config)
+    async with kernel.db.begin() as conn:
+        row = (await conn.execute(text("SELECT id, body, title FROM notes_items"))).one()
+    assert tuple(row) == (3, "kept in postgres", "kept in po")
+    assert (await kernel.audit.verify()).valid
+    await kernel.stop()
