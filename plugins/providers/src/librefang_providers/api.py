@@ -81,8 +81,10 @@ class LLMDriver(Protocol):
 
 def create_registry(kernel: Kernel) -> LLMRegistry:
     """A registry configured from the kernel: ``[providers]``, ``[[fallback_providers]]``, the vault,
-    and every plugin's ``register_llm_providers`` hook."""
+    the built-in wire formats, and every plugin's ``register_llm_providers`` hook."""
     from librefang.plugins import PluginBound
+
+    from librefang_providers.drivers import BUILTIN_FORMATS
 
     config = kernel.config.section("providers") if kernel.config.has_section("providers") else ProvidersConfig()
     try:
@@ -106,6 +108,10 @@ def create_registry(kernel: Kernel) -> LLMRegistry:
 
     registry = LLMRegistry(config, fallbacks=fallbacks, resolve_secret=kernel.secret,
                            vault_get=vault_get, vault_names=vault_names)
+
+    # Built-in formats first, whatever the plugin order: a third party cannot take their names over.
+    for name, driver_class in BUILTIN_FORMATS.items():
+        registry.register(name, driver_class, owner="providers")
 
     def register(plugin: str, name: str, factory: Any) -> None:
         registry.register(name, factory, owner=plugin)

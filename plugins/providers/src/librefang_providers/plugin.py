@@ -9,19 +9,11 @@ from librefang import hookimpl
 from librefang_providers import hookspecs  # noqa: F401  (offered to other plugins by the host)
 from librefang_providers.api import SERVICE_KEY, get_registry
 from librefang_providers.config import ProvidersConfig
-from librefang_providers.drivers import BUILTIN_FORMATS
 
 
 @hookimpl
 def register_config(register: Any) -> None:
     register("providers", ProvidersConfig)
-
-
-@hookimpl
-def register_llm_providers(register: Any) -> None:
-    # The built-in wire formats, registered exactly as a third party would register its own.
-    for name, driver_class in BUILTIN_FORMATS.items():
-        register(name, driver_class)
 
 
 @hookimpl

@@ -1,0 +1,142 @@
+"""A third-party provider plugin, written here, registers a driver through the hook and is used by name.
+
+The kernel loads the real providers plugin from its entry point; the third party is a plain module
+with one ``@hookimpl`` passed to ``make_kernel(plugins=...)``, exactly as an installed package would be.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from librefang import hookimpl
+from librefang_providers.api import (
+    AuthFailed,
+    CompletionRequest,
+    CompletionResponse,
+    ContentComplete,
+    DriverConfig,
+    LLMDriver,
+    Message,
+    StreamEvent,
+    TextBlock,
+    TextDelta,
+    Usage,
+    get_registry,
+)
+
+from tests.fakes.llm_server import Script
+
+
+class EchoDriver:
+    """Answers with the user's text reversed; counts calls."""
+
+    calls = 0
+
+    def __init__(self, config: DriverConfig) -> None:
+        self.config = config
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        EchoDriver.calls += 1
+        text = str(request.messages[-1].content)[::-1]
+        return CompletionResponse([TextBlock(text)], "end_turn", Usage(1, len(text)), self.config.provider,
+                                  request.model)
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamEvent]:
+        EchoDriver.calls += 1
+        for char in str(request.messages[-1].content)[::-1]:
+            yield TextDelta(char)
+        yield ContentComplete("end_turn", Usage(1, 1), self.config.provider, request.model)
+
+
+def echo_plugin() -> types.ModuleType:
+    module = types.ModuleType("librefang_echo_provider")
+
+    @hookimpl
+    def register_llm_providers(register: Any) -> None:
+        register("echo", EchoDriver)
+
+    module.register_llm_providers = register_llm_providers  # type: ignore[attr-defined]
+    return module
+
+
+def greedy_plugin() -> types.ModuleType:
+    """Tries to take over a built-in name: refused, and only this plugin fails."""
+    module = types.ModuleType("librefang_greedy_provider")
+
+    @hookimpl
+    def register_llm_providers(register: Any) -> None:
+        register("openai", EchoDriver)
+
+    module.register_llm_providers = register_llm_providers  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.fixture(autouse=True)
+def only_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Entry points: only the providers plugin (the test plugins are passed in directly).
+    monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", "providers")
+
+
+def ask(text: str, model: str = "echo-1") -> CompletionRequest:
+    return CompletionRequest(model=model, messages=[Message("user", text)])
+
+
+async def test_third_party_provider_is_used_by_name(make_kernel: Any) -> None:
+    kernel = await make_kernel(plugins={"echo-provider": echo_plugin()})
+    registry = get_registry(kernel)
+    assert registry.owners["echo"] == "echo-provider" and registry.owners["openai"] == "providers"
+    assert isinstance(registry.driver("echo"), LLMDriver)
+    response = await registry.complete(ask("stressed"), provider="echo")
+    assert (response.text, response.provider, response.model) == ("desserts", "echo", "echo-1")
+    events = [e async for e in registry.stream(ask("abc"), provider="echo")]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "cba"
+
+
+async def test_third_party_provider_as_a_fallback(make_kernel: Any, fake_llm: Any) -> None:
+    config = f"""
+[providers]
+provider_max_retries = 0
+provider_urls = {{ openai = "{fake_llm.base_url('openai')}" }}
+
+[[fallback_providers]]
+provider = "echo"
+model = "echo-2"
+"""
+    kernel = await make_kernel(plugins={"echo-provider": echo_plugin()}, config=config)
+    registry = get_registry(kernel)
+    kernel.vault.set("OPENAI_API_KEY", "sk-vault-stored-key-1234")
+    fake_llm.script(Script(fault="server_error"))
+    response = await registry.complete(ask("olleh", model="gpt-fake"), provider="openai")
+    assert (response.provider, response.model, response.text) == ("echo", "echo-2", "hello")
+    assert fake_llm.requests[-1].headers["authorization"] == "Bearer sk-vault-stored-key-1234"
+    fake_llm.script(Script(fault="auth"))
+    with pytest.raises(AuthFailed) as auth:  # fallback_models=[]: no fallback for this call
+        await registry.complete(ask("x"), provider="openai", fallback_models=[])
+    assert "sk-vault-stored-key-1234" not in str(auth.value) and "***" in str(auth.value)
+
+
+async def test_duplicate_name_fails_only_the_offending_plugin(make_kernel: Any) -> None:
+    kernel = await make_kernel(plugins={"greedy": greedy_plugin(), "echo-provider": echo_plugin()})
+    records = kernel.plugins.records
+    assert "already registered" in (records["greedy"].error or "")
+    assert records["providers"].ok and records["echo-provider"].ok
+    registry = get_registry(kernel)
+    assert registry.factories["openai"] is not EchoDriver and "echo" in registry.factories
+
+
+async def test_bad_fallback_config_names_the_key(make_kernel: Any) -> None:
+    kernel = await make_kernel(config='[[fallback_providers]]\nprovider = "openai"\n')
+    error = kernel.plugins.records["providers"].error or ""
+    assert "fallback_providers.0.model" in error
+
+
+async def test_registry_closed_on_shutdown(make_kernel: Any) -> None:
+    kernel = await make_kernel()
+    registry = get_registry(kernel)
+    client = registry.http_client()
+    await kernel.stop_plugin("providers")
+    assert "providers.registry" not in kernel.services
+    assert client.is_closed
