@@ -38,6 +38,19 @@ class ProvidersConfig(BaseModel):
         default_factory=dict,
         description='Key per provider: "vault:NAME", "env:NAME" or a literal (prefer the vault)',
     )
+    # -- model catalog and provider API (catalog.py, service.py, provider_admin.py, oauth.py) --
+    local_probe_timeout_secs: float = Field(1.0, gt=0, le=30, description="Reachability probe of local servers")
+    ollama_detect_timeout_secs: float = Field(2.0, gt=0, le=30, description="GET /api/providers/ollama/detect")
+    provider_test_timeout_secs: float = Field(20.0, gt=0, le=300, description="POST /api/providers/{name}/test")
+    catalog_fetch_timeout_secs: float = Field(15.0, gt=0, le=300, description="POST /api/catalog/update with a URL")
+    catalog_allowed_hosts: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="Hosts/CIDRs a catalog URL may resolve to although private (metadata ranges stay blocked)",
+    )
+    copilot_client_id: str = Field("Iv1.b507a08c87ecfe98", min_length=1, max_length=100)
+    copilot_device_code_url: str = Field("https://github.com/login/device/code", pattern=r"^https?://")
+    copilot_token_url: str = Field("https://github.com/login/oauth/access_token", pattern=r"^https?://")
+    copilot_scope: str = Field("read:user", max_length=200)
 
 
 class FallbackProvider(BaseModel):

@@ -9,6 +9,7 @@ from librefang import hookimpl
 from librefang_providers import hookspecs  # noqa: F401  (offered to other plugins by the host)
 from librefang_providers.api import SERVICE_KEY, get_registry
 from librefang_providers.config import ProvidersConfig
+from librefang_providers.service import attach_catalog, register_catalog_routes
 
 
 @hookimpl
@@ -17,9 +18,15 @@ def register_config(register: Any) -> None:
 
 
 @hookimpl
-def startup(kernel: Any) -> None:
+def register_routes(register: Any) -> None:
+    register_catalog_routes(register)
+
+
+@hookimpl
+async def startup(kernel: Any) -> None:
     kernel.services.pop(SERVICE_KEY, None)
     get_registry(kernel)
+    await attach_catalog(kernel)
 
 
 @hookimpl
