@@ -139,6 +139,12 @@ def test_start_refuses_bad_config_naming_the_key(cli_env, librefang_home):
     assert not (librefang_home / "daemon.json").exists()
 
 
+def test_start_refuses_unresolvable_api_key(cli_env, librefang_home):
+    (librefang_home / "config.toml").write_text('api_key = "vault:NOT_THERE"\n')
+    result = run(cli_env, "start", "--port", str(free_port()))
+    assert result.returncode == 1 and "vault:NOT_THERE is not in" in result.stderr
+
+
 def test_start_refuses_a_busy_port(cli_env):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -148,6 +148,9 @@ def start(home: str | None, host: str | None, port: int | None, dev: bool, foreg
     try:
         config = _offline_config(path)  # plugin sections too: a bad value stops start here
         cfg_host, cfg_port = config.listen()
+        from librefang.vault import Vault
+
+        Vault(path).resolve(config.core.api_key)  # a dangling vault: reference stops start too
     except (ConfigError, VaultError) as exc:
         raise click.ClickException(str(exc)) from None
     host = host or cfg_host
