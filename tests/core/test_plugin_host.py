@@ -12,8 +12,11 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import sys
+import tomllib
 import types
+from pathlib import Path
 
 import httpx
 import pytest
@@ -383,3 +386,78 @@ def startup(kernel):
     monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", "aaa,zzz")
     kernel = await make_kernel()
     assert kernel.state["order"] == ["zzz", "aaa"]
+
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "docs" / "plugin-template"
+
+
+def install_template(plugin_site) -> str:
+    """Install docs/plugin-template into the temp site the way pip would: its package plus a
+    dist-info carrying the entry point declared in its pyproject.toml."""
+    project = tomllib.loads((TEMPLATE / "pyproject.toml").read_text())["project"]
+    ((entry_name, target),) = project["entry-points"]["librefang.plugins"].items()
+    package, module = target.split(".", 1)
+    source = TEMPLATE / "src" / package
+    files = {str(p.relative_to(source)): p.read_text() for p in source.rglob("*.py")}
+    plugin_site.add(entry_name, files, package=package, module=module, distribution=project["name"],
+                    version=project["version"])
+    return entry_name
+
+
+async def test_docs_plugin_template_installs_and_works(plugin_site, make_kernel, monkeypatch):
+    from librefang import cli
+
+    name = install_template(plugin_site)
+    monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", name)
+    kernel = await make_kernel(config='[example]\ngreeting = "Hey"\n')
+    record = kernel.plugins.records[name]
+    assert record.ok and record.distribution == "librefang-example", record.error
+    assert set(record.hooks) == {"register_config", "register_routes", "register_commands", "startup",
+                                 "shutdown", "status_info"}
+    client = make_client(build_app(kernel))
+    assert await (await client.get("/api/example/greeting?name=Ada")).get_json() == {"text": "Hey, Ada!"}
+
+    monkeypatch.setattr(cli.main, "commands", dict(cli.main.commands))
+    monkeypatch.setattr(cli.main, "_plugins_loaded", False, raising=False)
+    result = await asyncio.to_thread(CliRunner().invoke, cli.main, ["example-greet", "Bo"])
+    assert result.output == "Hey, Bo!\n", result.output
+
+    # the template's own tests pass as shipped (run as a user of the copied template would)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(plugin_site.root),
+                                                                    os.environ.get("PYTHONPATH")])))
+    run = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TEMPLATE / "tests")],
+        env=env, capture_output=True, text=True, timeout=120, cwd=TEMPLATE.parents[1])
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+async def test_security_checks_are_listed_and_a_taken_name_fails_the_second_plugin(make_kernel):
+    async def tripwire(kernel):
+        return {"active": True, "armed_at": "start"}
+
+    first = types.SimpleNamespace(security_checks=hookimpl(lambda register: register("tripwire", tripwire)))
+    second = types.SimpleNamespace(security_checks=hookimpl(lambda register: register("tripwire", tripwire)),
+                                   startup=hookimpl(lambda kernel: None))
+    kernel = await make_kernel(load_entry_points=False, plugins={"first": first, "second": second})
+    assert kernel.plugins.records["first"].ok
+    assert "security check 'tripwire' is already registered by 'first'" in kernel.plugins.records["second"].error
+    body = await (await make_client(build_app(kernel)).get("/api/security")).get_json()
+    (system,) = [s for s in body["systems"] if s["name"] == "tripwire"]
+    assert system["plugin"] == "first" and system["active"] is True and system["config"] == {"armed_at": "start"}
+
+
+async def test_async_register_hook_is_reported_not_silently_lost(make_kernel):
+    router = Router("asyncreg")
+
+    @router.get("/api/asyncreg", cost=1)
+    async def answer() -> dict:
+        return {}
+
+    async def register_routes(register):
+        register(router)
+
+    plugin = types.SimpleNamespace(register_routes=hookimpl(register_routes))
+    kernel = await make_kernel(load_entry_points=False, plugins={"asyncreg": plugin})
+    error = kernel.plugins.records["asyncreg"].error
+    assert "register_routes is called synchronously; implement it with def, not async def" in error

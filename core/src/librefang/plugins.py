@@ -370,7 +370,8 @@ class PluginHost:
     def call(
         self, hook_name: str, *, plugin: str | None = None, isolate: bool = True, **kwargs: Any
     ) -> list[tuple[str, Any]]:
-        """Call a hook synchronously on each plugin (or only on ``plugin``).
+        """Call a hook synchronously on each plugin (or only on ``plugin``). An ``async def``
+        implementation is an error here (use :meth:`acall` for hooks that may be async).
 
         With ``isolate`` a raising implementation is reported (see :class:`PluginHost`) and skipped;
         without it the exception propagates."""
@@ -379,6 +380,9 @@ class PluginHost:
             started = time.perf_counter()
             try:
                 value = fn(**self._kwargs_for(fn, kwargs, name))
+                if inspect.iscoroutine(value):  # it would never run: say so instead of losing it
+                    value.close()
+                    raise PluginError(f"{hook_name} is called synchronously; implement it with def, not async def")
             except Exception as exc:
                 self._trace(hook_name, name, started, exc)
                 if not isolate:

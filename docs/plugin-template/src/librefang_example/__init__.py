@@ -1,0 +1,1 @@
+"""LibreFang example plugin (a template: copy it, rename ``example``, keep the shape)."""
