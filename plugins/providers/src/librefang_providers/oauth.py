@@ -55,11 +55,12 @@ def _purge(flows: dict[str, DeviceFlow]) -> None:
         del flows[poll_id]
 
 
-async def _post_form(url: str, form: dict[str, str], timeout_secs: float) -> tuple[int, dict[str, Any]]:
+async def _post_form(kernel: Kernel, url: str, form: dict[str, str], timeout_secs: float) -> tuple[int, dict[str, Any]]:
     """POST a form to GitHub, asking for JSON; a body that is not a JSON object is a bad gateway."""
+    client = catalog_service(kernel).http_client()
     try:
-        async with httpx.AsyncClient(timeout=timeout_secs, follow_redirects=False) as client:
-            response = await client.post(url, data=form, headers={"Accept": "application/json"})
+        response = await client.post(url, data=form, headers={"Accept": "application/json"}, timeout=timeout_secs,
+                                     follow_redirects=False)
     except httpx.HTTPError as exc:
         raise BadGateway(f"GitHub could not be reached: {type(exc).__name__}", code="upstream_unreachable") from None
     if len(response.content) > MAX_BODY_BYTES:
@@ -88,7 +89,7 @@ async def start(kernel: Kernel) -> dict[str, Any]:
         raise ServiceUnavailable("too many sign-ins in progress; try again in a few minutes",
                                  code="too_many_flows", headers={"Retry-After": "60"})
     status, body = await _post_form(
-        config.copilot_device_code_url,
+        kernel, config.copilot_device_code_url,
         {"client_id": config.copilot_client_id, "scope": config.copilot_scope},
         config.provider_test_timeout_secs,
     )
@@ -130,7 +131,7 @@ async def poll(kernel: Kernel, poll_id: str, request_id: str = "", actor: str = 
     config = service.settings
     flow.next_poll_at = now + flow.interval
     status, body = await _post_form(
-        config.copilot_token_url,
+        kernel, config.copilot_token_url,
         {"client_id": config.copilot_client_id, "device_code": flow.device_code, "grant_type": DEVICE_GRANT},
         config.provider_test_timeout_secs,
     )

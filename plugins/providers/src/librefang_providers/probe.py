@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,20 +60,20 @@ def _model_names(body: Any) -> list[str]:
     return [str(n)[:200] for n in names if n][:MAX_DISCOVERED]
 
 
-async def probe(base_url: str, api_format: str, timeout_secs: float, headers: dict[str, str] | None = None) -> ProbeResult:
-    """Probe one server now. Never raises: failures are a result with ``reachable=False``."""
+async def probe(client: httpx.AsyncClient, base_url: str, api_format: str, timeout_secs: float) -> ProbeResult:
+    """Probe one server now through ``client`` (a shared pool: building a client per probe costs
+    more than the probe). Never raises: failures are a result with ``reachable=False``."""
     url = probe_url(base_url, api_format)
     started = time.perf_counter()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_secs), follow_redirects=False) as client:
-            async with client.stream("GET", url, headers=headers or {}) as response:
-                body = b""
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_PROBE_BYTES:
-                        break
-                status = response.status_code
+        async with client.stream("GET", url, timeout=httpx.Timeout(timeout_secs)) as response:
+            body = b""
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_PROBE_BYTES:
+                    break
+            status = response.status_code
     except httpx.TimeoutException:
         return ProbeResult(url, False, int((time.perf_counter() - started) * 1000), error="timed out",
                            probed_at=stamp, checked=time.monotonic())
@@ -94,7 +95,8 @@ async def probe(base_url: str, api_format: str, timeout_secs: float, headers: di
 class ProbeCache:
     """Recent probe results per probe URL (bounded); concurrent probes of one URL are merged."""
 
-    def __init__(self, ttl: float = CACHE_TTL_SECS) -> None:
+    def __init__(self, client: Callable[[], httpx.AsyncClient], ttl: float = CACHE_TTL_SECS) -> None:
+        self.client = client
         self.ttl = ttl
         self._results: dict[str, ProbeResult] = {}
         self._inflight: dict[str, asyncio.Future[ProbeResult]] = {}
@@ -125,7 +127,7 @@ class ProbeCache:
         future: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            result = await probe(base_url, api_format, timeout_secs)
+            result = await probe(self.client(), base_url, api_format, timeout_secs)
             self.store(result)
             future.set_result(result)
             return result

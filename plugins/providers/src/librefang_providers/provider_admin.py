@@ -234,7 +234,7 @@ class ProviderAdmin:
         catalog = await service.catalog()
         provider = catalog.providers.get("ollama")
         base_url = provider.base_url if provider is not None else "http://127.0.0.1:11434"
-        found = await probe(base_url, "ollama", service.settings.ollama_detect_timeout_secs)
+        found = await probe(service.http_client(), base_url, "ollama", service.settings.ollama_detect_timeout_secs)
         service.probes.store(found)
         return {"available": found.reachable, "models": found.models, "base_url": base_url,
                 "latency_ms": found.latency_ms, "error": found.error}

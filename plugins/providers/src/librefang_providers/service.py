@@ -74,8 +74,14 @@ class CatalogService:
         self._catalog: Catalog | None = None
         self._report = store.LoadReport()
         self._lock = asyncio.Lock()
-        self.probes = ProbeCache()
+        self.probes = ProbeCache(self.http_client)
         self.test_results: dict[str, dict[str, Any]] = {}
+
+    def http_client(self) -> Any:
+        """The driver registry's pooled HTTP client (closed with the registry at plugin shutdown)."""
+        from librefang_providers.api import get_registry
+
+        return get_registry(self.kernel).http_client()
 
     # -- snapshot -----------------------------------------------------------------------------
     @property
@@ -350,22 +356,22 @@ class CatalogService:
         }
 
     async def _fetch_bundle(self, url: str) -> dict[str, Any]:
-        from librefang_providers.ssrf import AllowList, SsrfError, fetch_limited
+        import httpx
+
+        from librefang_providers.ssrf import AllowList, ResponseTooLarge, SsrfError, fetch_limited
 
         config = self.settings
         try:
             status, body = await fetch_limited(
-                url, allowed=AllowList(config.catalog_allowed_hosts),
+                self.http_client(), url, allowed=AllowList(config.catalog_allowed_hosts),
                 max_bytes=store.MAX_FILE_BYTES, timeout_secs=config.catalog_fetch_timeout_secs,
             )
         except SsrfError as exc:
             raise BadRequest(f"catalog URL refused: {exc}", code="url_refused") from None
-        except Exception as exc:  # httpx transport errors: the remote side failed, not the client
-            import httpx
-
-            if isinstance(exc, httpx.HTTPError):
-                raise BadGateway(f"catalog fetch failed: {type(exc).__name__}", code="upstream_unreachable") from None
-            raise
+        except ResponseTooLarge as exc:
+            raise BadGateway(f"catalog source: {exc}", code="upstream_too_large") from None
+        except httpx.HTTPError as exc:  # the remote side failed, not the client
+            raise BadGateway(f"catalog fetch failed: {type(exc).__name__}", code="upstream_unreachable") from None
         if status != 200:
             raise BadGateway(f"catalog source answered HTTP {status}", code="upstream_error",
                              details={"upstream_status": status})

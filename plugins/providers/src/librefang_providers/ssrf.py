@@ -63,6 +63,10 @@ class SsrfError(ValueError):
     """A URL that must not be fetched; the message says why (safe to show the client)."""
 
 
+class ResponseTooLarge(Exception):
+    """The fetched document exceeded the size limit (the remote side's fault, not the URL's)."""
+
+
 def canonical_ip(addr: IPAddress) -> IPAddress:
     """The IPv4 address hidden in an IPv4-mapped, NAT64 or 6to4 IPv6 address, else ``addr``."""
     if isinstance(addr, ipaddress.IPv6Address):
@@ -198,16 +202,17 @@ async def check_fetch_url(url: str, allowed: AllowList | None = None) -> tuple[S
 
 
 async def fetch_limited(
+    client: httpx.AsyncClient,
     url: str,
     *,
     allowed: AllowList | None = None,
     max_bytes: int = 4 * 1024 * 1024,
     timeout_secs: float = 15.0,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> tuple[int, bytes]:
-    """GET ``url`` after :func:`check_fetch_url`, connecting to the checked address only.
+    """GET ``url`` through ``client`` after :func:`check_fetch_url`, connecting to the checked address
+    only and never following a redirect.
 
-    Returns ``(status, body)``; a body longer than ``max_bytes`` raises :class:`SsrfError`.
+    Returns ``(status, body)``; a body longer than ``max_bytes`` raises :class:`ResponseTooLarge`.
     """
     parts, addresses = await check_fetch_url(url, allowed)
     addr = addresses[0]
@@ -218,16 +223,16 @@ async def fetch_limited(
     headers = {"Host": host + port, "Accept": "application/json", "User-Agent": "librefang-catalog"}
     # The TLS name stays the real host name, so certificate checks are unchanged by pinning.
     extensions = {"sni_hostname": host} if parts.scheme.lower() == "https" else {}
-    async with httpx.AsyncClient(timeout=timeout_secs, follow_redirects=False, transport=transport) as client:
-        async with client.stream("GET", pinned, headers=headers, extensions=extensions) as response:
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise SsrfError(f"response is larger than {max_bytes} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise SsrfError(f"response is larger than {max_bytes} bytes")
-                chunks.append(chunk)
-            return response.status_code, b"".join(chunks)
+    async with client.stream("GET", pinned, headers=headers, extensions=extensions, timeout=timeout_secs,
+                             follow_redirects=False) as response:
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise ResponseTooLarge(f"response is larger than {max_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ResponseTooLarge(f"response is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+        return response.status_code, b"".join(chunks)
