@@ -161,7 +161,7 @@ async def test_cancel_owner_waits_bounded_for_stubborn_tasks(caplog):
     await asyncio.sleep(0)
     started = time.perf_counter()
     with caplog.at_level(logging.ERROR, logger="librefang.tasks"):
-        await registry.cancel_owner("p", timeout=0.2)
+        await registry.cancel_owner("p", grace=0.2)
     assert time.perf_counter() - started < 1.0  # shutdown is not held hostage
     assert any("boom in background" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
     release.set()
