@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
 from librefang_providers.ssrf import AllowList, SsrfError, canonical_ip, check_base_url, check_fetch_url
 
 
