@@ -7,6 +7,7 @@ reach it from request handlers with :func:`librefang.current_kernel`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -19,6 +20,8 @@ from librefang.audit import AuditChain
 from librefang.bus import EventBus
 from librefang.config import Config, default_home
 from librefang.errors import ConfigError, PluginError
+from librefang.idempotency import IdempotencyStore
+from librefang.logstream import LogStream, kernel_secret_values
 from librefang.plugins import PluginBound, PluginHost
 from librefang.routing import Router, RouteSpec
 from librefang.storage import Database
@@ -115,6 +118,8 @@ class Kernel:
         self.plugins = PluginHost()
         self.routes = RouteTable()
         self.audit = AuditChain(self.db, self._anchor_path())
+        self.idempotency = IdempotencyStore(self.db)
+        self.logstream = LogStream(kernel_secret_values(self))
         self.security_checks: dict[str, tuple[str, Any]] = {}
         self.services: dict[str, Any] = {}
         self.started_at = time.time()
@@ -140,6 +145,7 @@ class Kernel:
         """
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logstream.attach(asyncio.get_running_loop())
         if self._load_entry_points:
             self.plugins.load_entry_points(self.config.core.plugins.disabled)
         for name, module in self._extra_plugins.items():
@@ -151,6 +157,9 @@ class Kernel:
         await self.db.open()
         await self.db.migrate()
         await self.audit.open()
+        self.tasks.spawn("core", self.audit.run_retention(lambda: self.config.core.audit.retention_days),
+                         name="core:audit-retention")
+        self.tasks.spawn("core", self.idempotency.run_sweeper(), name="core:idempotency-sweep")
         self.collect_routes()
         self.collect_security_checks()
         self._forget_failed()
@@ -159,8 +168,8 @@ class Kernel:
         self.started = True
         self.plugins.live = True
         for record in self.plugins.records.values():
-            if record.error:
-                await self.audit.record("PluginLoad", target=record.name, detail=record.error, outcome="failed")
+            await self.audit.record("PluginLoad", target=record.name, detail=record.error or record.version,
+                                    outcome="failed" if record.error else "ok")
         await self.audit.record(
             "DaemonStart", detail={"plugins": [r.name for r in self.plugins.loaded()], "version": self.version}
         )
@@ -169,10 +178,16 @@ class Kernel:
         """Shut every started plugin down (reverse start order), cancel tasks, close storage."""
         for name in reversed(list(self.start_order)):
             await self.stop_plugin(name)
-        self.started = False
+        was_started, self.started = self.started, False
         self.plugins.live = False
         await self.tasks.cancel_all()
+        if was_started:
+            try:
+                await self.audit.record("DaemonStop", detail={"uptime_seconds": round(self.uptime, 3)})
+            except Exception:  # noqa: BLE001 - a broken database must not block shutdown
+                log.exception("could not record DaemonStop in the audit chain")
         await self.db.close()
+        self.logstream.detach()
 
     async def start_plugin(self, name: str, *, isolate: bool = True) -> bool:
         """Run one plugin's ``startup``. On failure its tasks are cancelled and its routes, config
