@@ -262,3 +262,27 @@ async def test_live_server_stream_with_httpx(librefang_home):
     finally:
         if not stopped:
             await asyncio.to_thread(server.stop)
+
+
+async def test_daemon_log_handlers_learn_the_kernels_secret_values(make_kernel, librefang_home):
+    """The stderr / log-file handlers set up by ``setup_logging`` scrub the same values while a
+    kernel runs (its secret source is added at start and removed at stop)."""
+    import io
+
+    from librefang.logs import RedactingFilter, Redactor
+
+    output = io.StringIO()
+    handler = logging.StreamHandler(output)
+    handler.addFilter(RedactingFilter(Redactor()))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        kernel = await make_kernel(config=f'api_key = "{KEY}"\n', plugins={}, load_entry_points=False)
+        log.warning("daemon log with %s and Bearer abcdefghijklmnop", KEY)
+        await kernel.stop()
+        log.warning("after stop the value %s is only a string", KEY)
+    finally:
+        root.removeHandler(handler)
+    lines = output.getvalue().splitlines()
+    assert "daemon log with *** and Bearer ***" in lines
+    assert f"after stop the value {KEY} is only a string" in lines  # no kernel, no known value
