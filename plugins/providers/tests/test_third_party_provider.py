@@ -24,6 +24,8 @@ from librefang_providers.api import (
     TextBlock,
     TextDelta,
     Usage,
+    collect,
+    events_from_response,
     get_registry,
 )
 
@@ -51,12 +53,21 @@ class EchoDriver:
         yield ContentComplete("end_turn", Usage(1, 1), self.config.provider, request.model)
 
 
+class BatchDriver(EchoDriver):
+    """A provider that cannot stream: ``stream`` replays ``complete`` as events."""
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamEvent]:
+        async for event in events_from_response(await self.complete(request)):
+            yield event
+
+
 def echo_plugin() -> types.ModuleType:
     module = types.ModuleType("librefang_echo_provider")
 
     @hookimpl
     def register_llm_providers(register: Any) -> None:
         register("echo", EchoDriver)
+        register("batch", lambda config: BatchDriver(config))
 
     module.register_llm_providers = register_llm_providers  # type: ignore[attr-defined]
     return module
@@ -93,6 +104,8 @@ async def test_third_party_provider_is_used_by_name(make_kernel: Any) -> None:
     assert (response.text, response.provider, response.model) == ("desserts", "echo", "echo-1")
     events = [e async for e in registry.stream(ask("abc"), provider="echo")]
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "cba"
+    streamed = await collect(registry.stream(ask("drawer"), provider="batch"))
+    assert (streamed.text, streamed.provider, streamed.usage.output_tokens) == ("reward", "batch", 6)
 
 
 async def test_third_party_provider_as_a_fallback(make_kernel: Any, fake_llm: Any) -> None:

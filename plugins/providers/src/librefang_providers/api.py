@@ -129,6 +129,20 @@ def get_registry(kernel: Kernel) -> LLMRegistry:
     return registry
 
 
+async def events_from_response(response: CompletionResponse) -> AsyncIterator[StreamEvent]:
+    """The events a stream of ``response`` would have produced. A driver whose provider cannot stream
+    implements ``stream`` as ``async for e in events_from_response(await self.complete(request)): yield e``."""
+    for block in response.content:
+        if isinstance(block, ThinkingBlock):
+            yield ThinkingDelta(block.text)
+        elif isinstance(block, TextBlock):
+            yield TextDelta(block.text)
+        elif isinstance(block, ToolUseBlock):
+            yield ToolUseStart(block.id, block.name)
+            yield ToolUseEnd(block.id, block.name, block.input, block.signature)
+    yield ContentComplete(response.stop_reason, response.usage, response.provider, response.model)
+
+
 async def collect(events: AsyncIterator[StreamEvent]) -> CompletionResponse:
     """Fold a stream into the :class:`CompletionResponse` a ``complete`` call would have returned."""
     content: list[Block] = []
@@ -168,5 +182,6 @@ __all__ = [
     "ProvidersConfig", "RateLimited", "ResponseFormat", "STOP_SEQUENCE", "SERVICE_KEY", "StreamEvent",
     "TOOL_USE", "Target", "TextBlock", "TextDelta", "ThinkingBlock", "ThinkingDelta", "TimedOut",
     "ToolDefinition", "ToolInputDelta", "ToolResultBlock", "ToolUseBlock", "ToolUseEnd", "ToolUseStart",
-    "UnknownProvider", "UpstreamError", "Usage", "collect", "create_registry", "get_registry",
+    "UnknownProvider", "UpstreamError", "Usage", "collect", "create_registry", "events_from_response",
+    "get_registry",
 ]
