@@ -473,3 +473,13 @@ async def test_auth_failures_shutdown_and_stop_are_recorded(make_kernel, librefa
     assert shutdown["request_id"] == response.headers["x-request-id"]
     assert actions.index("DaemonStop") < actions.index("Shutdown")  # newest first: stop came after
     assert (await verify(client, {"Authorization": f"Bearer {KEY}"}))["valid"] is True
+
+
+async def test_config_changes_are_recorded(make_kernel):
+    _, client = await started(make_kernel, entries=0)
+    response = await client.post("/api/config/set", json={"path": "rate_limit.api_requests_per_minute", "value": 321})
+    assert response.status_code == 200
+    entry = (await (await client.get("/api/audit/recent?n=1")).get_json())["items"][0]
+    assert entry["action"] == "ConfigChange" and entry["target"] == "rate_limit.api_requests_per_minute"
+    assert entry["request_id"] == response.headers["x-request-id"] and "321" in entry["detail"]
+    assert (await verify(client))["valid"] is True
