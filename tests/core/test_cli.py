@@ -282,3 +282,54 @@ def test_shutdown_is_graceful(librefang_home):
             httpx.get(server.url + "/api/health", timeout=2)
     finally:
         server.stop()
+
+
+HELLO_PLUGIN = '''
+import click
+import librefang
+from pydantic import BaseModel, Field
+
+
+class HelloConfig(BaseModel):
+    greeting: str = "hello"
+    repeat: int = Field(1, ge=1, le=5)
+
+
+@librefang.hookimpl
+def register_config(register):
+    register("hello", HelloConfig)
+
+
+@librefang.hookimpl
+def register_commands(cli):
+    @cli.command("hello")
+    def hello():
+        """Say hello (added by a plugin)."""
+        click.echo("hello from a plugin command")
+'''
+
+
+def test_installed_plugins_in_doctor_config_and_commands(plugin_site, librefang_home, monkeypatch, cli_env):
+    plugin_site.add("hello", {"plugin.py": HELLO_PLUGIN})
+    plugin_site.add("broken", {"plugin.py": "raise ImportError('missing dependency frobnicate')\n"})
+    monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", "hello,broken")
+    runner = CliRunner()
+    runner.invoke(main, ["init"])
+
+    result = runner.invoke(main, ["config", "set", "hello.greeting", "hey"])
+    assert result.exit_code == 0, result.output
+    assert "[hello]" in (librefang_home / "config.toml").read_text()
+    assert runner.invoke(main, ["config", "get", "hello.greeting"]).output.strip() == "hey"
+    bad = runner.invoke(main, ["config", "set", "hello.repeat", "99"])
+    assert bad.exit_code == 1 and "hello.repeat" in bad.output
+
+    env = {**cli_env, "LIBREFANG_LOAD_PLUGINS": "hello,broken", "PYTHONPATH": str(plugin_site.root)}
+    doctor = run(env, "doctor")
+    assert doctor.returncode == 1
+    assert "[ok] plugin hello" in doctor.stdout
+    assert "[FAIL] plugin broken" in doctor.stdout and "frobnicate" in doctor.stdout
+    command = run(env, "hello")
+    assert command.returncode == 0 and command.stdout.strip() == "hello from a plugin command"
+    (librefang_home / "config.toml").write_text("[hello]\nrepeat = 0\n")
+    start = run(env, "start", "--port", str(free_port()))
+    assert start.returncode == 1 and "hello.repeat" in start.stderr

@@ -233,7 +233,9 @@ def _run_foreground(home: Path, host: str, port: int, dev: bool, config: Any) ->
     except OSError as exc:  # the port was taken between the check and the bind
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:
-        info = _read_json(home / "daemon.json")
+        from librefang.home import read_daemon_file
+
+        info = read_daemon_file(home)
         if info and info.get("pid") == os.getpid():
             (home / "daemon.json").unlink(missing_ok=True)
     # The kernel has closed the database and run every shutdown hook; what is left is the
@@ -245,13 +247,6 @@ def _run_foreground(home: Path, host: str, port: int, dev: bool, config: Any) ->
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 @main.command()
