@@ -74,7 +74,7 @@ class ProviderAdmin:
         if provider.local and provider.base_url:
             probe_result = await service.probes.get(provider.base_url, provider.api_format,
                                                     service.settings.local_probe_timeout_secs)
-        names = await asyncio.to_thread(service._vault_names)
+        names = service._vault_names()
         status = service.auth_status(provider, probe_result, names)
         info = self._info(catalog, provider, status, probe_result)
         available = status in AVAILABLE_STATUSES

@@ -125,18 +125,22 @@ class CatalogService:
 
     # -- auth status (never reads a secret's value) ------------------------------------------------
     def _vault_names(self) -> set[str]:
+        # On the event loop on purpose: after the first read the vault is an in-memory dict, and
+        # reading it from a worker thread could race a concurrent write.
         try:
             return set(self.kernel.vault.names())
-        except (VaultError, OSError, ValueError):
+        except (VaultError, OSError, ValueError, RuntimeError):
             return set()
 
     def key_source(self, provider: ProviderEntry, vault_names: set[str] | None = None) -> str | None:
         """Where a key for ``provider`` is configured: ``env``, ``vault``, ``config``, or ``None``."""
-        env_name = provider.key_env()
-        if os.environ.get(env_name, "").strip():
+        from librefang_providers.registry import ALTERNATE_KEY_ENVS
+
+        env_names = (provider.key_env(), *ALTERNATE_KEY_ENVS.get(provider.id, ()))
+        if any(os.environ.get(name, "").strip() for name in env_names):
             return "env"
         names = self._vault_names() if vault_names is None else vault_names
-        if env_name in names:
+        if any(name in names for name in env_names):
             return "vault"
         configured = self.settings.provider_api_keys.get(provider.id)
         if configured is not None:
@@ -171,7 +175,7 @@ class CatalogService:
     async def statuses(self, catalog: Catalog) -> tuple[dict[str, str], dict[str, ProbeResult]]:
         """Auth status of every provider, and the local probe results behind them."""
         probes = await self.local_probes(catalog)
-        names = await asyncio.to_thread(self._vault_names)
+        names = self._vault_names()
         return {pid: self.auth_status(p, probes.get(pid), names) for pid, p in catalog.providers.items()}, probes
 
     # -- models --------------------------------------------------------------------------------

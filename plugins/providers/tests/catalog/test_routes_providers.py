@@ -45,6 +45,7 @@ async def test_auth_status_from_config_reference_and_vault(make_kernel, librefan
     from librefang_providers import plugin
 
     monkeypatch.setenv("MY_TOGETHER", "together-key")
+    monkeypatch.setenv("GOOGLE_API_KEY", "google-key")  # Gemini's alternate variable
     config = ('[providers.provider_api_keys]\ntogether = "env:MY_TOGETHER"\ngroq = "vault:GROQ_KEY"\n'
               'cerebras = "env:UNSET_VARIABLE"\n')
     kernel = await make_kernel(plugins={"providers": plugin}, load_entry_points=False, config=config)
@@ -52,7 +53,7 @@ async def test_auth_status_from_config_reference_and_vault(make_kernel, librefan
     kernel.vault.set("XAI_API_KEY", "xai-key")
     api = make_client(build_app(kernel))
     for name, status in [("together", "configured"), ("groq", "configured"), ("cerebras", "missing"),
-                         ("xai", "configured"), ("openai", "missing")]:
+                         ("xai", "configured"), ("openai", "missing"), ("gemini", "configured")]:
         body = await (await api.get(f"/api/providers/{name}")).get_json()
         assert body["auth_status"] == status, name
 
