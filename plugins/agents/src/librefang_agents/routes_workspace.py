@@ -75,6 +75,8 @@ async def upload_file(agent_id: str) -> dict[str, Any]:
     limit = current_kernel().config.core.max_upload_size_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes", code="upload_too_large")
+    if request.mimetype == "application/x-www-form-urlencoded":
+        raise BadRequest("send the file as multipart/form-data (field 'file') or as the raw body", code="missing_file")
     if request.mimetype == "multipart/form-data":
         form_files = await request.files
         part = form_files.get("file") or next(iter(form_files.values()), None)
