@@ -483,3 +483,18 @@ async def test_config_changes_are_recorded(make_kernel):
     assert entry["action"] == "ConfigChange" and entry["target"] == "rate_limit.api_requests_per_minute"
     assert entry["request_id"] == response.headers["x-request-id"] and "321" in entry["detail"]
     assert (await verify(client))["valid"] is True
+
+
+async def test_retention_trims_when_only_the_kept_part_was_tampered(make_kernel):
+    """A trim checks what it removes; tampering in what stays is left for verify to report."""
+    kernel, client = await started(make_kernel, config="[audit]\nretention_days = 30\n", entries=0)
+    kernel.audit.clock = lambda: dt.datetime.now(dt.UTC) - dt.timedelta(days=90)
+    for i in range(3):
+        await kernel.audit.record("OldAction", detail=i)
+    kernel.audit.clock = lambda: dt.datetime.now(dt.UTC)
+    await kernel.audit.record("NewAction")
+    kept = kernel.audit.tip_seq
+    await tamper(kernel, lambda conn: conn.execute("UPDATE core_audit_entries SET detail = 'x' WHERE seq = ?", (kept,)))
+    assert await kernel.audit.trim(30) == kept - 1
+    body = await verify(client)
+    assert (body["valid"], body["first_broken_seq"]) == (False, kept)

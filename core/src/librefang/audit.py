@@ -314,17 +314,21 @@ class AuditChain:
             self._verifying = asyncio.ensure_future(self._verify())
         return await asyncio.shield(self._verifying)
 
-    async def _verify(self) -> VerifyResult:
+    async def _verify(self, through: int | None = None) -> VerifyResult:
+        """The walk; with ``through``, only the entries up to that seq (a retention trim's check)."""
         reader: AnchorReader | None = None
         async with self.db.begin() as conn:
             # Snapshot under the lock: the rows, the chain start and the anchor file are taken at one
             # point, so appends and trims running meanwhile are not mistaken for tampering.
             async with self._lock:
                 start = await self._chain_start(conn)
-                tip_seq = self._tip_seq
+                tip_seq = self._tip_seq if through is None else through
                 # Every row, not only those up to our tip: under the lock no legitimate entry lies
                 # beyond it, so a row there was written behind the daemon's back.
-                result = await conn.stream(text(f"SELECT {COLUMNS} FROM core_audit_entries ORDER BY seq"))
+                result = await conn.stream(
+                    text(f"SELECT {COLUMNS} FROM core_audit_entries WHERE seq <= :through ORDER BY seq"),
+                    {"through": through if through is not None else 2**62},
+                )
                 reader = await asyncio.to_thread(self.anchor.open_reader)
             try:
                 walk = _Walk(start, reader, tip_seq)
@@ -355,6 +359,8 @@ class AuditChain:
             first_broken_seq=broken[0] if broken else None,
             error=broken[1] if broken else None,
         )
+        if through is not None:
+            return verdict
         self.last_verify = {
             "valid": verdict.valid, "entries": walk.count, "first_broken_seq": verdict.first_broken_seq,
             "at": format_timestamp(utc_now()),
@@ -370,17 +376,22 @@ class AuditChain:
         if retention_days <= 0:
             return 0
         cutoff = format_timestamp(self.clock() - dt.timedelta(days=retention_days))
-        if await self._last_expired(cutoff) is None:
+        expired = await self._last_expired(cutoff)
+        if expired is None:
             return 0
-        verdict = await self.verify()
+        # Only what is about to go must verify (the rest stays, for any later verify to judge):
+        # the cost of a trim follows what it removes, not the length of the chain.
+        verdict = await self._verify(through=expired[0])
         if not verdict.valid:
             log.error("audit retention skipped: the chain does not verify (%s)", verdict.error)
             self.last_trim = {"deleted": 0, "refused": verdict.error, "at": format_timestamp(utc_now())}
             return 0
         async with self._lock:
             last = await self._last_expired(cutoff)
-            if last is None:
+            if last is None:  # trimmed meanwhile by another caller
                 return 0
+            if last[0] > expired[0]:  # only what was verified may go
+                last = expired
             last_seq, last_hash = last
             # Anchor first: if the process dies before the rows go, the anchor's start simply points
             # into rows that are still present, which verifies; the next trim finishes the job.
