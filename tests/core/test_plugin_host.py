@@ -461,3 +461,20 @@ async def test_async_register_hook_is_reported_not_silently_lost(make_kernel):
     kernel = await make_kernel(load_entry_points=False, plugins={"asyncreg": plugin})
     error = kernel.plugins.records["asyncreg"].error
     assert "register_routes is called synchronously; implement it with def, not async def" in error
+
+
+async def test_a_failed_start_closes_what_it_opened(librefang_home):
+    from librefang.kernel import create_kernel
+
+    router = Router("clash")
+
+    @router.get("/api/health", cost=1)
+    async def clash() -> dict:
+        return {}
+
+    plugin = types.SimpleNamespace(register_routes=hookimpl(lambda register: register(router)))
+    kernel = create_kernel(librefang_home, plugins={"clash": plugin}, load_entry_points=False)
+    with pytest.raises(PluginError, match="duplicate route GET /api/health: plugin 'clash'.*'core'"):
+        await kernel.start()
+    assert kernel.db.engine is None  # the database was opened for migrations, and closed again
+    assert not kernel.logstream.attached and kernel.tasks.count() == 0

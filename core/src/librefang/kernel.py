@@ -141,8 +141,16 @@ class Kernel:
 
         A plugin that fails to import, to register, in a register hook or in ``startup`` is
         reported and left out. A bad config value or two plugins claiming the same route stop the
-        start with a :class:`ConfigError` / :class:`PluginError` that names the key or both plugins.
+        start with a :class:`ConfigError` / :class:`PluginError` that names the key or both plugins;
+        what was already started or opened is stopped and closed again before the error propagates.
         """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.logstream.attach(asyncio.get_running_loop())
