@@ -198,7 +198,7 @@ def _run_foreground(home: Path, host: str, port: int, dev: bool, config: Any) ->
     import asyncio
     import fcntl
 
-    from librefang.errors import ConfigError
+    from librefang.errors import ConfigError, PluginError
     from librefang.kernel import create_kernel
     from librefang.logs import setup_logging
     from librefang.netutil import is_loopback
@@ -228,7 +228,7 @@ def _run_foreground(home: Path, host: str, port: int, dev: bool, config: Any) ->
 
     try:
         asyncio.run(serve(kernel, host, port, dev=dev, on_started=started))
-    except (ConfigError, VaultError) as exc:
+    except (ConfigError, PluginError, VaultError) as exc:  # bad config value, duplicate route
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the port was taken between the check and the bind
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
