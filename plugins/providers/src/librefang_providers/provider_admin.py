@@ -195,10 +195,6 @@ class ProviderAdmin:
                              details={"provider": provider.id, "model": model_id, "upstream_status": None}) from None
         latency = self._remember(provider.id, "ok", started)
         usage = response.usage
-        catalog = await service.catalog()
-        served = catalog.model_in(response.provider, response.model) or catalog.find_model(response.model)
-        from librefang_providers.catalog import cost
-
         return {
             "status": "ok",
             "provider": response.provider,
@@ -207,7 +203,7 @@ class ProviderAdmin:
             "reply": response.text[:MAX_REPLY_CHARS],
             "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
                       "cache_read_tokens": usage.cache_read_tokens, "cache_write_tokens": usage.cache_write_tokens},
-            "cost_usd": cost(served, usage) if served is not None else None,
+            "cost_usd": await service.call_cost(response.provider, response.model, usage),
         }
 
     def _scrub(self, registry: Any, provider: ProviderEntry, text: str) -> str:

@@ -107,6 +107,17 @@ class CatalogService:
         provider = snapshot.provider(name) if snapshot is not None else None
         return provider.spec() if provider is not None else None
 
+    async def call_cost(self, provider: str, model: str, usage: Any) -> float | None:
+        """USD cost of one call served by ``provider``/``model`` (as a ``CompletionResponse`` names
+        them); ``None`` when the catalog does not know that model."""
+        from librefang_providers.catalog import cost
+
+        catalog = await self.catalog()
+        entry = catalog.model_in(provider, model) or catalog.find_model(f"{provider}/{model}")
+        if entry is None:
+            entry = catalog.find_model(model)
+        return cost(entry, usage) if entry is not None else None
+
     async def _rebuild(self) -> None:
         urls = dict(self.settings.provider_urls)
         self._catalog, self._report = await asyncio.to_thread(store.build_catalog, self.home, urls)

@@ -132,3 +132,17 @@ def test_url_overrides_config_wins_over_api_file(home):
     assert catalog.provider("vllm").base_url == "http://10.0.0.9:8000/v1"
     assert catalog.provider("lmstudio").base_url == "http://10.0.0.6:1234/v1"
     assert catalog.provider("vllm").spec().base_url == "http://10.0.0.9:8000/v1"
+
+
+async def test_call_cost_prefers_the_serving_provider(make_kernel):
+    from librefang_providers import plugin
+    from librefang_providers.service import catalog_service
+
+    kernel = await make_kernel(plugins={"providers": plugin}, load_entry_points=False)
+    service = catalog_service(kernel)
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    # The same id at three providers, three prices: the one that served is billed.
+    assert await service.call_cost("nebius", "meta-llama/Llama-3.3-70B-Instruct", usage) == pytest.approx(0.53)
+    assert await service.call_cost("hyperbolic", "meta-llama/Llama-3.3-70B-Instruct", usage) == pytest.approx(0.8)
+    assert await service.call_cost("openai", "gpt-4o", usage) == pytest.approx(12.5)
+    assert await service.call_cost("openai", "not-in-catalog", usage) is None
