@@ -105,6 +105,11 @@ def _ip_or_none(value: str | None) -> str | None:
         return None
 
 
+_FORWARDING_NAMES = frozenset(FORWARDING_HEADERS)
+
+
 def has_forwarding_headers(headers: Mapping[str, str]) -> bool:
     """True when the request carries any header a proxy uses to name the original client."""
-    return any(name in headers for name in FORWARDING_HEADERS)
+    # One pass over the names present: in werkzeug's Headers every lookup of a missing name raises
+    # and catches an exception, and this runs on every request.
+    return any(name.lower() in _FORWARDING_NAMES for name in headers.keys())

@@ -7,8 +7,10 @@ at start; a fingerprint of each folder is kept so an unchanged schema costs no A
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,6 +76,8 @@ class Database:
         self.engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self.migrations: dict[str, Path] = {}
+        self._health: tuple[float, bool] = (float("-inf"), False)  # (monotonic time, result) of the last ping
+        self._health_task: asyncio.Task[bool] | None = None
 
     async def open(self) -> None:
         """Create the engine (and the SQLite file's folder)."""
@@ -91,6 +95,7 @@ class Database:
         self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def close(self) -> None:
+        self._health = (float("-inf"), False)
         if self.engine is not None:
             await self.engine.dispose()
             self.engine = None
@@ -150,3 +155,25 @@ class Database:
             return True
         except Exception:
             return False
+
+    async def healthy(self, max_age: float = 1.0) -> bool:
+        """:meth:`ping`, reusing a result younger than ``max_age`` seconds, with concurrent callers
+        sharing one ping: a polled health route must not cost a database round trip per request
+        (a ping through the aiosqlite thread costs about twice a whole bare request)."""
+        if self.engine is None:
+            return False
+        checked_at, ok = self._health
+        if time.monotonic() - checked_at < max_age:
+            return ok
+        if self._health_task is None:
+            self._health_task = asyncio.ensure_future(self._refresh_health())
+        # shield: a caller that disconnects must not cancel the ping the others are waiting for
+        return await asyncio.shield(self._health_task)
+
+    async def _refresh_health(self) -> bool:
+        try:
+            ok = await self.ping()
+            self._health = (time.monotonic(), ok)
+            return ok
+        finally:
+            self._health_task = None

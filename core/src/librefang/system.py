@@ -36,7 +36,7 @@ def add_system_routes(router: Router) -> None:
     async def health() -> Health:
         """Liveness: status and version only (no internals)."""
         kernel = current_kernel()
-        ok = await kernel.db.ping()
+        ok = await kernel.db.healthy()  # cached for 1 s: probes poll this route
         return Health(status="ok" if ok else "degraded", version=kernel.version)
 
     @router.get("/api/health/detail", cost=1, response=HealthDetail)
