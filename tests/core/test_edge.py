@@ -55,6 +55,7 @@ class EdgePlugin:
                     yield f"data: {i}\n\n".encode()
 
             response = Response(events(), mimetype="text/event-stream")
+            response.headers["Cache-Control"] = "no-cache"  # replaced by the edge, not duplicated
             response.timeout = None
             return response
 
@@ -112,7 +113,20 @@ async def test_security_headers_on_success_errors_preflight_and_stream(make_kern
     stream = await client.get("/api/edgetest/stream", headers={"Authorization": "Bearer k-0123456789"})
     assert stream.status_code == 200 and stream.mimetype == "text/event-stream"
     assert_security_headers(stream)
+    assert stream.headers.getlist("Cache-Control") == [SECURITY_HEADERS["Cache-Control"]]
+    assert len(stream.headers.getlist("x-request-id")) == 1
     assert await stream.get_data(as_text=True) == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+
+async def test_metrics_count_requests_and_in_flight(make_kernel):
+    _, client = await build(make_kernel)
+    for _ in range(3):
+        await client.get("/api/health")
+    await client.get("/api/nowhere")
+    text = await (await client.get("/api/metrics")).get_data(as_text=True)
+    assert 'librefang_http_requests_total{method="GET",route="/api/health",status="200"} 3.0' in text
+    assert 'librefang_http_requests_total{method="GET",route="<unmatched>",status="404"} 1.0' in text
+    assert "librefang_http_requests_in_flight 1.0" in text  # the scrape itself
 
 
 # -- JSON errors for every status ------------------------------------------------------------------

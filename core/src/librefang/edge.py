@@ -68,6 +68,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store, no-cache, must-revalidate",
     "X-API-Version": "v1",
 }
+EDGE_HEADER_NAMES = frozenset({"x-request-id", *(name.lower() for name in SECURITY_HEADERS)})
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-Id, Accept"
 CORS_EXPOSE_HEADERS = "x-request-id, Retry-After"
@@ -80,6 +81,9 @@ class EdgeState:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.metrics = Metrics(kernel)
+        # A plain counter read at scrape time: a prometheus Gauge takes a lock on every inc/dec.
+        self.in_flight = 0
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.auth_audit = AuthFailureAudit(kernel)
         self.limiter: Any = None
         self._custom_limiter = False
@@ -151,35 +155,38 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
     app.config["MAX_CONTENT_LENGTH"] = state.max_body
 
     async def before() -> Any:
-        request_id = g.request_id = str(uuid.uuid4())
-        g.started = time.perf_counter()
-        metrics.in_flight.inc()
-        headers = request.headers
-        method = request.method
+        # Proxies resolved once: every attribute read through quart's LocalProxy costs a lookup.
+        req = request._get_current_object()
+        ctx = g._get_current_object()
+        request_id = ctx.request_id = str(uuid.uuid4())
+        ctx.started = time.perf_counter()
+        state.in_flight += 1
+        headers = req.headers
+        method = req.method
         if method == "OPTIONS" and "access-control-request-method" in headers and "origin" in headers:
             return _preflight(state, headers.get("origin", ""))
-        endpoint = request.endpoint
+        endpoint = req.endpoint
         spec = specs.get(endpoint) if endpoint else None
-        path = request.path
+        path = req.path
         if spec is not None:
             public, cost = spec.public, spec.cost
         else:
             public, cost = is_static_public(method, path), DEFAULT_COST
         if public and (path in ALWAYS_PUBLIC_PATHS or path.startswith(PUBLIC_ASSET_PREFIXES)):
             return None  # the WebChat shell and its assets: no limiter, no credential
-        length = request.content_length
+        length = req.content_length
         if length is not None and length > state.max_body:
             raise PayloadTooLarge(
                 f"request body of {length} bytes exceeds the limit of {state.max_body} bytes",
                 code="payload_too_large",
             )
-        peer = (request.scope.get("client") or ("",))[0] or ""
+        peer = (req.scope.get("client") or ("",))[0] or ""
         local = is_loopback(peer) and not has_forwarding_headers(headers)
         if not local:
             await _charge(state, state.proxies.client_ip(peer, headers), cost)
         if not public:
             try:
-                g.principal = state.auth.check(headers, peer)
+                ctx.principal = state.auth.check(headers, peer)
             except Unauthorized as exc:
                 metrics.auth_failures.inc()
                 client = peer if local else state.proxies.client_ip(peer, headers)
@@ -188,27 +195,35 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
         return None
 
     async def after(response: Response) -> Response:
-        request_id = getattr(g, "request_id", None) or str(uuid.uuid4())
+        req = request._get_current_object()
+        ctx = g._get_current_object()
+        request_id = getattr(ctx, "request_id", None) or str(uuid.uuid4())
         headers = response.headers
-        headers["x-request-id"] = request_id
-        for name, value in security_headers:
-            headers[name] = value
-        origin = request.headers.get("origin")
+        present = set(headers.keys(lower=True))
+        if present.isdisjoint(EDGE_HEADER_NAMES):
+            # Usual case: nothing to replace, so append (Headers.set rescans the list per header).
+            headers.add("x-request-id", request_id)
+            headers.extend(security_headers)
+        else:
+            headers["x-request-id"] = request_id
+            for name, value in security_headers:
+                headers[name] = value
+        origin = req.headers.get("origin")
         if origin and origin in state.cors_origins:
             headers["Access-Control-Allow-Origin"] = origin
             headers.add("Vary", "Origin")
             headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
-        started = getattr(g, "started", None)
+        started = getattr(ctx, "started", None)
         status = response.status_code
         if started is not None:
-            metrics.in_flight.dec()
-            rule = request.url_rule
+            state.in_flight -= 1
+            rule = req.url_rule
             route = rule.rule if rule is not None else "<unmatched>"
-            metrics.observe(request.method, route, status, time.perf_counter() - started)
+            metrics.observe(req.method, route, status, time.perf_counter() - started)
         if status >= 500:
-            access_log.error("%s %s %s rid=%s", request.method, request.path, status, request_id)
+            access_log.error("%s %s %s rid=%s", req.method, req.path, status, request_id)
         elif status >= 400:
-            access_log.warning("%s %s %s rid=%s", request.method, request.path, status, request_id)
+            access_log.warning("%s %s %s rid=%s", req.method, req.path, status, request_id)
         return response
 
     async def before_ws() -> Any:
