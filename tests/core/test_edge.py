@@ -259,6 +259,8 @@ async def test_json_depth_limit(make_kernel):
         (b"{'data': 1}", "property name"),
         (b"", "empty"),
         (b'{"data": "\xff"}', "UTF-8"),
+        (b'{"data": NaN}', "NaN is not a valid JSON value"),
+        (b'{"data": -Infinity}', "Infinity"),
     ],
 )
 async def test_malformed_json_is_400_naming_the_problem(make_kernel, payload, fragment):

@@ -27,6 +27,11 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+def _reject_constant(name: str) -> Any:
+    # Python's decoder accepts NaN/Infinity, which are not JSON and which other clients cannot parse back.
+    raise BadRequest(f"malformed JSON: {name} is not a valid JSON value", code="invalid_json")
+
+
 def parse_json_bytes(raw: bytes) -> Any:
     """Parse JSON from bytes; raise :class:`BadRequest` naming the problem."""
     if not raw.strip():
@@ -38,7 +43,7 @@ def parse_json_bytes(raw: bytes) -> Any:
     # The depth check runs on the parsed value; a pathological nesting may first hit
     # Python's recursion limit inside the decoder, which is reported the same way.
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", code="invalid_json"
