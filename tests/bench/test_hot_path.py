@@ -6,7 +6,7 @@ import asyncio
 import threading
 from pathlib import Path
 
-from librefang.netutil import has_forwarding_headers
+from librefang.netutil import TRUST_CACHE_SIZE, ProxyTrust, has_forwarding_headers
 from librefang.storage import Database
 from sqlalchemy import event
 from werkzeug.datastructures import Headers
@@ -58,3 +58,23 @@ def test_forwarding_headers_found_in_any_case_and_mapping() -> None:
     assert has_forwarding_headers({"cf-connecting-ip": "203.0.113.7"})
     assert not has_forwarding_headers(Headers([("Host", "a"), ("X-Forwarded-Proto", "https")]))
     assert not has_forwarding_headers({})
+
+
+def test_client_ip_reads_forwarding_headers_in_any_case() -> None:
+    trust = ProxyTrust(["127.0.0.1", "10.0.0.0/8"])
+    headers = Headers([("Host", "a"), ("X-Forwarded-For", "203.0.113.7, 10.1.2.3"), ("x-forwarded-for", "198.51.100.1")])
+    assert trust.client_ip("127.0.0.1", headers) == "203.0.113.7"  # first header line, right-most untrusted hop
+    assert trust.client_ip("127.0.0.1", Headers([("X-Real-IP", "198.51.100.9")])) == "198.51.100.9"
+    assert trust.client_ip("127.0.0.1", {"forwarded": 'for="[2001:db8::1]:4711"'}) == "2001:db8::1"
+    assert trust.client_ip("127.0.0.1", Headers([("X-Forwarded-For", "not-an-ip")])) == "127.0.0.1"
+    assert trust.client_ip("192.0.2.5", headers) == "192.0.2.5"  # untrusted peer: headers ignored
+
+
+def test_proxy_trust_answers_stay_right_past_the_cache_bound() -> None:
+    trust = ProxyTrust(["10.0.0.0/8"])
+    for i in range(TRUST_CACHE_SIZE + 1000):
+        inside = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
+        outside = f"192.0.{i // 256 % 256}.{i % 256}"
+        assert trust.trusts(inside) and not trust.trusts(outside)
+        assert len(trust._trusted) <= TRUST_CACHE_SIZE
+    assert not trust.trusts("garbage")

@@ -28,6 +28,7 @@ class ProxyTrust:
         from librefang.errors import ConfigError
 
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._trusted: dict[str, bool] = {}
         for item in trusted:
             try:
                 self.networks.append(ipaddress.ip_network(item.strip(), strict=False))
@@ -38,13 +39,21 @@ class ProxyTrust:
         """True when ``host`` is inside one of the trusted proxy networks."""
         if not self.networks:
             return False
+        known = self._trusted.get(host)
+        if known is not None:
+            return known
         try:
             addr = ipaddress.ip_address(host)
         except ValueError:
             return False
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
-        return any(addr in net for net in self.networks)
+        trusted = any(addr in net for net in self.networks)
+        # Cached: every request through a proxy asks about the same few peers (bounded: cleared when full).
+        if len(self._trusted) >= TRUST_CACHE_SIZE:
+            self._trusted.clear()
+        self._trusted[host] = trusted
+        return trusted
 
     def client_ip(self, peer: str, headers: Mapping[str, str]) -> str:
         """The client address: the TCP peer, or what a trusted proxy says it forwarded.
@@ -55,6 +64,7 @@ class ProxyTrust:
         """
         if not self.networks or not self.trusts(peer):
             return peer
+        headers = forwarding_values(headers)
         for name in ("cf-connecting-ip", "x-real-ip"):
             value = _ip_or_none(headers.get(name))
             if value:
@@ -80,6 +90,7 @@ class ProxyTrust:
 
 
 MAX_HOPS = 32  # X-Forwarded-For hops looked at (right-most); bounds work on a hostile header
+TRUST_CACHE_SIZE = 4096
 
 
 def _strip_forwarded_node(value: str) -> str:
@@ -92,6 +103,7 @@ def _strip_forwarded_node(value: str) -> str:
     return value
 
 
+@lru_cache(maxsize=4096)  # the same client addresses arrive again and again
 def _ip_or_none(value: str | None) -> str | None:
     """The canonical text of an IP address, or None when ``value`` is not one."""
     if not value:
@@ -106,6 +118,20 @@ def _ip_or_none(value: str | None) -> str | None:
 
 
 _FORWARDING_NAMES = frozenset(FORWARDING_HEADERS)
+
+
+def forwarding_values(headers: Mapping[str, str]) -> dict[str, str]:
+    """The forwarding headers present, by lower-case name (first occurrence, like ``Headers.get``).
+
+    One pass over the names present: in werkzeug's Headers every lookup of a missing name raises
+    and catches an exception, and most of the forwarding headers are missing on every request.
+    """
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in _FORWARDING_NAMES and lowered not in found:
+            found[lowered] = value
+    return found
 
 
 def has_forwarding_headers(headers: Mapping[str, str]) -> bool:
