@@ -204,6 +204,47 @@ async def test_no_key_with_allow_no_auth_admits_remote(make_kernel, monkeypatch)
     assert (await client.get("/api/status", scope_base=REMOTE)).status_code == 200
 
 
+async def test_no_key_loopback_admission_refuses_hostile_browser_pages(make_kernel):
+    """Without a key, a web page in the user's browser is a loopback peer too: cross-site requests
+    (CSRF, WebSocket hijacking) and DNS-rebinding requests are refused; real local clients are not."""
+    _, client = await build(make_kernel, plugins={"authtest": WsPlugin()})
+    evil = await client.post("/api/shutdown", headers={"Origin": "https://evil.example"})
+    assert evil.status_code == 403
+    body = await evil.get_json()
+    assert body["code"] == "cross_origin_refused" and "evil.example" in body["error"]
+    rebound = await client.get("/api/status", headers={"Host": "attacker.example:4545"})
+    assert rebound.status_code == 403 and "DNS rebinding" in (await rebound.get_json())["error"]
+    with pytest.raises(WebsocketResponseError) as info:
+        async with client.websocket("/api/authtest/ws", headers={"Origin": "https://evil.example"}) as ws:
+            await ws.send("x")
+            await ws.receive()
+    assert info.value.response.status_code == 403
+    # The daemon's own origin, localhost hosts, and clients that send no Origin are fine.
+    assert (await client.get("/api/status", headers={"Origin": "http://localhost:4545"})).status_code == 200
+    for host in ("localhost:4545", "127.0.0.1:4545", "[::1]:4545", "localhost"):
+        assert (await client.get("/api/status", headers={"Host": host})).status_code == 200, host
+    async with client.websocket("/api/authtest/ws") as ws:
+        await ws.send("y")
+        assert await ws.receive() == "echo:y"
+    # Public routes are not affected (nothing to protect, and monitors may live anywhere).
+    assert (await client.get("/api/health", headers={"Origin": "https://evil.example"})).status_code == 200
+
+
+async def test_allow_no_auth_still_refuses_cross_site_requests(make_kernel, monkeypatch):
+    monkeypatch.setenv("LIBREFANG_ALLOW_NO_AUTH", "1")
+    _, client = await build(make_kernel)
+    refused = await client.get("/api/status", headers={"Origin": "https://evil.example"}, scope_base=REMOTE)
+    assert refused.status_code == 403
+    # A remote client reaching the daemon by its LAN name is fine in open mode.
+    assert (await client.get("/api/status", headers={"Host": "daemon.lan:4545"}, scope_base=REMOTE)).status_code == 200
+
+
+async def test_with_a_key_the_credential_is_the_protection(make_kernel):
+    _, client = await build(make_kernel, f'api_key = "{KEY}"\n')
+    response = await client.get("/api/status", headers={**bearer(), "Host": "daemon.lan:4545"})
+    assert response.status_code == 200
+
+
 # -- CORS ----------------------------------------------------------------------------------------
 async def cors_for(client, origin: str, headers=None) -> str | None:
     response = await client.get("/api/health", headers={"Origin": origin, **(headers or {})})

@@ -138,10 +138,17 @@ class Authenticator:
         return hmac.compare_digest(hashlib.sha256(credential.encode()).digest(), self._digest)
 
     def check(self, headers: Mapping[str, str], peer: str, subprotocols: Sequence[str] = ()) -> str:
-        """Return the authenticated principal or raise :class:`Unauthorized` (401 + challenge)."""
+        """Return the authenticated principal or raise :class:`Unauthorized` (401 + challenge).
+
+        With no key: ``local`` for a loopback peer without forwarding headers, ``anonymous`` for
+        anyone when ``LIBREFANG_ALLOW_NO_AUTH`` is set; such requests must also pass
+        :func:`browser_guard`.
+        """
         if self._digest is None:
-            if (is_loopback(peer) and not has_forwarding_headers(headers)) or allow_no_auth():
+            if is_loopback(peer) and not has_forwarding_headers(headers):
                 return "local"
+            if allow_no_auth():
+                return "anonymous"
             raise Unauthorized(NO_KEY_MESSAGE, code="api_key_required", headers=CHALLENGE)
         credential = presented_credential(headers, subprotocols)
         if credential is None:
@@ -153,6 +160,26 @@ class Authenticator:
         if not self.matches(credential):
             raise Unauthorized("invalid API key", code="invalid_credential", headers=CHALLENGE)
         return "root"
+
+
+def browser_guard(headers: Mapping[str, str], allowed_origins: frozenset[str], *, local: bool) -> str | None:
+    """Why a request admitted *without* a credential must still be refused, or None.
+
+    Without a key, "the peer is loopback" would also admit a hostile web page open in the user's
+    browser: a cross-site form post or WebSocket (CSRF / cross-site WebSocket hijacking) carries an
+    ``Origin`` the daemon did not allow, and a DNS-rebinding page carries a ``Host`` that is not this
+    machine. Non-browser clients (CLI, SDKs) send neither, so they are unaffected.
+    """
+    origin = headers.get("origin")
+    if origin and origin not in allowed_origins:
+        return f"cross-origin request from {origin[:200]} refused: without an api_key only local origins are allowed"
+    if local:
+        host = headers.get("host", "")
+        hostname = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if hostname and not is_loopback(hostname):
+            return (f"Host {host[:200]!r} is not this machine: without an api_key the daemon answers only "
+                    "requests addressed to localhost (DNS rebinding protection)")
+    return None
 
 
 # -- auditing failures without letting a flood reach the database ---------------------------------

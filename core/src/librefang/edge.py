@@ -32,12 +32,14 @@ from librefang.auth import (
     WS_BEARER_PREFIX,
     Authenticator,
     AuthFailureAudit,
+    browser_guard,
     choose_subprotocol,
     is_static_public,
 )
 from librefang.errors import (
     ApiError,
     ConfigError,
+    Forbidden,
     PayloadTooLarge,
     TooManyRequests,
     Unauthorized,
@@ -68,6 +70,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store, no-cache, must-revalidate",
     "X-API-Version": "v1",
 }
+NO_KEY_PRINCIPALS = frozenset({"local", "anonymous"})  # admitted without a credential (no api_key)
 EDGE_HEADER_NAMES = frozenset({"x-request-id", *(name.lower() for name in SECURITY_HEADERS)})
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-Id, Accept"
@@ -186,12 +189,16 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
             await _charge(state, state.proxies.client_ip(peer, headers), cost)
         if not public:
             try:
-                ctx.principal = state.auth.check(headers, peer)
+                principal = ctx.principal = state.auth.check(headers, peer)
             except Unauthorized as exc:
                 metrics.auth_failures.inc()
                 client = peer if local else state.proxies.client_ip(peer, headers)
                 state.auth_audit.note(client or "unknown", path, exc.code, request_id)
                 raise
+            if principal in NO_KEY_PRINCIPALS:
+                refusal = browser_guard(headers, state.cors_origins, local=principal == "local")
+                if refusal is not None:
+                    raise Forbidden(refusal, code="cross_origin_refused")
         return None
 
     async def after(response: Response) -> Response:
@@ -239,12 +246,16 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
                 await _charge(state, state.proxies.client_ip(peer, headers), spec.cost if spec else DEFAULT_COST)
             if spec is None or not spec.public:
                 try:
-                    g.principal = state.auth.check(headers, peer, offered)
+                    principal = g.principal = state.auth.check(headers, peer, offered)
                 except Unauthorized as exc:
                     metrics.auth_failures.inc()
                     client = peer if local else state.proxies.client_ip(peer, headers)
                     state.auth_audit.note(client or "unknown", websocket.path, exc.code, request_id)
                     raise
+                if principal in NO_KEY_PRINCIPALS:  # cross-site WebSocket hijacking, DNS rebinding
+                    refusal = browser_guard(headers, state.cors_origins, local=principal == "local")
+                    if refusal is not None:
+                        raise Forbidden(refusal, code="cross_origin_refused")
         except ApiError as exc:
             return _with_edge_headers(error_response(exc, request_id), request_id, security_headers)
         if any(p.startswith(WS_BEARER_PREFIX) for p in offered):
