@@ -1,0 +1,1 @@
+"""LibreFang plugin: the agent runtime (the agent loop, tools, sessions and the messaging API)."""

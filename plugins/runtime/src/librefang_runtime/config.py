@@ -1,0 +1,22 @@
+"""The ``[runtime]`` section of ``config.toml``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RuntimeConfig(BaseModel):
+    """``[runtime]``: limits of the agent loop, tools, sessions and the messaging API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_iterations: int = Field(50, ge=1, le=1000, description="LLM calls per turn when the manifest sets none")
+    tool_timeout_secs: float = Field(120.0, gt=0, le=3600, description="Time limit of one tool call")
+    max_tool_result_chars: int = Field(16_000, ge=100, le=10_000_000, description="Longer tool results are cut")
+    max_tool_calls_per_reply: int = Field(32, ge=1, le=1000, description="Tool calls run from one model reply")
+    loop_guard_warn: int = Field(3, ge=2, le=100, description="Same tool and input this often: warn the model")
+    loop_guard_block: int = Field(5, ge=2, le=100, description="Same tool and input this often: refuse the call")
+    max_message_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest user message")
+    max_message_chars: int = Field(100_000, ge=100, le=10_000_000, description="Longest user message")
+    max_session_messages: int = Field(2000, ge=10, le=1_000_000, description="Messages kept per session")
+    sse_keepalive_secs: float = Field(15.0, gt=0, le=300, description="Keep-alive comment interval of SSE")

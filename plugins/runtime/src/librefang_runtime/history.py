@@ -1,0 +1,222 @@
+"""Conversation history: JSON (de)serialisation, trimming and the repair pass run before every LLM call.
+
+A provider rejects a history whose tool calls and results do not pair up (Anthropic answers 400,
+OpenAI too), and a crash, a cancelled run or a trimmed window can leave exactly that behind. So the
+loop never sends stored history as is: :func:`repair` makes it well-formed first, and :func:`trim`
+cuts a window without separating a tool_use from its tool_result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from librefang_providers.api import (
+    Block,
+    ImageBlock,
+    Message,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+
+MISSING_RESULT = "This tool call was interrupted before it produced a result."
+
+
+# -- JSON ------------------------------------------------------------------------------------------
+def block_to_json(block: Block) -> dict[str, Any]:
+    """One content block as a JSON object tagged by ``type`` (the stored and API shape)."""
+    if isinstance(block, TextBlock):
+        return {"type": "text", "text": block.text}
+    if isinstance(block, ToolUseBlock):
+        data: dict[str, Any] = {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+        if block.signature:
+            data["signature"] = block.signature
+        return data
+    if isinstance(block, ToolResultBlock):
+        return {"type": "tool_result", "tool_use_id": block.tool_use_id, "tool_name": block.name,
+                "content": block.content, "is_error": block.is_error}
+    if isinstance(block, ThinkingBlock):
+        data = {"type": "thinking", "thinking": block.text}
+        if block.signature:
+            data["signature"] = block.signature
+        return data
+    if isinstance(block, ImageBlock):
+        return {"type": "image", "media_type": block.media_type, "data": block.data, "url": block.url}
+    raise TypeError(f"unknown content block {type(block).__name__}")
+
+
+def block_from_json(data: dict[str, Any]) -> Block:
+    """The inverse of :func:`block_to_json`; ``ValueError`` for an unknown type."""
+    kind = data.get("type")
+    if kind == "text":
+        return TextBlock(str(data.get("text", "")))
+    if kind == "tool_use":
+        return ToolUseBlock(str(data["id"]), str(data["name"]), dict(data.get("input") or {}), data.get("signature"))
+    if kind == "tool_result":
+        return ToolResultBlock(str(data["tool_use_id"]), str(data.get("content", "")), bool(data.get("is_error")),
+                               str(data.get("tool_name", "")))
+    if kind == "thinking":
+        return ThinkingBlock(str(data.get("thinking", "")), data.get("signature"))
+    if kind == "image":
+        return ImageBlock(str(data.get("media_type", "image/png")), str(data.get("data", "")), str(data.get("url", "")))
+    raise ValueError(f"unknown content block type {kind!r}")
+
+
+def content_to_json(message: Message) -> list[dict[str, Any]]:
+    """The content of ``message`` as a list of JSON blocks."""
+    return [block_to_json(b) for b in message.blocks()]
+
+
+def message_from_json(role: str, content: list[dict[str, Any]]) -> Message:
+    """A :class:`Message` from a stored role and JSON block list."""
+    if role not in ("user", "assistant"):
+        raise ValueError(f"unknown role {role!r}")
+    return Message(role, [block_from_json(b) for b in content])  # type: ignore[arg-type]
+
+
+def text_of(message: Message) -> str:
+    """All text blocks of ``message`` joined."""
+    return "".join(b.text for b in message.blocks() if isinstance(b, TextBlock))
+
+
+# -- repair ----------------------------------------------------------------------------------------
+@dataclass
+class RepairReport:
+    """What :func:`repair` changed (all zero for a history that was already well-formed)."""
+
+    dropped_empty: int = 0
+    merged: int = 0
+    dropped_orphans: int = 0
+    synthesised: int = 0
+    dropped_leading: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return any((self.dropped_empty, self.merged, self.dropped_orphans, self.synthesised, self.dropped_leading))
+
+
+def _is_empty_block(block: Block) -> bool:
+    if isinstance(block, TextBlock):
+        return not block.text.strip()
+    if isinstance(block, ThinkingBlock):
+        return not block.text and not block.signature
+    return False
+
+
+def _drop_empties(messages: list[Message], report: RepairReport) -> list[Message]:
+    out = []
+    for message in messages:
+        blocks = [b for b in message.blocks() if not _is_empty_block(b)]
+        # A message of thinking alone carries nothing a provider accepts as a turn.
+        if not blocks or all(isinstance(b, ThinkingBlock) for b in blocks):
+            report.dropped_empty += 1
+            continue
+        out.append(Message(message.role, blocks))
+    return out
+
+
+def _merge_runs(messages: list[Message], report: RepairReport) -> list[Message]:
+    out: list[Message] = []
+    for message in messages:
+        if out and out[-1].role == message.role:
+            out[-1] = Message(message.role, [*out[-1].blocks(), *message.blocks()])
+            report.merged += 1
+        else:
+            out.append(Message(message.role, list(message.blocks())))
+    return out
+
+
+def _pair_tools(messages: list[Message], report: RepairReport) -> list[Message]:
+    """Keep each user message's tool results only for the tool calls of the assistant message just
+    before it, and give every tool call a result (synthesised as an error when none was recorded)."""
+    out: list[Message] = []
+    index = 0
+    while index < len(messages):
+        message = messages[index]
+        if message.role == "assistant":
+            out.append(message)
+            calls = [b for b in message.blocks() if isinstance(b, ToolUseBlock)]
+            following = messages[index + 1] if index + 1 < len(messages) else None
+            if calls:
+                existing = following.blocks() if following is not None and following.role == "user" else []
+                results: dict[str, ToolResultBlock] = {}
+                others: list[Block] = []
+                for block in existing:
+                    if isinstance(block, ToolResultBlock):
+                        wanted = any(c.id == block.tool_use_id for c in calls)
+                        if wanted and block.tool_use_id not in results:
+                            results[block.tool_use_id] = block
+                        else:
+                            report.dropped_orphans += 1
+                    else:
+                        others.append(block)
+                ordered: list[Block] = []
+                for call in calls:
+                    result = results.get(call.id)
+                    if result is None:
+                        result = ToolResultBlock(call.id, MISSING_RESULT, True, call.name)
+                        report.synthesised += 1
+                    ordered.append(result)
+                # Tool results come first in the user turn (Anthropic requires it), then any text.
+                out.append(Message("user", ordered + others))
+                if following is not None and following.role == "user":
+                    index += 1
+            index += 1
+            continue
+        # A user message not right after a tool-calling assistant message: no result belongs here.
+        kept = []
+        for block in message.blocks():
+            if isinstance(block, ToolResultBlock):
+                report.dropped_orphans += 1
+            else:
+                kept.append(block)
+        out.append(Message("user", kept))
+        index += 1
+    return out
+
+
+def _drop_leading(messages: list[Message], report: RepairReport) -> list[Message]:
+    # A provider wants the conversation to open with the user; what comes before has no question.
+    start = 0
+    while start < len(messages) and messages[start].role != "user":
+        start += 1
+    report.dropped_leading += start
+    return messages[start:]
+
+
+def repair(messages: list[Message]) -> tuple[list[Message], RepairReport]:
+    """A well-formed copy of ``messages``: empties dropped, same-role runs merged, orphan tool results
+    dropped, missing tool results synthesised, and the history starting with a user turn. The input
+    is not modified. Idempotent: repairing a repaired history changes nothing."""
+    report = RepairReport()
+    history = list(messages)
+    # Each step can expose work for another (dropping orphans empties a message, whose removal puts
+    # two assistant turns side by side...); a few passes reach the fixed point.
+    for _ in range(4):
+        step = RepairReport()
+        history = _drop_empties(history, step)
+        history = _merge_runs(history, step)
+        history = _drop_leading(history, step)
+        history = _pair_tools(history, step)
+        for name in ("dropped_empty", "merged", "dropped_orphans", "synthesised", "dropped_leading"):
+            setattr(report, name, getattr(report, name) + getattr(step, name))
+        if not step.changed:
+            break
+    return history, report
+
+
+def trim(messages: list[Message], max_messages: int) -> list[Message]:
+    """The most recent ``max_messages`` messages, moved forward so the window starts at a user turn
+    that is not a tool result (a tool_use is never separated from its tool_result)."""
+    if len(messages) <= max_messages:
+        return list(messages)
+    start = len(messages) - max_messages
+    while start < len(messages) and (messages[start].role != "user" or _has_results(messages[start])):
+        start += 1
+    return list(messages[start:])
+
+
+def _has_results(message: Message) -> bool:
+    return any(isinstance(b, ToolResultBlock) for b in message.blocks())

@@ -1,0 +1,50 @@
+"""Hooks the runtime plugin offers to other plugins (added to the plugin manager by the host)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from librefang import hookspec
+
+
+@hookspec
+def register_tools(register: Any) -> None:
+    """Add tools agents may call: ``register(Tool(name, description, handler, input_schema))`` with
+    :class:`librefang_runtime.api.Tool`.
+
+    Called once when the runtime starts. The handler receives ``(input, context)`` and returns the
+    result text (it may be ``async def``; raise ``ToolError`` for an error result). A name already
+    registered, a bad name or a schema that is not a JSON Schema object fails the registering
+    plugin's tools only. Plain ``def``.
+    """
+
+
+@hookspec
+def before_tool_call(call: Any, context: Any) -> Any:
+    """Policy check before a tool runs (approvals, taint, budgets).
+
+    Receives the :class:`ToolUseBlock` (``call.name``, ``call.input``) and the
+    :class:`librefang_runtime.api.ToolContext` (agent id and name, session id, workspace). Return
+    ``None`` to have no objection, or :class:`librefang_runtime.api.Deny` ``(reason)`` to refuse the
+    call: the model then receives an error result naming the reason. The first refusal wins. An
+    implementation that raises refuses the call too (fail closed). May be ``async def``.
+    """
+
+
+@hookspec
+def before_prompt_build(agent_id: str, session_id: str, message: str) -> Any:
+    """Contribute context to the system prompt of a turn (memory recall, live context).
+
+    Receives the agent id, the session id and the user's message text. Return a string (one
+    section), a list of strings, or ``None``. Sections are appended after the tool list, in plugin
+    order. An implementation that raises is logged and skipped. May be ``async def``.
+    """
+
+
+@hookspec
+def after_turn(kernel: Any, turn: dict[str, Any]) -> Any:
+    """Called after every completed turn with its summary: ``agent_id``, ``session_id``, ``provider``,
+    ``model``, ``input_tokens``, ``output_tokens``, ``cost_usd``, ``iterations``, ``response`` and
+    ``silent`` (metering, budgets, memory extraction). The return value is ignored; an exception is
+    logged. May be ``async def``.
+    """

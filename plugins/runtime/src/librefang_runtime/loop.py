@@ -1,0 +1,296 @@
+"""The agent loop: one user turn, from the user's message to the final reply (no HTTP here).
+
+Each iteration repairs the history (:func:`~librefang_runtime.history.repair`), streams one model call
+through the providers registry, and, when the model asks for tools, runs them and commits
+``assistant{tool_use…}`` then ``user{tool_result…}`` before the next call. The turn ends at a reply
+without tool calls, or fails after ``max_iterations`` calls. Every committed message goes through the
+``commit`` callback at once, so a crash mid-turn loses nothing acknowledged; the next repair pass
+fixes whatever pair a crash left open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from librefang_providers.api import (
+    CompletionRequest,
+    CompletionResponse,
+    Message,
+    StreamEvent,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    Usage,
+    collect,
+)
+
+from librefang_runtime.history import repair
+from librefang_runtime.tools import Policy, ToolContext, ToolOutcome, ToolRegistry, execute
+
+log = logging.getLogger("librefang.runtime.loop")
+
+SILENT_MARKERS = ("NO_REPLY", "[[silent]]")
+EMPTY_REPLY_NUDGE = ("Your last reply was empty. Answer the user's last message now, in plain text "
+                     "(or with exactly NO_REPLY if no reply is needed).")
+THINK_TAG = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL | re.IGNORECASE)
+MAX_TRACES = 500
+SUMMARY_CHARS = 200
+
+
+@dataclass
+class LoopSettings:
+    """Everything one turn needs to know that is not the history."""
+
+    provider: str
+    model: str
+    system_prompt: str = ""
+    max_tokens: int = 4096
+    temperature: float | None = None
+    max_iterations: int = 50
+    tool_timeout: float = 120.0
+    max_tool_result_chars: int = 16_000
+    max_tool_calls_per_reply: int = 32
+    loop_guard_warn: int = 3
+    loop_guard_block: int = 5
+    request_timeout: float | None = None
+    fallback_models: list[Any] | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PhaseChange:
+    """A loop event: the turn entered a phase (``thinking``, ``tool_use``, ``retrying``, ``response_complete``)."""
+
+    phase: str
+    detail: str | None = None
+    type: str = "phase"
+
+
+@dataclass
+class ToolExecuted:
+    """A loop event: a tool call finished (or was refused); ``content`` is what the model reads."""
+
+    id: str
+    name: str
+    content: str
+    is_error: bool
+    status: str
+    type: str = "tool_executed"
+
+
+LoopEvent = StreamEvent | PhaseChange | ToolExecuted
+Emit = Callable[[LoopEvent], Awaitable[None]]
+Commit = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class CallUsage:
+    """Usage of one LLM call and the slot that served it."""
+
+    provider: str
+    model: str
+    usage: Usage
+
+
+@dataclass
+class TurnResult:
+    """What a turn produced. ``usage`` sums every call; ``provider``/``model`` served the last one."""
+
+    response: str
+    silent: bool
+    iterations: int
+    usage: Usage
+    calls: list[CallUsage]
+    provider: str
+    model: str
+    committed: list[Message]
+    decision_traces: list[dict[str, Any]]
+    thinking: str = ""
+    cost_usd: float | None = None
+
+
+class MaxIterationsExceeded(Exception):
+    """The model still asked for tools after ``max_iterations`` calls; ``result`` holds the usage so far."""
+
+    def __init__(self, iterations: int, result: TurnResult) -> None:
+        super().__init__(f"the agent did not finish within {iterations} iterations")
+        self.iterations = iterations
+        self.result = result
+
+
+def call_fingerprint(call: ToolUseBlock) -> str:
+    """Same tool and same input (key order ignored) → same fingerprint (the loop guard's key)."""
+    payload = json.dumps([call.name, call.input], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """(reply without ``<think>`` blocks, the thinking they held)."""
+    thoughts = [m.strip() for m in THINK_TAG.findall(text)]
+    return THINK_TAG.sub("", text).strip(), "\n".join(t for t in thoughts if t)
+
+
+async def _no_emit(_event: LoopEvent) -> None:
+    return None
+
+
+async def _no_commit(_message: Message) -> None:
+    return None
+
+
+class AgentLoop:
+    """Runs turns for one agent and session. ``llm`` is the providers registry (``stream(request,
+    provider=…, fallback_models=…)``); ``allowed_tools`` are the names the agent may call."""
+
+    def __init__(
+        self,
+        llm: Any,
+        tools: ToolRegistry,
+        settings: LoopSettings,
+        context: ToolContext,
+        *,
+        allowed_tools: list[str] | None = None,
+        policy: Policy | None = None,
+        emit: Emit | None = None,
+        commit: Commit | None = None,
+    ) -> None:
+        self.llm = llm
+        self.tools = tools
+        self.settings = settings
+        self.context = context
+        self.allowed = [n for n in (allowed_tools or []) if tools.get(n) is not None]
+        self.policy = policy
+        self.emit = emit or _no_emit
+        self.commit = commit or _no_commit
+        self.guard: dict[str, int] = {}
+
+    async def _tee(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+        async for event in events:
+            await self.emit(event)
+            yield event
+
+    async def _call(self, messages: list[Message]) -> CompletionResponse:
+        s = self.settings
+        request = CompletionRequest(
+            model=s.model, messages=messages, system=s.system_prompt or None,
+            tools=self.tools.definitions(self.allowed), max_tokens=s.max_tokens, temperature=s.temperature,
+            timeout=s.request_timeout, extra_body=dict(s.extra_body),
+        )
+        stream = self.llm.stream(request, provider=s.provider, fallback_models=s.fallback_models)
+        try:
+            return await collect(self._tee(stream))
+        finally:
+            await stream.aclose()
+
+    async def _save(self, message: Message, working: list[Message], committed: list[Message]) -> None:
+        await self.commit(message)
+        working.append(message)
+        committed.append(message)
+
+    async def _run_tool(self, call: ToolUseBlock, index: int) -> ToolOutcome:
+        s = self.settings
+        if index >= s.max_tool_calls_per_reply:
+            return ToolOutcome(ToolResultBlock(
+                call.id, f"at most {s.max_tool_calls_per_reply} tool calls are run per reply; "
+                "this one was skipped", True, call.name), "skipped")
+        key = call_fingerprint(call)
+        count = self.guard.get(key, 0) + 1
+        self.guard[key] = count
+        if count >= s.loop_guard_block:
+            return ToolOutcome(ToolResultBlock(
+                call.id, f"blocked by the loop guard: {call.name} was called {count} times with the same "
+                "input in this turn. Do not call it again with this input; change approach or answer.",
+                True, call.name), "blocked")
+        outcome = await execute(
+            self.tools, call, self.context, allowed=set(self.allowed), policy=self.policy,
+            time_limit=s.tool_timeout, max_chars=s.max_tool_result_chars,
+        )
+        if count >= s.loop_guard_warn:
+            outcome.result.content += (
+                f"\n\n[loop guard: you have called {call.name} {count} times with the same input in this turn; "
+                f"at {s.loop_guard_block} it will be blocked. Change approach.]"
+            )
+        return outcome
+
+    async def run(self, history: list[Message], message: Message) -> TurnResult:
+        """Run one turn: ``message`` after ``history``. Raises the providers' typed errors when a call
+        fails for good, and :class:`MaxIterationsExceeded` when the model never stops calling tools."""
+        s = self.settings
+        working = list(history)
+        committed: list[Message] = []
+        usage = Usage()
+        calls: list[CallUsage] = []
+        traces: list[dict[str, Any]] = []
+        earlier_text: list[str] = []
+        thinking: list[str] = []
+        nudged = False
+        nudge: Message | None = None
+        await self._save(message, working, committed)
+
+        def result(text: str, silent: bool, iterations: int) -> TurnResult:
+            last = calls[-1] if calls else CallUsage(s.provider, s.model, Usage())
+            return TurnResult(text, silent, iterations, usage, calls, last.provider, last.model, committed, traces,
+                              "\n".join(t for t in thinking if t))
+
+        for iteration in range(1, s.max_iterations + 1):
+            outgoing, report = repair(working + ([nudge] if nudge is not None else []))
+            if report.changed:
+                log.info("history repaired before call %d: %s", iteration, report)
+            nudge = None
+            response = await self._call(outgoing)
+            usage.add(response.usage)
+            calls.append(CallUsage(response.provider, response.model, response.usage))
+            thinking.extend(b.text for b in response.content if isinstance(b, ThinkingBlock))
+            text, thought = split_thinking(response.text)
+            if thought:
+                thinking.append(thought)
+            tool_calls = response.tool_calls
+            if tool_calls:
+                await self.emit(PhaseChange("tool_use", ", ".join(c.name for c in tool_calls)[:200]))
+                await self._save(Message("assistant", list(response.content)), working, committed)
+                if text:
+                    earlier_text.append(text)
+                results: list[ToolResultBlock] = []
+                for index, call in enumerate(tool_calls):
+                    outcome = await self._run_tool(call, index)
+                    results.append(outcome.result)
+                    await self.emit(ToolExecuted(call.id, call.name, outcome.result.content,
+                                                 outcome.result.is_error, outcome.status))
+                    if len(traces) < MAX_TRACES:
+                        traces.append({
+                            "tool_use_id": call.id, "tool_name": call.name, "input": call.input,
+                            "rationale": text[:SUMMARY_CHARS] or None, "recovered_from_text": False,
+                            "execution_ms": round(outcome.execution_ms, 3), "is_error": outcome.result.is_error,
+                            "output_summary": outcome.result.content[:SUMMARY_CHARS], "iteration": iteration,
+                            "timestamp": time.time(),
+                        })
+                await self._save(Message("user", list(results)), working, committed)
+                continue
+            if not text and not nudged:
+                # One corrective retry; the nudge goes to the model but is not stored in the session.
+                nudged = True
+                nudge = Message("user", EMPTY_REPLY_NUDGE)
+                await self.emit(PhaseChange("retrying", "empty reply"))
+                continue
+            stored = [b for b in response.content if not isinstance(b, TextBlock)]
+            if text:
+                stored.append(TextBlock(text))
+                await self._save(Message("assistant", stored), working, committed)
+            await self.emit(PhaseChange("response_complete"))
+            if text.strip() in SILENT_MARKERS:
+                return result("", True, iteration)
+            if not text:
+                text = "\n\n".join(earlier_text) or (
+                    f"[The agent completed processing but returned no text response. "
+                    f"({usage.input_tokens} in / {usage.output_tokens} out | {iteration} iter)]"
+                )
+            return result(text, False, iteration)
+        raise MaxIterationsExceeded(s.max_iterations, result("\n\n".join(earlier_text), False, s.max_iterations))

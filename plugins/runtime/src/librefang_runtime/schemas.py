@@ -1,0 +1,100 @@
+"""Request and response models of the runtime's routes (they feed ``/api/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AttachmentRef(BaseModel):
+    """A file uploaded through ``/api/agents/{id}/upload``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_id: str = Field(max_length=200)
+    filename: str = Field("", max_length=1024)
+    content_type: str = Field("", max_length=200)
+
+
+class MessageRequest(BaseModel):
+    """``POST /api/agents/{id}/message`` (and ``/message/stream``). Unknown fields are refused.
+
+    The text limits (bytes and characters, ``[runtime]``) are checked by the handler, which answers
+    413 ``message_too_large``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    attachments: list[AttachmentRef] = Field(default_factory=list, max_length=20)
+    session_id: str | None = Field(None, max_length=64)
+    ephemeral: bool = False
+    incognito: bool = False
+    thinking: bool | None = None
+    show_thinking: bool | None = None
+    sender_id: str | None = Field(None, max_length=256)
+    sender_name: str | None = Field(None, max_length=256)
+    channel_type: str | None = Field(None, max_length=64)
+    is_group: bool = False
+    was_mentioned: bool = False
+
+
+class MessageResponse(BaseModel):
+    """The reply of one turn. ``session_id`` is set only when the caller did not pin one; ``cost_usd``
+    is null when the catalog does not price the model that served."""
+
+    response: str
+    input_tokens: int
+    output_tokens: int
+    iterations: int
+    cost_usd: float | None = None
+    decision_traces: list[dict[str, Any]] = Field(default_factory=list)
+    memories_saved: list[str] = Field(default_factory=list)
+    memories_used: list[str] = Field(default_factory=list)
+    memory_conflicts: list[Any] = Field(default_factory=list)
+    thinking: str | None = None
+    owner_notice: str | None = None
+    silent: bool = False
+    session_id: str | None = None
+    provider: str | None = None
+    model: str | None = None
+
+
+class SessionQuery(BaseModel):
+    """``GET /api/agents/{id}/session?session_id=`` (default: the agent's canonical session)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str | None = Field(None, max_length=64)
+
+
+class SessionTool(BaseModel):
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    result: str | None = None
+    is_error: bool = False
+    running: bool = False
+    expanded: bool = False
+
+
+class SessionMessage(BaseModel):
+    """One message as the dashboard shows it: text, plus the tools an assistant message called."""
+
+    role: str
+    content: str
+    tools: list[SessionTool] | None = None
+    thinking: str | None = None
+    timestamp: str | None = None
+
+
+class SessionView(BaseModel):
+    """``GET /api/agents/{id}/session``."""
+
+    session_id: str
+    agent_id: str
+    message_count: int
+    context_window_tokens: int
+    label: str | None = None
+    compacted_summary: str | None = None
+    messages: list[SessionMessage]

@@ -1,0 +1,285 @@
+"""The messaging service: from an agent id and a message to a finished turn (testable without HTTP).
+
+:meth:`RuntimeService.prepare` does every check that can refuse a message (agent, size, provider
+credentials, session ownership) before anything runs, so the HTTP layer can still answer with a
+status code; :meth:`RuntimeService.run` then runs the turn under the session's lock, stores usage and
+publishes ``runtime.turn_completed`` on the event bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from librefang.errors import ApiError, BadRequest, PayloadTooLarge, PreconditionFailed
+from librefang_agents import api as agents_api
+from librefang_providers.api import (
+    AllProvidersExhausted,
+    AuthFailed,
+    ContextTooLong,
+    LLMError,
+    Message,
+    MissingApiKey,
+    Overloaded,
+    RateLimited,
+    UnknownProvider,
+    Usage,
+    get_registry,
+)
+
+from librefang_runtime.config import RuntimeConfig
+from librefang_runtime.history import trim
+from librefang_runtime.loop import AgentLoop, Emit, LoopSettings, MaxIterationsExceeded, TurnResult
+from librefang_runtime.prompt import build_system_prompt
+from librefang_runtime.sessions import SessionLocks, SessionStore
+from librefang_runtime.tools import Deny, ToolContext, ToolRegistry
+
+log = logging.getLogger("librefang.runtime")
+
+SOURCE = "runtime"
+CATALOG_SERVICE = "providers.catalog"
+
+
+@dataclass
+class Turn:
+    """A message that passed every check, ready to run."""
+
+    agent_id: str
+    agent_name: str
+    session_id: str
+    pinned: bool
+    persist: bool
+    load_history: bool
+    text: str
+    show_thinking: bool | None
+    settings: LoopSettings
+    allowed_tools: list[str]
+    max_history: int
+    context: ToolContext
+
+
+def llm_error(exc: LLMError) -> ApiError:
+    """The HTTP error for a provider failure that survived retries and fallbacks."""
+    details = {"provider": exc.provider, "model": exc.model} if exc.provider else None
+    if isinstance(exc, MissingApiKey):
+        return PreconditionFailed(exc.message, code="provider_auth_missing", details=details)
+    if isinstance(exc, UnknownProvider):
+        return PreconditionFailed(exc.message, code="provider_unknown", details=details)
+    if isinstance(exc, AuthFailed):
+        return ApiError(f"the provider refused the credentials: {exc.message}", status=502,
+                        code="provider_auth_failed", details=details)
+    if isinstance(exc, RateLimited | Overloaded):
+        retry = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(max(1, int(retry)))} if retry else None
+        return ApiError(f"the provider is busy: {exc.message}", status=503, code=exc.code, headers=headers,
+                        details=details)
+    if isinstance(exc, AllProvidersExhausted):
+        return ApiError(exc.message, status=502, code=exc.code,
+                        details={"attempts": [a.describe() for a in exc.attempts]})
+    if isinstance(exc, ContextTooLong):
+        return ApiError(exc.message, status=502, code=exc.code, details=details)
+    return ApiError(f"the model call failed: {exc.message}", status=502, code=exc.code, details=details)
+
+
+def parse_session_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        raise BadRequest(f"invalid session id {value[:64]!r}: expected a UUID", code="invalid_session_id") from None
+
+
+class RuntimeService:
+    """The runtime of one kernel (``kernel.services["runtime"]``)."""
+
+    def __init__(self, kernel: Any, config: RuntimeConfig, tools: ToolRegistry) -> None:
+        self.kernel = kernel
+        self.config = config
+        self.tools = tools
+        self.store = SessionStore(kernel.db, config.max_session_messages)
+        self.locks = SessionLocks()
+
+    @property
+    def agents(self) -> Any:
+        return agents_api.registry(self.kernel)
+
+    def check_size(self, text: str) -> None:
+        """413 ``message_too_large`` beyond ``[runtime] max_message_bytes`` / ``max_message_chars``."""
+        size = len(text.encode("utf-8"))
+        if size > self.config.max_message_bytes or len(text) > self.config.max_message_chars:
+            raise PayloadTooLarge(
+                f"message is {size} bytes / {len(text)} characters; the limit is {self.config.max_message_bytes} "
+                f"bytes and {self.config.max_message_chars} characters", code="message_too_large")
+
+    async def resolve_session(self, record: Any, requested: str | None) -> tuple[str, bool]:
+        """(session id, pinned by the caller). A pinned session of another agent is 400."""
+        if requested:
+            session_id = parse_session_id(requested)
+            found = await self.store.get(session_id)
+            if found is not None and found.agent_id != record.id:
+                raise BadRequest("the session belongs to another agent", code="session_agent_mismatch")
+            return session_id, True
+        if record.parsed().session_mode == "new" or not record.session_id:
+            return str(uuid.uuid4()), False
+        return record.session_id, False
+
+    def resolve_model(self, manifest: Any) -> tuple[str, str]:
+        """The provider and model that will serve, with 412 when there is none or it lacks credentials."""
+        provider, model = agents_api.resolve_model(manifest.model.provider, manifest.model.model,
+                                                   self.agents.default_model())
+        if not provider or provider == "auto" or not model:
+            raise PreconditionFailed(
+                "the agent has no provider and model: set them in its manifest or in [default_model]",
+                code="provider_not_configured")
+        try:
+            get_registry(self.kernel).driver(provider)
+        except MissingApiKey as exc:
+            raise PreconditionFailed(exc.message, code="provider_auth_missing",
+                                     details={"provider": provider}) from None
+        except UnknownProvider as exc:
+            raise PreconditionFailed(exc.message, code="provider_unknown", details={"provider": provider}) from None
+        return provider, model
+
+    async def prepare(self, agent_id: str, body: Any) -> Turn:
+        """Check a message (``MessageRequest``) for an agent: 400 bad id or session, 404 unknown
+        agent, 413 too large, 412 provider not usable."""
+        record = await self.agents.get(agent_id)
+        self.check_size(body.message)
+        if body.attachments:
+            raise BadRequest("attachments are not supported by this runtime yet", code="attachments_unsupported")
+        manifest = record.parsed()
+        provider, model = self.resolve_model(manifest)
+        session_id, pinned = await self.resolve_session(record, None if body.ephemeral else body.session_id)
+        text = body.message
+        if body.is_group and body.sender_name:
+            text = f"[{body.sender_name}]: {text}"
+        allowed = agents_api.visible_tools(manifest, record.mode, self.tools.names())
+        cfg = self.config
+        max_iterations = manifest.autonomous.max_iterations if manifest.autonomous else cfg.max_iterations
+        settings = LoopSettings(
+            provider=provider, model=model, max_tokens=manifest.model.max_tokens,
+            temperature=manifest.model.temperature, max_iterations=max_iterations,
+            tool_timeout=cfg.tool_timeout_secs, max_tool_result_chars=cfg.max_tool_result_chars,
+            max_tool_calls_per_reply=cfg.max_tool_calls_per_reply, loop_guard_warn=cfg.loop_guard_warn,
+            loop_guard_block=cfg.loop_guard_block,
+            fallback_models=[f.model_dump(exclude_none=True, include={"provider", "model", "base_url", "api_key_env"})
+                             for f in manifest.fallback_models] or None,
+        )
+        context = ToolContext(kernel=self.kernel, agent_id=record.id, agent_name=record.name, session_id=session_id,
+                              workspace=agents_api.workspace_of(self.kernel, record))
+        settings.system_prompt = build_system_prompt(
+            base=manifest.model.system_prompt, agent_name=record.name, description=manifest.description,
+            tools=self.tools.definitions(allowed),
+        )
+        return Turn(
+            agent_id=record.id, agent_name=record.name, session_id=session_id, pinned=pinned,
+            persist=not (body.ephemeral or body.incognito), load_history=not body.ephemeral, text=text,
+            show_thinking=body.show_thinking, settings=settings, allowed_tools=allowed,
+            max_history=manifest.max_history_messages, context=context,
+        )
+
+    async def _sections(self, turn: Turn) -> list[str]:
+        sections: list[str] = []
+        for _, value in await self.kernel.plugins.acall(
+                "before_prompt_build", agent_id=turn.agent_id, session_id=turn.session_id, message=turn.text):
+            if isinstance(value, str):
+                sections.append(value)
+            elif isinstance(value, list):
+                sections.extend(v for v in value if isinstance(v, str))
+        return sections
+
+    async def policy(self, call: Any, context: ToolContext) -> Deny | None:
+        """Ask every ``before_tool_call`` implementation; the first refusal wins, a failure refuses."""
+        try:
+            verdicts = await self.kernel.plugins.acall("before_tool_call", isolate=False, call=call, context=context)
+        except Exception as exc:
+            log.warning("before_tool_call failed for %s: %s: %s", call.name, type(exc).__name__, exc)
+            return Deny(f"the policy check failed ({type(exc).__name__})")
+        for _, verdict in verdicts:
+            if isinstance(verdict, Deny):
+                return verdict
+        return None
+
+    async def run(self, turn: Turn, emit: Emit | None = None) -> TurnResult:
+        """Run ``turn`` under its session's lock (callers for one session run one at a time, in order)."""
+        async with self.locks.hold(turn.session_id):
+            if turn.persist:
+                await self.store.ensure(turn.session_id, turn.agent_id)
+            history: list[Message] = []
+            if turn.load_history:
+                stored = await self.store.load(turn.session_id, limit=turn.max_history)
+                history = trim([s.message for s in stored], turn.max_history)
+            sections = await self._sections(turn)
+            if sections:
+                turn.settings.system_prompt += "\n\n" + "\n\n".join(sections)
+
+            async def commit(message: Message) -> None:
+                if turn.persist:
+                    await self.store.append(turn.session_id, message)
+
+            loop = AgentLoop(get_registry(self.kernel), self.tools, turn.settings, turn.context,
+                             allowed_tools=turn.allowed_tools, policy=self.policy, emit=emit, commit=commit)
+            try:
+                result = await loop.run(history, Message("user", turn.text))
+            except MaxIterationsExceeded as exc:
+                await self._account(turn, exc.result)
+                raise ApiError(str(exc), status=502, code="max_iterations_exceeded",
+                               details={"iterations": exc.iterations}) from None
+            except LLMError as exc:
+                raise llm_error(exc) from None
+            await self._account(turn, result)
+            return result
+
+    async def cost(self, result: TurnResult) -> float | None:
+        """USD cost of the turn's calls from the model catalog (None when it prices none of them)."""
+        catalog = self.kernel.services.get(CATALOG_SERVICE)
+        if catalog is None:
+            return None
+        total: float | None = None
+        for call in result.calls:
+            value = await catalog.call_cost(call.provider, call.model, call.usage)
+            if value is not None:
+                total = (total or 0.0) + value
+        return total
+
+    async def _account(self, turn: Turn, result: TurnResult) -> None:
+        result_cost = result.cost_usd = await self.cost(result)
+        usage: Usage = result.usage
+        if turn.persist:
+            await self.store.record_usage(agent_id=turn.agent_id, session_id=turn.session_id, provider=result.provider,
+                                          model=result.model, usage_=usage, cost_usd=result_cost,
+                                          iterations=result.iterations)
+            try:
+                await self.agents.touch(turn.agent_id, turn.session_id if not turn.pinned else None)
+            except ApiError:  # the agent was killed during the turn: nothing to touch
+                pass
+        summary = {
+            "agent_id": turn.agent_id, "name": turn.agent_name, "session_id": turn.session_id,
+            "provider": result.provider, "model": result.model, "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens, "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens, "cost_usd": result_cost,
+            "iterations": result.iterations,
+        }
+        self.kernel.bus.publish("runtime.turn_completed", summary, source=SOURCE)
+        await self.kernel.plugins.acall("after_turn", kernel=self.kernel,
+                                        turn={**summary, "response": result.response, "silent": result.silent})
+
+    def response(self, turn: Turn, result: TurnResult) -> dict[str, Any]:
+        """The ``MessageResponse`` JSON (empty optional fields left out, as the reference does)."""
+        body: dict[str, Any] = {
+            "response": result.response, "input_tokens": result.usage.input_tokens,
+            "output_tokens": result.usage.output_tokens, "iterations": result.iterations,
+            "provider": result.provider, "model": result.model,
+        }
+        if result.cost_usd is not None:
+            body["cost_usd"] = result.cost_usd
+        if result.decision_traces:
+            body["decision_traces"] = result.decision_traces
+        if result.silent:
+            body["silent"] = True
+        if result.thinking and turn.show_thinking is not False:
+            body["thinking"] = result.thinking
+        if not turn.pinned:
+            body["session_id"] = turn.session_id
+        return body

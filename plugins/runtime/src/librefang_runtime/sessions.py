@@ -1,0 +1,156 @@
+"""Sessions in the database, and one run at a time per session.
+
+Each message is written the moment the loop commits it, so a turn interrupted by a crash or a
+cancellation leaves what it had acknowledged; the repair pass of the next turn closes any tool
+call left without a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from librefang_providers.api import Message, Usage
+from sqlalchemy.exc import IntegrityError
+
+from librefang_runtime.history import content_to_json, message_from_json
+from librefang_runtime.models import messages, sessions, usage
+
+
+@dataclass
+class SessionInfo:
+    """One session row."""
+
+    id: str
+    agent_id: str
+    label: str | None
+    message_count: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass
+class StoredMessage:
+    """A message with its storage time."""
+
+    message: Message
+    created_at: float
+
+
+def _info(row: Any) -> SessionInfo:
+    return SessionInfo(row.id, row.agent_id, row.label, row.message_count, row.created_at, row.updated_at)
+
+
+class SessionStore:
+    """Queries over the runtime's tables through the kernel's database."""
+
+    def __init__(self, db: Any, max_messages: int = 2000) -> None:
+        self.db = db
+        self.max_messages = max_messages
+
+    async def get(self, session_id: str) -> SessionInfo | None:
+        async with self.db.begin() as conn:
+            row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
+        return _info(row) if row is not None else None
+
+    async def ensure(self, session_id: str, agent_id: str) -> SessionInfo:
+        """The session, created for ``agent_id`` when it does not exist yet (the caller checks ownership)."""
+        found = await self.get(session_id)
+        if found is not None:
+            return found
+        now = time.time()
+        try:
+            async with self.db.begin() as conn:
+                await conn.execute(sessions.insert().values(
+                    id=session_id, agent_id=agent_id, label=None, message_count=0, created_at=now, updated_at=now))
+        except IntegrityError:  # created concurrently: read the winner's row
+            pass
+        found = await self.get(session_id)
+        assert found is not None
+        return found
+
+    async def append(self, session_id: str, message: Message) -> None:
+        """Store ``message`` at the end of the session; the oldest go beyond ``max_messages``."""
+        now = time.time()
+        payload = json.dumps(content_to_json(message), ensure_ascii=False, separators=(",", ":"))
+        async with self.db.begin() as conn:
+            await conn.execute(messages.insert().values(
+                session_id=session_id, role=message.role, content=payload, created_at=now))
+            await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                message_count=sessions.c.message_count + 1, updated_at=now))
+            count = (await conn.execute(
+                sa.select(sessions.c.message_count).where(sessions.c.id == session_id))).scalar_one()
+            if count > self.max_messages:
+                excess = count - self.max_messages
+                oldest = sa.select(messages.c.id).where(messages.c.session_id == session_id) \
+                    .order_by(messages.c.id).limit(excess).scalar_subquery()
+                await conn.execute(messages.delete().where(messages.c.id.in_(oldest)))
+                await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                    message_count=self.max_messages))
+
+    async def load(self, session_id: str, limit: int | None = None) -> list[StoredMessage]:
+        """The session's messages in order; with ``limit``, only the most recent ones."""
+        query = sa.select(messages.c.role, messages.c.content, messages.c.created_at) \
+            .where(messages.c.session_id == session_id).order_by(messages.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(query)).all()
+        out = []
+        for row in reversed(rows):
+            out.append(StoredMessage(message_from_json(row.role, json.loads(row.content)), row.created_at))
+        return out
+
+    async def record_usage(self, *, agent_id: str, session_id: str, provider: str, model: str, usage_: Usage,
+                           cost_usd: float | None, iterations: int) -> None:
+        """Store the usage of one completed turn."""
+        async with self.db.begin() as conn:
+            await conn.execute(usage.insert().values(
+                agent_id=agent_id, session_id=session_id, provider=provider, model=model,
+                input_tokens=usage_.input_tokens, output_tokens=usage_.output_tokens,
+                cache_read_tokens=usage_.cache_read_tokens, cache_write_tokens=usage_.cache_write_tokens,
+                cost_usd=cost_usd, iterations=iterations, created_at=time.time()))
+
+    async def usage_of(self, agent_id: str) -> list[dict[str, Any]]:
+        """Every stored turn usage of an agent, oldest first."""
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(
+                sa.select(usage).where(usage.c.agent_id == agent_id).order_by(usage.c.id))).all()
+        return [dict(row._mapping) for row in rows]
+
+
+class SessionLocks:
+    """One :class:`asyncio.Lock` per busy session. asyncio locks wake waiters in FIFO order, so
+    messages to one session run in the order they arrived; a lock nobody holds or waits for is dropped
+    (the table stays as small as the number of busy sessions)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def busy(self, session_id: str) -> bool:
+        entry = self._locks.get(session_id)
+        return entry is not None and entry[0].locked()
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, session_id: str) -> AsyncIterator[None]:
+        """Run the block while holding the session's lock (waiting in line for it)."""
+        lock, users = self._locks.get(session_id) or (asyncio.Lock(), 0)
+        self._locks[session_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[session_id]
+            if users <= 1:
+                del self._locks[session_id]
+            else:
+                self._locks[session_id] = (lock, users - 1)
