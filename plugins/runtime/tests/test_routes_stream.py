@@ -124,3 +124,39 @@ async def test_live_server_stream_with_a_real_client(librefang_home: Any, monkey
     finally:
         server.stop()
         fake.stop_thread()
+
+
+async def test_live_client_disconnect_cancels_the_turn(librefang_home: Any, monkeypatch: Any) -> None:
+    import asyncio
+
+    fake = FakeLLMServer().start_in_thread()
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", "providers,agents,runtime")
+    write_config(librefang_home, config_for(fake))
+    server = start_live_server(librefang_home)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            spawned = await http.post("/api/agents", json={"manifest_toml": AGENT.format(name="leaver")})
+            agent_id = spawned.json()["agent_id"]
+            # 40 chunks 0.1 s apart: the whole reply would take 4 s
+            fake.script(Script(text="x" * 40, chunk_size=1, delay=0.1))
+            async with http.stream("POST", f"/api/agents/{agent_id}/message/stream",
+                                   json={"message": "long answer please"}) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("event: chunk"):
+                        break  # the client goes away mid-stream
+            runtime = server.kernel.services["runtime"]
+            for _ in range(100):
+                if len(runtime.locks) == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(runtime.locks) == 0  # the run ended long before the reply would have
+            view = (await http.get(f"/api/agents/{agent_id}/session")).json()
+            assert [m["role"] for m in view["messages"]] == ["User"]  # no half reply stored
+            # the session is usable at once
+            fake.script(Script(text="short"))
+            reply = await http.post(f"/api/agents/{agent_id}/message", json={"message": "short then"})
+            assert reply.status_code == 200 and reply.json()["response"] == "short"
+    finally:
+        server.stop()
+        fake.stop_thread()
