@@ -218,3 +218,38 @@ async def test_route_needs_auth_when_a_key_is_set(start_runtime: Any, spawn: Any
     response = await client.post(f"/api/agents/{agent_id}/message", json={"message": "hi"},
                                  scope_base={"client": ("203.0.113.9", 4000)})
     assert response.status_code == 401
+
+
+async def test_stop_cancels_a_running_turn_and_leaves_the_session_usable(runtime_env: Any, spawn: Any,
+                                                                          fake_llm: Any) -> None:
+    kernel, client = runtime_env
+    agent_id = await spawn(kernel, "stoppable")
+    response = await client.post(f"/api/agents/{agent_id}/stop")
+    assert (await response.get_json()) == {"status": "ok", "message": "No active run", "stopped": False}
+    fake_llm.script(Script(tool_calls=[ToolCall("system_time", {}, id="t1")]),
+                    Script(text="y" * 100, chunk_size=1, delay=0.05))  # 5 s of streaming
+    running = asyncio.ensure_future(post(client, agent_id, {"message": "slow please"}))
+    runtime = kernel.services["runtime"]
+    for _ in range(200):
+        if len(fake_llm.requests) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert runtime.running.get(agent_id)
+    response = await client.post(f"/api/agents/{agent_id}/stop")
+    assert (await response.get_json())["message"] == "Run cancelled"
+    status, body = await running
+    assert status == 409 and body["code"] == "run_cancelled"
+    assert runtime.running == {} and len(runtime.locks) == 0
+    view = await (await client.get(f"/api/agents/{agent_id}/session")).get_json()
+    # the committed tool turn stays; the half-streamed reply was never stored
+    assert [m["role"] for m in view["messages"]] == ["User", "Assistant"]
+    assert view["messages"][1]["tools"][0]["result"]
+    fake_llm.script(Script(text="fresh"))
+    status, body = await post(client, agent_id, {"message": "again"})
+    assert status == 200 and body["response"] == "fresh"
+    response = await client.post("/api/agents/nope/stop")
+    assert response.status_code == 400
+    response = await client.post(f"/api/agents/{agent_id}/sessions/{uuid.uuid4()}/stop")
+    assert response.status_code == 404
+    response = await client.post(f"/api/agents/{agent_id}/sessions/bad/stop")
+    assert response.status_code == 400

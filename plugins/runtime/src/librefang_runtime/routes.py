@@ -32,6 +32,7 @@ from librefang_runtime.schemas import (
     SessionQuery,
     SessionTool,
     SessionView,
+    StopResponse,
 )
 from librefang_runtime.service import RuntimeService, parse_session_id
 
@@ -177,3 +178,25 @@ async def get_session(agent_id: str, query: SessionQuery) -> SessionView:
         session_id=session_id, agent_id=record.id, message_count=info.message_count if info else 0,
         context_window_tokens=chars // 4, label=info.label if info else None, messages=flatten(stored),
     )
+
+
+@router.post("/api/agents/<agent_id>/stop", cost=5, response=StopResponse)
+async def stop_agent(agent_id: str) -> StopResponse:
+    """Cancel the agent's running turns (what they committed stays; the session stays consistent)."""
+    runtime = service()
+    record = await runtime.agents.get(agent_id)
+    stopped = await runtime.stop(record.id)
+    return StopResponse(status="ok", message="Run cancelled" if stopped else "No active run", stopped=stopped)
+
+
+@router.post("/api/agents/<agent_id>/sessions/<session_id>/stop", cost=5, response=StopResponse)
+async def stop_session(agent_id: str, session_id: str) -> StopResponse:
+    """Cancel the running turn of one session of the agent."""
+    runtime = service()
+    record = await runtime.agents.get(agent_id)
+    session_id = parse_session_id(session_id)
+    info = await runtime.store.get(session_id)
+    if info is None or info.agent_id != record.id:
+        raise NotFound(f"session {session_id} not found for this agent", code="session_not_found")
+    stopped = await runtime.stop(record.id, session_id)
+    return StopResponse(status="ok", message="Run cancelled" if stopped else "No active run", stopped=stopped)

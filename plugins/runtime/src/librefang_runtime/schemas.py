@@ -98,3 +98,11 @@ class SessionView(BaseModel):
     label: str | None = None
     compacted_summary: str | None = None
     messages: list[SessionMessage]
+
+
+class StopResponse(BaseModel):
+    """``POST /api/agents/{id}/stop`` and ``…/sessions/{sid}/stop``."""
+
+    status: str
+    message: str
+    stopped: bool

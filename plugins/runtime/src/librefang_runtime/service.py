@@ -8,6 +8,7 @@ publishes ``runtime.turn_completed`` on the event bus.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ class RuntimeService:
         self.tools = tools
         self.store = SessionStore(kernel.db, config.max_session_messages)
         self.locks = SessionLocks()
+        # agent id -> session id -> the task running that session's turn (for stop and "active")
+        self.running: dict[str, dict[str, asyncio.Task[TurnResult]]] = {}
 
     @property
     def agents(self) -> Any:
@@ -220,16 +223,46 @@ class RuntimeService:
 
             loop = AgentLoop(get_registry(self.kernel), self.tools, turn.settings, turn.context,
                              allowed_tools=turn.allowed_tools, policy=self.policy, emit=emit, commit=commit)
+            task = asyncio.ensure_future(loop.run(history, Message("user", turn.text)))
+            self.running.setdefault(turn.agent_id, {})[turn.session_id] = task
             try:
-                result = await loop.run(history, Message("user", turn.text))
+                result = await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # our caller is going away (client disconnect): the run is cancelled with it
+                raise ApiError("the run was cancelled", status=409, code="run_cancelled") from None
             except MaxIterationsExceeded as exc:
                 await self._account(turn, exc.result)
                 raise ApiError(str(exc), status=502, code="max_iterations_exceeded",
                                details={"iterations": exc.iterations}) from None
             except LLMError as exc:
                 raise llm_error(exc) from None
+            finally:
+                sessions_of = self.running.get(turn.agent_id, {})
+                if sessions_of.get(turn.session_id) is task:
+                    del sessions_of[turn.session_id]
+                if not sessions_of:
+                    self.running.pop(turn.agent_id, None)
+                if not task.done():
+                    task.cancel()
             await self._account(turn, result)
             return result
+
+    def active(self, session_id: str) -> bool:
+        """Whether a turn is running in ``session_id``."""
+        return any(session_id in runs for runs in self.running.values())
+
+    async def stop(self, agent_id: str, session_id: str | None = None) -> bool:
+        """Cancel the running turns of an agent (or of one of its sessions); True when one was running.
+        What the turns had committed stays; the next turn's repair closes any open tool call."""
+        runs = self.running.get(agent_id, {})
+        tasks = [t for sid, t in runs.items() if session_id is None or sid == session_id]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        return bool(tasks)
 
     async def cost(self, result: TurnResult) -> float | None:
         """USD cost of the turn's calls from the model catalog (None when it prices none of them)."""
