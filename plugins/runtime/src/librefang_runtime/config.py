@@ -19,4 +19,6 @@ class RuntimeConfig(BaseModel):
     max_message_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest user message")
     max_message_chars: int = Field(100_000, ge=100, le=10_000_000, description="Longest user message")
     max_session_messages: int = Field(2000, ge=10, le=1_000_000, description="Messages kept per session")
+    session_retention_days: int = Field(
+        0, ge=0, le=100_000, description="POST /api/sessions/cleanup deletes sessions idle this long (0 = never)")
     sse_keepalive_secs: float = Field(15.0, gt=0, le=300, description="Keep-alive comment interval of SSE")

@@ -27,6 +27,7 @@ messages = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("content", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("text", sa.Text, nullable=False, default=""),  # plain text, indexed for search (0002)
 )
 
 # One row per completed turn: what it cost and who served it (usage and budget features read this).

@@ -29,9 +29,10 @@ def register_migrations(register: Any) -> None:
 
 @librefang.hookimpl
 def register_routes(register: Any) -> None:
-    from librefang_runtime import routes
+    from librefang_runtime import routes, routes_sessions
 
     register(routes.router)
+    register(routes_sessions.router)
 
 
 def collect_tools(kernel: Any) -> Any:

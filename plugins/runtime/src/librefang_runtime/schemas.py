@@ -106,3 +106,106 @@ class StopResponse(BaseModel):
     status: str
     message: str
     stopped: bool
+
+
+LABEL = r"^[^\x00-\x1f]{1,128}$"
+
+
+class CreateSessionRequest(BaseModel):
+    """``POST /api/agents/{id}/sessions``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, pattern=LABEL)
+
+
+class LabelRequest(BaseModel):
+    """``PUT /api/sessions/{id}/label`` (null clears the label)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, pattern=LABEL)
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    agent_id: str
+    label: str | None = None
+    message_count: int
+    created_at: str
+    updated_at: str
+    active: bool
+    is_canonical: bool
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionSummary]
+    total: int
+
+
+class SessionListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str | None = Field(None, max_length=64)
+    limit: int = Field(100, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=10_000_000)
+
+
+class SearchQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    q: str = Field(min_length=1, max_length=500)
+    agent_id: str | None = Field(None, max_length=64)
+    limit: int = Field(50, ge=1, le=500)
+
+
+class SearchHit(BaseModel):
+    session_id: str
+    agent_id: str
+    label: str | None = None
+    role: str
+    snippet: str
+    created_at: str
+
+
+class SearchResults(BaseModel):
+    results: list[SearchHit]
+    total: int
+
+
+class StatusMessage(BaseModel):
+    status: str
+    message: str
+    session_id: str | None = None
+    label: str | None = None
+    deleted: int | None = None
+
+
+class ExportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = Field("json", pattern=r"^json$")
+
+
+class ExportedMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: str = Field(pattern=r"^(user|assistant)$")
+    content: str | list[dict[str, Any]] = Field(max_length=1000)
+    timestamp: str | None = Field(None, max_length=64)
+
+
+class SessionExport(BaseModel):
+    """``GET …/sessions/{sid}/export``; the same shape is accepted by ``POST …/sessions/import``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = Field(1, ge=1, le=1)
+    agent_name: str = Field("", max_length=64)
+    agent_id: str = Field("", max_length=64)
+    session_id: str = Field("", max_length=64)
+    label: str | None = Field(None, pattern=LABEL)
+    context_window_tokens: int = Field(0, ge=0)
+    exported_at: str = Field("", max_length=64)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    messages: list[ExportedMessage]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import sqlalchemy as sa
 from librefang_providers.api import Message, Usage
 from sqlalchemy.exc import IntegrityError
 
-from librefang_runtime.history import content_to_json, message_from_json
+from librefang_runtime.history import content_to_json, message_from_json, text_of
 from librefang_runtime.models import messages, sessions, usage
 
 
@@ -81,7 +83,7 @@ class SessionStore:
         payload = json.dumps(content_to_json(message), ensure_ascii=False, separators=(",", ":"))
         async with self.db.begin() as conn:
             await conn.execute(messages.insert().values(
-                session_id=session_id, role=message.role, content=payload, created_at=now))
+                session_id=session_id, role=message.role, content=payload, created_at=now, text=text_of(message)))
             await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
                 message_count=sessions.c.message_count + 1, updated_at=now))
             count = (await conn.execute(
@@ -107,6 +109,112 @@ class SessionStore:
             out.append(StoredMessage(message_from_json(row.role, json.loads(row.content)), row.created_at))
         return out
 
+    # -- session management ---------------------------------------------------------------------------
+    async def create(self, agent_id: str, label: str | None = None, session_id: str | None = None) -> SessionInfo:
+        """A new empty session of ``agent_id`` (``Conflict`` when the label is taken for this agent)."""
+        if label is not None:
+            await self._check_label(agent_id, label, None)
+        now = time.time()
+        new_id = session_id or str(uuid.uuid4())
+        async with self.db.begin() as conn:
+            await conn.execute(sessions.insert().values(
+                id=new_id, agent_id=agent_id, label=label, message_count=0, created_at=now, updated_at=now))
+        found = await self.get(new_id)
+        assert found is not None
+        return found
+
+    async def _check_label(self, agent_id: str, label: str, session_id: str | None) -> None:
+        from librefang.errors import Conflict
+
+        taken = await self.by_label(agent_id, label)
+        if taken is not None and taken.id != session_id:
+            raise Conflict(f"the agent already has a session labelled {label!r}", code="label_taken")
+
+    async def by_label(self, agent_id: str, label: str) -> SessionInfo | None:
+        async with self.db.begin() as conn:
+            row = (await conn.execute(sa.select(sessions).where(
+                sessions.c.agent_id == agent_id, sessions.c.label == label))).first()
+        return _info(row) if row is not None else None
+
+    async def set_label(self, session_id: str, label: str | None) -> SessionInfo | None:
+        """Set or clear a session's label (unique per agent); None when the session does not exist."""
+        found = await self.get(session_id)
+        if found is None:
+            return None
+        if label is not None:
+            await self._check_label(found.agent_id, label, session_id)
+        async with self.db.begin() as conn:
+            await conn.execute(sessions.update().where(sessions.c.id == session_id).values(label=label))
+        found.label = label
+        return found
+
+    async def list_sessions(self, *, agent_id: str | None = None, limit: int = 100, offset: int = 0) -> tuple[int, list[SessionInfo]]:
+        """(total, one page of sessions), newest activity first."""
+        where = [sessions.c.agent_id == agent_id] if agent_id is not None else []
+        async with self.db.begin() as conn:
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(sessions).where(*where))).scalar_one()
+            rows = (await conn.execute(sa.select(sessions).where(*where)
+                                       .order_by(sessions.c.updated_at.desc(), sessions.c.id)
+                                       .limit(limit).offset(offset))).all()
+        return total, [_info(r) for r in rows]
+
+    async def clear(self, session_id: str) -> None:
+        """Remove every message of a session (the session stays)."""
+        async with self.db.begin() as conn:
+            await conn.execute(messages.delete().where(messages.c.session_id == session_id))
+            await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                message_count=0, updated_at=time.time()))
+
+    async def delete(self, session_ids: list[str]) -> int:
+        """Delete sessions and their messages; returns how many sessions existed."""
+        if not session_ids:
+            return 0
+        async with self.db.begin() as conn:
+            await conn.execute(messages.delete().where(messages.c.session_id.in_(session_ids)))
+            result = await conn.execute(sessions.delete().where(sessions.c.id.in_(session_ids)))
+        return result.rowcount or 0
+
+    async def session_ids(self, *, agent_id: str | None = None, idle_before: float | None = None) -> list[tuple[str, str]]:
+        """(session id, agent id) of every session, optionally of one agent or idle since ``idle_before``."""
+        query = sa.select(sessions.c.id, sessions.c.agent_id)
+        if agent_id is not None:
+            query = query.where(sessions.c.agent_id == agent_id)
+        if idle_before is not None:
+            query = query.where(sessions.c.updated_at < idle_before)
+        async with self.db.begin() as conn:
+            return [(r.id, r.agent_id) for r in (await conn.execute(query)).all()]
+
+    async def add_messages(self, session_id: str, items: list[Message]) -> None:
+        """Append several messages at once (import)."""
+        for item in items:
+            await self.append(session_id, item)
+
+    async def search(self, text: str, *, agent_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Messages whose text matches every word of ``text`` (FTS5 with BM25 ranking on SQLite,
+        case-insensitive substring match elsewhere), best first."""
+        words = re.findall(r"\w+", text)
+        if not words:
+            return []
+        columns = (messages.c.id, messages.c.session_id, messages.c.role, messages.c.text, messages.c.created_at,
+                   sessions.c.agent_id, sessions.c.label)
+        joined = messages.join(sessions, sessions.c.id == messages.c.session_id)
+        if self.db.is_sqlite:
+            match = " ".join('"' + w.replace('"', "") + '"' for w in words[:32])
+            query = sa.select(*columns, sa.literal_column("bm25(runtime_messages_fts)").label("rank")) \
+                .select_from(joined.join(sa.table("runtime_messages_fts"),
+                                         sa.literal_column("runtime_messages_fts.rowid") == messages.c.id)) \
+                .where(sa.literal_column("runtime_messages_fts").op("MATCH")(match)) \
+                .order_by(sa.literal_column("rank"))
+        else:
+            query = sa.select(*columns).select_from(joined) \
+                .where(*[messages.c.text.ilike(f"%{w}%") for w in words[:32]]).order_by(messages.c.id.desc())
+        if agent_id is not None:
+            query = query.where(sessions.c.agent_id == agent_id)
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(query.limit(limit))).all()
+        return [{"session_id": r.session_id, "agent_id": r.agent_id, "label": r.label, "role": r.role,
+                 "snippet": _snippet(r.text, words), "created_at": r.created_at} for r in rows]
+
     async def record_usage(self, *, agent_id: str, session_id: str, provider: str, model: str, usage_: Usage,
                            cost_usd: float | None, iterations: int) -> None:
         """Store the usage of one completed turn."""
@@ -123,6 +231,15 @@ class SessionStore:
             rows = (await conn.execute(
                 sa.select(usage).where(usage.c.agent_id == agent_id).order_by(usage.c.id))).all()
         return [dict(row._mapping) for row in rows]
+
+
+def _snippet(text: str, words: list[str], width: int = 160) -> str:
+    """A window of ``text`` around the first matched word."""
+    lower = text.lower()
+    at = min((i for i in (lower.find(w.lower()) for w in words) if i >= 0), default=0)
+    start = max(0, at - width // 3)
+    piece = text[start:start + width]
+    return ("…" if start else "") + piece + ("…" if start + width < len(text) else "")
 
 
 class SessionLocks:
