@@ -29,10 +29,11 @@ def register_migrations(register: Any) -> None:
 
 @librefang.hookimpl
 def register_routes(register: Any) -> None:
-    from librefang_runtime import routes, routes_sessions
+    from librefang_runtime import openai_compat, routes, routes_sessions
 
     register(routes.router)
     register(routes_sessions.router)
+    register(openai_compat.router)
 
 
 def collect_tools(kernel: Any) -> Any:
