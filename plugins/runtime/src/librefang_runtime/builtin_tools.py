@@ -21,8 +21,10 @@ MAX_LIST_ENTRIES = 1000
 MAX_PATH_CHARS = 1024
 
 
-def resolve_in_workspace(workspace: Path, relative: str) -> Path:
+def resolve_in_workspace(workspace: Path | None, relative: str) -> Path:
     """The absolute path of ``relative`` inside ``workspace``; :class:`ToolError` when it would leave it."""
+    if workspace is None:
+        raise ToolError("this tool works in an agent's workspace: call it for an agent (agent_id)")
     if not isinstance(relative, str) or "\x00" in relative or len(relative) > MAX_PATH_CHARS:
         raise ToolError("invalid path")
     norm = relative.replace("\\", "/").strip()
@@ -44,7 +46,7 @@ def _system_time(_input: dict[str, Any], _context: ToolContext) -> str:
             f"({now.strftime('%A')}, unix {int(now.timestamp())}, UTC)")
 
 
-def _read(workspace: Path, path: str) -> str:
+def _read(workspace: Path | None, path: str) -> str:
     target = resolve_in_workspace(workspace, path)
     if not target.is_file():
         raise ToolError(f"no such file: {path}")
@@ -61,12 +63,12 @@ async def _file_read(data: dict[str, Any], context: ToolContext) -> str:
     return await asyncio.to_thread(_read, context.workspace, data["path"])
 
 
-def _write(workspace: Path, path: str, content: str) -> str:
+def _write(workspace: Path | None, path: str, content: str) -> str:
     encoded = content.encode("utf-8")
     if len(encoded) > MAX_WRITE_BYTES:
         raise ToolError(f"content is {len(encoded)} bytes; at most {MAX_WRITE_BYTES} may be written at once")
     target = resolve_in_workspace(workspace, path)
-    if target == workspace.resolve() or target.is_dir():
+    if target.is_dir():
         raise ToolError(f"{path} is a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename: readers never see half a file, and a symlink is replaced.
@@ -85,7 +87,7 @@ async def _file_write(data: dict[str, Any], context: ToolContext) -> str:
     return await asyncio.to_thread(_write, context.workspace, data["path"], data["content"])
 
 
-def _list(workspace: Path, path: str) -> str:
+def _list(workspace: Path | None, path: str) -> str:
     target = resolve_in_workspace(workspace, path or ".")
     if not target.is_dir():
         raise ToolError(f"no such directory: {path or '.'}")

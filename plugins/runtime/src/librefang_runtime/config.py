@@ -22,3 +22,14 @@ class RuntimeConfig(BaseModel):
     session_retention_days: int = Field(
         0, ge=0, le=100_000, description="POST /api/sessions/cleanup deletes sessions idle this long (0 = never)")
     sse_keepalive_secs: float = Field(15.0, gt=0, le=300, description="Keep-alive comment interval of SSE")
+
+
+class ToolInvokeConfig(BaseModel):
+    """``[tool_invoke]``: direct tool calls over HTTP (``POST /api/tools/{name}/invoke``). Fail-closed:
+    off unless enabled, and then only for tools matching an ``allowlist`` glob."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Allow POST /api/tools/{name}/invoke at all")
+    allowlist: list[str] = Field(default_factory=list, max_length=500,
+                                 description='Glob patterns of tool names that may be invoked, e.g. ["file_*"]')

@@ -17,9 +17,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 @librefang.hookimpl
 def register_config(register: Any) -> None:
-    from librefang_runtime.config import RuntimeConfig
+    from librefang_runtime.config import RuntimeConfig, ToolInvokeConfig
 
     register("runtime", RuntimeConfig)
+    register("tool_invoke", ToolInvokeConfig)
 
 
 @librefang.hookimpl
@@ -29,11 +30,12 @@ def register_migrations(register: Any) -> None:
 
 @librefang.hookimpl
 def register_routes(register: Any) -> None:
-    from librefang_runtime import openai_compat, routes, routes_sessions
+    from librefang_runtime import openai_compat, routes, routes_sessions, routes_tools
 
     register(routes.router)
     register(routes_sessions.router)
     register(openai_compat.router)
+    register(routes_tools.router)
 
 
 def collect_tools(kernel: Any) -> Any:

@@ -41,7 +41,7 @@ class ToolContext:
     agent_id: str
     agent_name: str
     session_id: str
-    workspace: Path
+    workspace: Path | None  # None for a call made without an agent (``POST /api/tools/{name}/invoke``)
     call_id: str = ""
     tool_name: str = ""
 
