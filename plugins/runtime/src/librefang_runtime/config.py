@@ -21,6 +21,9 @@ class RuntimeConfig(BaseModel):
     max_session_messages: int = Field(2000, ge=10, le=1_000_000, description="Messages kept per session")
     session_retention_days: int = Field(
         0, ge=0, le=100_000, description="POST /api/sessions/cleanup deletes sessions idle this long (0 = never)")
+    ws_max_connections_per_ip: int = Field(5, ge=1, le=10_000, description="WebSocket connections per client IP")
+    ws_messages_per_minute: int = Field(10, ge=1, le=10_000, description="Frames a WebSocket may send per minute")
+    ws_idle_timeout_secs: float = Field(1800.0, gt=0, le=86_400, description="Close a silent WebSocket after this")
     sse_keepalive_secs: float = Field(15.0, gt=0, le=300, description="Keep-alive comment interval of SSE")
 
 

@@ -102,6 +102,7 @@ class RuntimeService:
         self.locks = SessionLocks()
         # agent id -> session id -> the task running that session's turn (for stop and "active")
         self.running: dict[str, dict[str, asyncio.Task[TurnResult]]] = {}
+        self.ws_connections: dict[str, int] = {}  # client IP -> open WebSockets (bounded by the limit)
 
     @property
     def agents(self) -> Any:

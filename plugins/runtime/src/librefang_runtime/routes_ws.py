@@ -1,0 +1,225 @@
+"""``GET /api/agents/{id}/ws``: chat with an agent over a WebSocket (brief §3.5).
+
+Client frames: ``{"type":"message","content","message_id"?}`` (plain non-JSON text is a message too),
+``{"type":"command","command":"new|reset|stop|usage|model","args"?}``, ``{"type":"ping"}``.
+Server frames: ``connected``, ``typing`` (start/tool/stop), ``text_delta`` (debounced), ``tool_start``,
+``tool_end``, ``tool_result``, ``phase``, ``response`` / ``silent_complete`` / ``error`` (echoing
+``message_id``), ``command_result``, ``pong``. Auth is the edge's (header or ``bearer.<key>``
+sub-protocol). Limits: connections per client IP (429 on upgrade), messages per minute per
+connection, an idle timeout. Turns run in the background so ``stop`` works while one runs; closing the
+socket cancels them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from typing import Any
+
+from librefang import Router, current_kernel
+from librefang.errors import ApiError, TooManyRequests
+from librefang_providers.api import TextDelta, ToolUseEnd, ToolUseStart
+from quart import g, websocket
+
+from librefang_runtime import session_admin as admin
+from librefang_runtime.loop import LoopEvent, PhaseChange, ToolExecuted
+from librefang_runtime.schemas import MessageRequest
+from librefang_runtime.service import RuntimeService
+
+router = Router("runtime_ws", tags=("agents",))
+MAX_FRAME_CHARS = 512 * 1024
+DELTA_CHARS = 200
+DELTA_SECONDS = 0.1
+PREVIEW_CHARS = 500
+
+
+def service() -> RuntimeService:
+    return current_kernel().services["runtime"]
+
+
+class Connection:
+    """One socket: sending (serialised), the message rate window, and the turns it started."""
+
+    def __init__(self, runtime: RuntimeService, record: Any) -> None:
+        self.runtime = runtime
+        self.record = record
+        self.sent: deque[float] = deque()
+        self.turns: set[asyncio.Task[None]] = set()
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await websocket.send(json.dumps(frame, ensure_ascii=False))
+
+    def rate_limited(self) -> bool:
+        limit = self.runtime.config.ws_messages_per_minute
+        now = time.monotonic()
+        while self.sent and now - self.sent[0] > 60:
+            self.sent.popleft()
+        if len(self.sent) >= limit:
+            return True
+        self.sent.append(now)
+        return False
+
+    async def turn(self, text: str, message_id: str | None) -> None:
+        """Run one message and report it; every outcome ends with a terminal frame."""
+        echo = {"message_id": message_id} if message_id else {}
+        buffer: list[str] = []
+        flushed = time.monotonic()
+
+        async def flush() -> None:
+            nonlocal flushed
+            if buffer:
+                await self.send({"type": "text_delta", "content": "".join(buffer)})
+                buffer.clear()
+            flushed = time.monotonic()
+
+        async def emit(event: LoopEvent) -> None:
+            if isinstance(event, TextDelta):
+                buffer.append(event.text)
+                # Debounced: one frame per 200 characters or 100 ms, whichever comes first.
+                if sum(map(len, buffer)) >= DELTA_CHARS or time.monotonic() - flushed >= DELTA_SECONDS:
+                    await flush()
+                return
+            await flush()
+            if isinstance(event, ToolUseStart):
+                await self.send({"type": "typing", "state": "tool"})
+                await self.send({"type": "tool_start", "id": event.id, "tool": event.name})
+            elif isinstance(event, ToolUseEnd):
+                preview = json.dumps(event.input, ensure_ascii=False)[:PREVIEW_CHARS]
+                await self.send({"type": "tool_end", "id": event.id, "tool": event.name, "input": preview})
+            elif isinstance(event, ToolExecuted):
+                await self.send({"type": "tool_result", "id": event.id, "tool": event.name,
+                                 "result": event.content[:PREVIEW_CHARS], "is_error": event.is_error})
+            elif isinstance(event, PhaseChange):
+                if event.phase == "response_complete":
+                    await self.send({"type": "typing", "state": "stop"})
+                await self.send({"type": "phase", "phase": event.phase, "detail": event.detail})
+
+        try:
+            turn = await self.runtime.prepare(self.record.id, MessageRequest(message=text))
+            await self.send({"type": "typing", "state": "start"})
+            result = await self.runtime.run(turn, emit)
+            await flush()
+        except ApiError as exc:
+            await self.send({"type": "typing", "state": "stop"})
+            await self.send({"type": "error", "content": exc.message, "code": exc.code, **echo})
+            return
+        if result.silent:
+            await self.send({"type": "silent_complete", **echo})
+            return
+        frame = {"type": "response", "content": result.response, "input_tokens": result.usage.input_tokens,
+                 "output_tokens": result.usage.output_tokens, "iterations": result.iterations,
+                 "cost_usd": result.cost_usd, **echo}
+        await self.send(frame)
+
+    def start_turn(self, text: str, message_id: str | None) -> None:
+        task = asyncio.ensure_future(self.turn(text, message_id))
+        self.turns.add(task)
+        task.add_done_callback(self.turns.discard)
+
+    async def command(self, name: str, args: str) -> None:
+        runtime, record = self.runtime, self.record
+        if name == "new":
+            info = await admin.create_and_switch(runtime, record, None)
+            await self.send({"type": "command_result", "command": name, "message": "New session started",
+                             "session_id": info.id})
+        elif name in ("reset", "reboot"):
+            info = await admin.reset(runtime, record)
+            await self.send({"type": "command_result", "command": name, "message": "Session reset",
+                             "session_id": info.id})
+        elif name == "stop":
+            stopped = await runtime.stop(record.id)
+            await self.send({"type": "command_result", "command": name,
+                             "message": "Run cancelled." if stopped else "No active run to cancel."})
+        elif name == "usage":
+            rows = await runtime.store.usage_of(record.id)
+            totals = {"turns": len(rows), "input_tokens": sum(r["input_tokens"] for r in rows),
+                      "output_tokens": sum(r["output_tokens"] for r in rows),
+                      "cost_usd": round(sum(r["cost_usd"] or 0.0 for r in rows), 6)}
+            message = (f"{totals['turns']} turns, {totals['input_tokens']} in / {totals['output_tokens']} out, "
+                       f"${totals['cost_usd']}")
+            await self.send({"type": "command_result", "command": name, "message": message, **totals})
+        elif name == "model":
+            current = await runtime.agents.get(record.id)
+            provider, model = runtime.resolve_model(current.parsed())
+            await self.send({"type": "command_result", "command": name, "message": f"{provider}/{model}",
+                             "provider": provider, "model": model})
+        else:
+            await self.send({"type": "error", "content": f"Unknown command: {name[:64]}", "code": "unknown_command"})
+
+
+def parse_frame(raw: str | bytes) -> dict[str, Any]:
+    """A client frame as a dict; plain text (or JSON that is not an object) is a message."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"type": "message", "content": text}
+    return value if isinstance(value, dict) else {"type": "message", "content": text}
+
+
+@router.websocket("/api/agents/<agent_id>/ws", cost=10)
+async def agent_ws(agent_id: str) -> Any:
+    """Chat with an agent over a WebSocket (see the module docstring for the protocol)."""
+    runtime = service()
+    record = await runtime.agents.get(agent_id)  # 400/404 refuse the upgrade
+    peer = (websocket.scope.get("client") or ("",))[0] or "unknown"
+    limit = runtime.config.ws_max_connections_per_ip
+    if runtime.ws_connections.get(peer, 0) >= limit:
+        raise TooManyRequests(f"at most {limit} WebSocket connections per client", code="too_many_connections")
+    runtime.ws_connections[peer] = runtime.ws_connections.get(peer, 0) + 1
+    connection = Connection(runtime, record)
+    try:
+        if getattr(g, "websocket_subprotocol", None) is None:
+            await websocket.accept()
+        await connection.send({"type": "connected", "agent_id": record.id})
+        while True:
+            try:
+                raw = await asyncio.wait_for(websocket.receive(), timeout=runtime.config.ws_idle_timeout_secs)
+            except TimeoutError:
+                await websocket.close(1000, "idle timeout")
+                return
+            if len(raw) > MAX_FRAME_CHARS:
+                await connection.send({"type": "error", "content": "frame too large", "code": "message_too_large"})
+                continue
+            frame = parse_frame(raw)
+            kind = frame.get("type")
+            if kind == "ping":
+                await connection.send({"type": "pong"})
+                continue
+            if connection.rate_limited():
+                limit_per_minute = runtime.config.ws_messages_per_minute
+                await connection.send({"type": "error", "code": "rate_limited",
+                                       "content": f"Rate limit exceeded. Max {limit_per_minute} messages per minute."})
+                continue
+            if kind == "command":
+                try:
+                    await connection.command(str(frame.get("command", "")), str(frame.get("args", "") or ""))
+                except ApiError as exc:
+                    await connection.send({"type": "error", "content": exc.message, "code": exc.code})
+                continue
+            if kind == "message":
+                content, message_id = frame.get("content"), frame.get("message_id")
+                if not isinstance(content, str) or not content.strip():
+                    await connection.send({"type": "error", "content": "message content must be non-empty text",
+                                           "code": "invalid_message"})
+                    continue
+                connection.start_turn(content, str(message_id)[:200] if message_id is not None else None)
+                continue
+            await connection.send({"type": "error", "content": f"Unknown frame type: {str(kind)[:64]}",
+                                   "code": "invalid_frame"})
+    finally:
+        for task in list(connection.turns):  # the client went away: its turns stop with it
+            task.cancel()
+        for task in list(connection.turns):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        remaining = runtime.ws_connections.get(peer, 1) - 1
+        if remaining > 0:
+            runtime.ws_connections[peer] = remaining
+        else:
+            runtime.ws_connections.pop(peer, None)

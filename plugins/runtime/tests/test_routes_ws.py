@@ -1,0 +1,131 @@
+"""``GET /api/agents/{id}/ws``: the WebSocket chat protocol in-process (frames, tools, commands,
+limits, bad input)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from quart.testing import WebsocketResponseError
+
+from tests.fakes.llm_server import Script, ToolCall
+
+
+async def frames_until(ws: Any, *terminal: str, limit: int = 200) -> list[dict[str, Any]]:
+    """Frames up to and including the first whose type is in ``terminal``."""
+    out = []
+    for _ in range(limit):
+        frame = json.loads(await asyncio.wait_for(ws.receive(), timeout=10))
+        out.append(frame)
+        if frame["type"] in terminal:
+            return out
+    raise AssertionError(f"no {terminal} frame in {out}")
+
+
+async def test_chat_with_tools_and_message_id_echo(runtime_env: Any, spawn: Any, fake_llm: Any) -> None:
+    kernel, client = runtime_env
+    agent_id = await spawn(kernel, "socket")
+    fake_llm.script(Script(text="Checking.", tool_calls=[ToolCall("system_time", {}, id="t1")]),
+                    Script(text="It is " + "very " * 60 + "late.", chunk_size=5, usage={"input": 8, "output": 4}))
+    async with client.websocket(f"/api/agents/{agent_id}/ws") as ws:
+        connected = json.loads(await ws.receive())
+        assert connected == {"type": "connected", "agent_id": agent_id}
+        await ws.send(json.dumps({"type": "message", "content": "time?", "message_id": "m-1"}))
+        frames = await frames_until(ws, "response", "error")
+    kinds = [f["type"] for f in frames]
+    assert kinds[0] == "typing" and frames[0]["state"] == "start"
+    assert kinds.index("tool_start") < kinds.index("tool_end") < kinds.index("tool_result") < kinds.index("response")
+    tool_result = next(f for f in frames if f["type"] == "tool_result")
+    assert tool_result["tool"] == "system_time" and "UTC" in tool_result["result"] and tool_result["is_error"] is False
+    text = "".join(f["content"] for f in frames if f["type"] == "text_delta")
+    assert text == "Checking." + "It is " + "very " * 60 + "late."
+    # deltas are debounced: far fewer frames than the 5-character chunks the provider sent
+    assert sum(k == "text_delta" for k in kinds) < len(text) // 5 // 2
+    assert {"type": "typing", "state": "stop"} in frames
+    response = frames[-1]
+    assert response["type"] == "response" and response["message_id"] == "m-1"
+    assert response["content"] == "It is " + "very " * 60 + "late." and response["iterations"] == 2
+    assert response["input_tokens"] >= 8
+
+
+async def test_plain_text_ping_commands_and_errors(runtime_env: Any, spawn: Any, fake_llm: Any) -> None:
+    kernel, client = runtime_env
+    agent_id = await spawn(kernel, "cmds")
+    fake_llm.script(Script(text="plain reply"), Script(text="NO_REPLY"))
+    async with client.websocket(f"/api/agents/{agent_id}/ws") as ws:
+        await ws.receive()
+        await ws.send("just text, not JSON")
+        frames = await frames_until(ws, "response")
+        assert frames[-1]["content"] == "plain reply" and "message_id" not in frames[-1]
+        await ws.send(json.dumps({"type": "message", "content": "shh", "message_id": 7}))
+        assert (await frames_until(ws, "silent_complete"))[-1] == {"type": "silent_complete", "message_id": "7"}
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await ws.receive()) == {"type": "pong"}
+        await ws.send(json.dumps({"type": "command", "command": "usage"}))
+        usage = json.loads(await ws.receive())
+        assert usage["type"] == "command_result" and usage["turns"] == 2 and usage["input_tokens"] > 0
+        await ws.send(json.dumps({"type": "command", "command": "model"}))
+        model = json.loads(await ws.receive())
+        assert (model["provider"], model["model"]) == ("openai", "fake-model")
+        await ws.send(json.dumps({"type": "command", "command": "stop"}))
+        assert json.loads(await ws.receive())["message"] == "No active run to cancel."
+        await ws.send(json.dumps({"type": "command", "command": "new"}))
+        new = json.loads(await ws.receive())
+        assert new["command"] == "new" and uuid.UUID(new["session_id"])
+        await ws.send(json.dumps({"type": "command", "command": "frobnicate"}))
+        assert json.loads(await ws.receive())["code"] == "unknown_command"
+        await ws.send(json.dumps({"type": "message", "content": "  "}))
+        assert json.loads(await ws.receive())["code"] == "invalid_message"
+        await ws.send(json.dumps({"type": "dance"}))
+        assert json.loads(await ws.receive())["code"] == "invalid_frame"
+        await ws.send(json.dumps({"type": "message", "content": "x" * 100_001, "message_id": "big"}))
+        error = (await frames_until(ws, "error"))[-1]
+        assert error["code"] == "message_too_large" and error["message_id"] == "big"
+    # the new session became the canonical one, and it is empty
+    view = await (await client.get(f"/api/agents/{agent_id}/session")).get_json()
+    assert view["session_id"] == new["session_id"] and view["messages"] == []
+
+
+async def test_stop_command_cancels_the_running_turn(runtime_env: Any, spawn: Any, fake_llm: Any) -> None:
+    kernel, client = runtime_env
+    agent_id = await spawn(kernel, "halt")
+    fake_llm.script(Script(text="z" * 200, chunk_size=1, delay=0.05))  # 10 s if not stopped
+    async with client.websocket(f"/api/agents/{agent_id}/ws") as ws:
+        await ws.receive()
+        await ws.send(json.dumps({"type": "message", "content": "go on and on", "message_id": "long"}))
+        await frames_until(ws, "text_delta")
+        await ws.send(json.dumps({"type": "command", "command": "stop"}))
+        frames = await frames_until(ws, "command_result")
+        rest = [] if any(f["type"] == "error" for f in frames) else await frames_until(ws, "error")
+        error = next(f for f in frames + rest if f["type"] == "error")
+        assert error["code"] == "run_cancelled" and error["message_id"] == "long"
+        assert next(f for f in frames if f["type"] == "command_result")["message"] == "Run cancelled."
+    assert kernel.services["runtime"].running == {}
+
+
+async def test_rate_limit_connection_limit_and_bad_agents(start_runtime: Any, spawn: Any) -> None:
+    kernel, client = await start_runtime("[runtime]\nws_messages_per_minute = 2\nws_max_connections_per_ip = 1\n")
+    agent_id = await spawn(kernel, "limited")
+    async with client.websocket(f"/api/agents/{agent_id}/ws") as ws:
+        await ws.receive()
+        for _ in range(2):
+            await ws.send(json.dumps({"type": "command", "command": "model"}))
+            assert json.loads(await ws.receive())["type"] == "command_result"
+        await ws.send(json.dumps({"type": "command", "command": "model"}))
+        refused = json.loads(await ws.receive())
+        assert refused["code"] == "rate_limited" and "Max 2 messages per minute" in refused["content"]
+        await ws.send(json.dumps({"type": "ping"}))  # pings are never limited
+        assert json.loads(await ws.receive()) == {"type": "pong"}
+        with pytest.raises(WebsocketResponseError) as second:
+            async with client.websocket(f"/api/agents/{agent_id}/ws") as ws2:
+                await ws2.receive()
+        assert second.value.response.status_code == 429
+    assert kernel.services["runtime"].ws_connections == {}
+    for bad, status in (("not-a-uuid", 400), (str(uuid.uuid4()), 404)):
+        with pytest.raises(WebsocketResponseError) as info:
+            async with client.websocket(f"/api/agents/{bad}/ws") as ws:
+                await ws.receive()
+        assert info.value.response.status_code == status
