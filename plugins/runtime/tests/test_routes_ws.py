@@ -129,3 +129,45 @@ async def test_rate_limit_connection_limit_and_bad_agents(start_runtime: Any, sp
             async with client.websocket(f"/api/agents/{bad}/ws") as ws:
                 await ws.receive()
         assert info.value.response.status_code == status
+
+
+async def test_live_server_with_a_real_websocket_client_and_bearer_subprotocol(librefang_home: Any,
+                                                                             monkeypatch: Any) -> None:
+    import httpx
+    import websockets
+    from librefang.testing import start_live_server, write_config
+
+    from tests.fakes.llm_server import FakeLLMServer
+
+    from .conftest import AGENT, TEST_KEY, config_for
+
+    key = "lf-ws-key-0123456789abcdef0123456789"
+    fake = FakeLLMServer().start_in_thread()
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
+    monkeypatch.setenv("LIBREFANG_API_KEY", key)
+    monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", "providers,agents,runtime")
+    write_config(librefang_home, config_for(fake))
+    server = start_live_server(librefang_home)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as http:
+            created = await http.post("/api/agents", json={"manifest_toml": AGENT.format(name="wslive")})
+            agent_id = created.json()["agent_id"]
+        url = server.url.replace("http://", "ws://") + f"/api/agents/{agent_id}/ws"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url):
+                pass
+        assert refused.value.response.status_code == 401
+        fake.script(Script(text="over a real socket", chunk_size=3, delay=0.01))
+        async with websockets.connect(url, subprotocols=[f"bearer.{key}"]) as ws:
+            assert ws.subprotocol == f"bearer.{key}"
+            assert json.loads(await ws.recv())["type"] == "connected"
+            await ws.send(json.dumps({"type": "message", "content": "hello", "message_id": "live-1"}))
+            frames = []
+            while not frames or frames[-1]["type"] not in ("response", "error"):
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=10)))
+        assert frames[-1]["type"] == "response" and frames[-1]["content"] == "over a real socket"
+        assert frames[-1]["message_id"] == "live-1"
+        assert "".join(f["content"] for f in frames if f["type"] == "text_delta") == "over a real socket"
+    finally:
+        server.stop()
+        fake.stop_thread()
