@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from librefang.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 
 from librefang_agents import workspace
+from librefang_agents.index import iso
 from librefang_agents.models import uploads
 from librefang_agents.service import AgentService, parse_agent_id
-from librefang_agents.views import iso
 
 CONTENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 MAX_UPLOADS_PER_AGENT = 1000

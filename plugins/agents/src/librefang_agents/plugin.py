@@ -51,6 +51,7 @@ async def startup(kernel: Any) -> None:
     service = AgentService(kernel, kernel.config.section("agents"), trusted)
     kernel.services["agents"] = service
     kernel.services["agents.files"] = FilesService(service)
+    await service.open()
     await service.ensure_default_agent()
 
 

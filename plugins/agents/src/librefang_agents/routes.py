@@ -6,7 +6,7 @@ from typing import Any
 
 from librefang import Router, current_kernel
 from librefang.errors import ApiError, BadRequest
-from quart import g
+from quart import Response, g
 
 from librefang_agents.manifest import ManifestError, check_agent_name, parse_manifest
 from librefang_agents.schemas import (
@@ -58,11 +58,12 @@ def changed(record: Any) -> AgentChanged:
 
 # -- collection ----------------------------------------------------------------------------------------
 @router.get("/api/agents", cost=2, query=AgentListQuery, response=AgentList)
-async def list_agents(query: AgentListQuery) -> dict[str, Any]:
+async def list_agents(query: AgentListQuery) -> Response:
     """List agents: filter (q, status), sort (name, created_at, last_active, state), paginate."""
-    return await service().list(
+    body = await service().list_json(
         q=query.q, status=query.status, sort=query.sort, order=query.order, limit=query.limit, offset=query.offset
     )
+    return Response(body, status=200, mimetype="application/json")
 
 
 @router.post("/api/agents", cost=50, body=SpawnRequest, response=SpawnResponse, status=201, idempotent=True)

@@ -23,7 +23,7 @@ from librefang_agents.config import AgentsConfig, default_model
 from librefang_agents.manifest import AgentManifest, ManifestError, parse_manifest, validate_manifest
 from librefang_agents.signing import SignatureError, verify_envelope
 from librefang_agents.store import SORTS, STATES, AgentRecord, AgentStore, NameTaken, StaleRecord
-from librefang_agents.views import detail, summary
+from librefang_agents.views import detail, summary, summary_json
 
 SOURCE = "agents"
 MAX_RETRIES = 5
@@ -60,7 +60,12 @@ class AgentService:
         self.home: Path = kernel.home
         self.config = config
         self.trusted_signers = trusted_signers
-        self.store = AgentStore(kernel.db)
+        # Several daemons may share a PostgreSQL database; a SQLite file has one daemon (daemon.lock).
+        self.store = AgentStore(kernel.db, shared=not kernel.db.is_sqlite)
+
+    async def open(self) -> None:
+        """Load the list index from the database."""
+        await self.store.load()
 
     # -- helpers ------------------------------------------------------------------------------
     def default_model(self) -> dict[str, str]:
@@ -230,17 +235,9 @@ class AgentService:
         return created
 
     # -- read -------------------------------------------------------------------------------------
-    async def list(
-        self,
-        *,
-        q: str | None = None,
-        status: str | None = None,
-        sort: str = "name",
-        order: str = "asc",
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> dict[str, Any]:
-        """One page of agent summaries: ``{items, total, offset, limit}``."""
+    async def _page(
+        self, q: str | None, status: str | None, sort: str, order: str, limit: int | None, offset: int
+    ) -> tuple[list[Any], int, dict[str, list[str]], int]:
         if sort not in SORTS:
             raise BadRequest(f"invalid sort {sort!r}: use one of {', '.join(SORTS)}", code="invalid_sort")
         if order not in ("asc", "desc"):
@@ -252,13 +249,39 @@ class AgentService:
                 raise BadRequest(f"invalid status {status!r}: use one of {', '.join(STATES)}", code="invalid_status")
             state = matches[0]
         limit = self.config.default_list_limit if limit is None else min(limit, 500)
-        rows, total = await self.store.page(
+        rows, total, children = await self.store.page(
             q=q.strip() if q else None, state=state, sort=sort, descending=order == "desc", limit=limit, offset=offset
         )
-        children = await self.store.children_of([r.id for r in rows])
+        return rows, total, children, limit
+
+    async def list(
+        self,
+        *,
+        q: str | None = None,
+        status: str | None = None,
+        sort: str = "name",
+        order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """One page of agent summaries: ``{items, total, offset, limit}``.
+
+        ``q`` matches name or description (case-insensitive substring), ``status`` a state,
+        ``sort`` is name, created_at, last_active or state; anything else is a 400.
+        """
+        rows, total, children, limit = await self._page(q, status, sort, order, limit, offset)
         dm = self.default_model()
         items = [summary(r, children.get(r.id, []), dm) for r in rows]
         return {"items": items, "total": total, "offset": offset, "limit": limit}
+
+    async def list_json(
+        self, *, q: str | None, status: str | None, sort: str, order: str, limit: int | None, offset: int
+    ) -> bytes:
+        """:meth:`list` as JSON bytes, assembled from per-agent cached fragments (the hot path)."""
+        rows, total, children, limit = await self._page(q, status, sort, order, limit, offset)
+        dm = self.default_model()
+        items = b",".join(summary_json(r, children.get(r.id, []), dm) for r in rows)
+        return b'{"items":[%s],"total":%d,"offset":%d,"limit":%d}' % (items, total, offset, limit)
 
     async def describe(self, agent_id: str) -> dict[str, Any]:
         """``GET /api/agents/{id}``."""

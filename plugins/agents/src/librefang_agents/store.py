@@ -1,29 +1,33 @@
 """Data access for the agent registry: rows in, records out (no HTTP, no events).
 
 Updates use optimistic concurrency (a ``revision`` column): a writer that lost a race re-reads and
-retries, so two daemons sharing one PostgreSQL database never overwrite each other's change.
+retries, so two daemons sharing one PostgreSQL database never overwrite each other's change. Lists
+and counts are answered from :class:`~librefang_agents.index.AgentIndex`, kept in step with every
+write; with a shared database (``shared=True``) a version row tells when another process wrote.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from librefang_agents.index import AgentIndex, Entry, search_text
 from librefang_agents.manifest import AgentManifest, validate_manifest
 from librefang_agents.models import agents, meta, tombstones
 
+VERSION_KEY = "registry_version"
+_INSERT = agents.insert()
+
 STATES = ("Created", "Running", "Suspended", "Terminated", "Crashed")
-SORTS = {
-    "name": (agents.c.name,),
-    "created_at": (agents.c.created_at, agents.c.name),
-    "last_active": (agents.c.last_active, agents.c.name),
-    "state": (agents.c.state, agents.c.name),
-}
+SORTS = ("name", "created_at", "last_active", "state")
 LIST_COLUMNS = (
     agents.c.id,
     agents.c.name,
@@ -105,6 +109,17 @@ def _columns(record: AgentRecord, manifest: AgentManifest) -> dict[str, Any]:
     }
 
 
+def _entry(values: dict[str, Any]) -> Entry:
+    return Entry(
+        id=values["id"], name=values["name"], description=values["description"], author=values["author"],
+        state=values["state"], mode=values["mode"], profile=values["profile"], schedule=values["schedule"],
+        model_provider=values["model_provider"], model_name=values["model_name"], tags=json.loads(values["tags"]),
+        identity=json.loads(values["identity"]), parent_id=values["parent_id"], session_id=values["session_id"],
+        created_at=values["created_at"], last_active=values["last_active"],
+        search=search_text(values["name"], values["description"]),
+    )
+
+
 def _record(row: Any) -> AgentRecord:
     return AgentRecord(
         id=row.id,
@@ -123,19 +138,127 @@ def _record(row: Any) -> AgentRecord:
 
 
 class AgentStore:
-    """Queries over the plugin's tables through the kernel's database."""
+    """Queries over the plugin's tables through the kernel's database, with the list index."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, *, shared: bool = False) -> None:
         self.db = db
+        self.shared = shared
+        self.index = AgentIndex()
+        self.version: int | None = None
+        # SQLite has one writer at a time: queueing our own writes here is cheaper than letting
+        # pooled connections collide on the file lock and sleep in SQLite's busy handler.
+        self._write_lock = asyncio.Lock()
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[Any]:
+        if self.shared:
+            async with self.db.begin() as conn:
+                yield conn
+        else:
+            async with self._write_lock, self.db.begin() as conn:
+                yield conn
+
+    # -- the index ------------------------------------------------------------------------------
+    async def load(self) -> None:
+        """(Re)build the index from the table."""
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(sa.select(*LIST_COLUMNS))).all()
+            version = await self._read_version(conn) if self.shared else None
+        self.index.load(rows)
+        self.version = version
+
+    @staticmethod
+    async def _read_version(conn: Any) -> int:
+        value = (await conn.execute(sa.select(meta.c.value).where(meta.c.name == VERSION_KEY))).scalar()
+        if value is None:
+            await conn.execute(meta.insert().values(name=VERSION_KEY, value="0"))
+            return 0
+        return int(value)
+
+    async def _bump(self, conn: Any) -> None:
+        """Count a write (shared databases only): other processes see the index is stale."""
+        if not self.shared:
+            return
+        await conn.execute(
+            meta.update().where(meta.c.name == VERSION_KEY)
+            .values(value=sa.cast(sa.cast(meta.c.value, sa.Integer) + 1, sa.String))
+        )
+        new = await self._read_version(conn)
+        # Our own write moves the version by one; anything more means another process wrote too.
+        self.version = new if self.version is not None and new == self.version + 1 else None
+
+    async def sync(self) -> None:
+        """Reload the index when another process changed the registry (shared databases)."""
+        if not self.shared:
+            return
+        async with self.db.begin() as conn:
+            version = await self._read_version(conn)
+        if version != self.version:
+            await self.load()
+
+    # -- writes ---------------------------------------------------------------------------------
     async def insert(self, record: AgentRecord, manifest: AgentManifest) -> None:
         """Add a new agent; :class:`NameTaken` when the name is in use."""
+        if record.name in self.index.by_name and not self.shared:
+            raise NameTaken(record.name)
+        values = _columns(record, manifest)
         try:
-            async with self.db.begin() as conn:
-                await conn.execute(agents.insert().values(**_columns(record, manifest)))
+            async with self._writing() as conn:
+                await conn.execute(_INSERT, values)
+                await self._bump(conn)
         except IntegrityError:
             raise NameTaken(record.name) from None
+        self.index.put(_entry(values))
 
+    async def save(self, record: AgentRecord, manifest: AgentManifest) -> AgentRecord:
+        """Write a changed record if nobody changed it since it was read (bumps ``revision``)."""
+        old_revision = record.revision
+        record.revision = old_revision + 1
+        record.updated_at = time.time()
+        values = _columns(record, manifest)
+        update = {k: v for k, v in values.items() if k != "id"}
+        try:
+            async with self._writing() as conn:
+                result = await conn.execute(
+                    agents.update().where(agents.c.id == record.id, agents.c.revision == old_revision).values(**update)
+                )
+                if result.rowcount == 1:
+                    await self._bump(conn)
+        except IntegrityError:
+            record.revision = old_revision
+            raise NameTaken(record.name) from None
+        if result.rowcount != 1:
+            record.revision = old_revision
+            raise StaleRecord(record.id)
+        self.index.put(_entry(values))
+        return record
+
+    async def set_fields(self, agent_id: str, **values: Any) -> bool:
+        """Update plain columns (state, mode, last_active, session_id, parent_id); False when gone."""
+        async with self._writing() as conn:
+            result = await conn.execute(
+                agents.update().where(agents.c.id == agent_id).values(revision=agents.c.revision + 1, **values)
+            )
+            if result.rowcount == 1:
+                await self._bump(conn)
+        if result.rowcount != 1:
+            return False
+        self.index.update(agent_id, **{k: v for k, v in values.items() if k != "updated_at"})
+        return True
+
+    async def delete(self, record: AgentRecord) -> bool:
+        """Remove an agent and leave a tombstone; False when another request removed it first."""
+        async with self._writing() as conn:
+            result = await conn.execute(agents.delete().where(agents.c.id == record.id))
+            if result.rowcount != 1:
+                return False
+            await conn.execute(tombstones.delete().where(tombstones.c.id == record.id))
+            await conn.execute(tombstones.insert().values(id=record.id, name=record.name, killed_at=time.time()))
+            await self._bump(conn)
+        self.index.remove(record.id)
+        return True
+
+    # -- reads ----------------------------------------------------------------------------------
     async def get(self, agent_id: str) -> AgentRecord | None:
         async with self.db.begin() as conn:
             row = (await conn.execute(sa.select(agents).where(agents.c.id == agent_id))).first()
@@ -146,103 +269,29 @@ class AgentStore:
             row = (await conn.execute(sa.select(agents).where(agents.c.name == name))).first()
         return _record(row) if row is not None else None
 
-    async def save(self, record: AgentRecord, manifest: AgentManifest) -> AgentRecord:
-        """Write a changed record if nobody changed it since it was read (bumps ``revision``)."""
-        old_revision = record.revision
-        record.revision = old_revision + 1
-        record.updated_at = time.time()
-        values = _columns(record, manifest)
-        del values["id"]
-        try:
-            async with self.db.begin() as conn:
-                result = await conn.execute(
-                    agents.update()
-                    .where(agents.c.id == record.id, agents.c.revision == old_revision)
-                    .values(**values)
-                )
-        except IntegrityError:
-            record.revision = old_revision
-            raise NameTaken(record.name) from None
-        if result.rowcount != 1:
-            record.revision = old_revision
-            raise StaleRecord(record.id)
-        return record
-
-    async def set_fields(self, agent_id: str, **values: Any) -> bool:
-        """Update plain columns (state, last_active, session_id); False when the agent is gone."""
-        async with self.db.begin() as conn:
-            result = await conn.execute(
-                agents.update().where(agents.c.id == agent_id).values(revision=agents.c.revision + 1, **values)
-            )
-        return result.rowcount == 1
-
-    async def delete(self, record: AgentRecord) -> bool:
-        """Remove an agent and leave a tombstone; False when another request removed it first."""
-        async with self.db.begin() as conn:
-            result = await conn.execute(agents.delete().where(agents.c.id == record.id))
-            if result.rowcount != 1:
-                return False
-            await conn.execute(tombstones.delete().where(tombstones.c.id == record.id))
-            await conn.execute(tombstones.insert().values(id=record.id, name=record.name, killed_at=time.time()))
-        return True
-
     async def was_killed(self, agent_id: str) -> bool:
         async with self.db.begin() as conn:
             row = (await conn.execute(sa.select(tombstones.c.id).where(tombstones.c.id == agent_id))).first()
         return row is not None
 
     async def children_of(self, ids: list[str]) -> dict[str, list[str]]:
-        """Child ids of each of ``ids`` (one query for a whole page)."""
-        if not ids:
-            return {}
-        async with self.db.begin() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(agents.c.parent_id, agents.c.id).where(agents.c.parent_id.in_(ids)).order_by(agents.c.created_at)
-                )
-            ).all()
-        out: dict[str, list[str]] = {}
-        for parent, child in rows:
-            out.setdefault(parent, []).append(child)
-        return out
+        """Child ids of each of ``ids``."""
+        await self.sync()
+        return {i: list(self.index.children[i]) for i in ids if i in self.index.children}
 
     async def page(
         self, *, q: str | None, state: str | None, sort: str, descending: bool, limit: int, offset: int
-    ) -> tuple[list[Any], int]:
-        """One page of summary rows and the total matching the filters."""
-        where = []
-        if q:
-            needle = q.lower()
-            where.append(
-                sa.or_(
-                    sa.func.lower(agents.c.name).contains(needle, autoescape=True),
-                    sa.func.lower(agents.c.description).contains(needle, autoescape=True),
-                )
-            )
-        if state:
-            where.append(agents.c.state == state)
-        order = [c.desc() if descending else c.asc() for c in SORTS[sort]]
-        order.append(agents.c.id.desc() if descending else agents.c.id.asc())
-        stmt = sa.select(*LIST_COLUMNS).where(*where).order_by(*order).limit(limit).offset(offset)
-        count = sa.select(sa.func.count()).select_from(agents).where(*where)
-        async with self.db.begin() as conn:
-            rows = (await conn.execute(stmt)).all() if limit else []
-            total = (await conn.execute(count)).scalar_one()
-        return rows, int(total)
-
-    async def ids(self, names: list[str] | None = None) -> list[str]:
-        async with self.db.begin() as conn:
-            stmt = sa.select(agents.c.id)
-            if names is not None:
-                stmt = stmt.where(agents.c.name.in_(names))
-            return [r[0] for r in (await conn.execute(stmt)).all()]
+    ) -> tuple[list[Entry], int, dict[str, list[str]]]:
+        """One page of entries, the total matching the filters, and the children of the page's agents."""
+        await self.sync()
+        entries, total = self.index.page(q=q, state=state, sort=sort, descending=descending, limit=limit, offset=offset)
+        children = self.index.children
+        return entries, total, {e.id: list(children[e.id]) for e in entries if e.id in children}
 
     async def counts(self) -> tuple[int, int]:
         """(all agents, running agents)."""
-        running = sa.func.sum(sa.case((agents.c.state == "Running", 1), else_=0))
-        async with self.db.begin() as conn:
-            total, active = (await conn.execute(sa.select(sa.func.count(), running).select_from(agents))).one()
-        return int(total), int(active or 0)
+        await self.sync()
+        return self.index.counts()
 
     async def get_meta(self, name: str) -> str | None:
         async with self.db.begin() as conn:

@@ -6,20 +6,15 @@ manifest keeps ``"default"``, so changing the config moves every such agent at o
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
 from librefang_agents.capabilities import effective_capabilities, visible_tools
+from librefang_agents.index import Entry, iso
 from librefang_agents.manifest import AgentManifest
 from librefang_agents.store import AgentRecord
 
 DESCRIPTION_IN_LIST = 500
-
-
-def iso(ts: float) -> str:
-    """An epoch timestamp as ISO 8601 UTC."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def resolve_model(provider: str, model: str, default_model: dict[str, str]) -> tuple[str, str]:
@@ -30,11 +25,11 @@ def resolve_model(provider: str, model: str, default_model: dict[str, str]) -> t
     )
 
 
-def summary(row: Any, children: list[str], default_model: dict[str, str]) -> dict[str, Any]:
-    """One item of ``GET /api/agents`` (built from indexed columns only; no manifest parsing)."""
+def summary(row: Entry, children: list[str], default_model: dict[str, str]) -> dict[str, Any]:
+    """One item of ``GET /api/agents`` (from the list index; no manifest parsing)."""
     provider, model = resolve_model(row.model_provider, row.model_name, default_model)
-    identity = json.loads(row.identity) if row.identity else {}
-    description = row.description or ""
+    identity = row.identity
+    description = row.description
     return {
         "id": row.id,
         "name": row.name,
@@ -44,18 +39,27 @@ def summary(row: Any, children: list[str], default_model: dict[str, str]) -> dic
         "state": row.state,
         "mode": row.mode,
         "ready": row.state == "Running",
-        "created_at": iso(row.created_at),
-        "last_active": iso(row.last_active),
+        "created_at": row.created_iso,
+        "last_active": row.active_iso,
         "model_provider": provider,
         "model_name": model,
         "profile": row.profile,
         "schedule": row.schedule,
-        "tags": json.loads(row.tags) if row.tags else [],
+        "tags": list(row.tags),
         "identity": {k: identity.get(k) for k in ("emoji", "avatar_url", "color")},
         "parent_agent_id": row.parent_id,
         "children": children,
         "session_id": row.session_id,
     }
+
+
+def summary_json(row: Entry, children: list[str], default_model: dict[str, str]) -> bytes:
+    """:func:`summary` as JSON, cached on the entry until it (or the default model) changes."""
+    key = (default_model["provider"], default_model["model"])
+    if row.fragment is None or row.fragment_key != key:
+        row.fragment = json.dumps(summary(row, children, default_model), separators=(",", ":")).encode()
+        row.fragment_key = key
+    return row.fragment
 
 
 def list_mode(values: list[str], disabled: bool) -> str:

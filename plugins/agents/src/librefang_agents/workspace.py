@@ -139,7 +139,7 @@ def list_files(root: Path, limit: int) -> dict[str, Any]:
 
 
 def _iso(ts: float) -> str:
-    from librefang_agents.views import iso
+    from librefang_agents.index import iso
 
     return iso(ts)
 

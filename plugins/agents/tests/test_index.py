@@ -1,0 +1,101 @@
+"""The in-memory list index: ordering, filters, updates, removal, children; and, with a shared
+database, that a second process's writes are seen."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+from librefang_agents.index import AgentIndex, Entry, search_text
+from librefang_agents.manifest import parse_manifest
+from librefang_agents.service import AgentService
+
+
+def entry(name: str, *, state: str = "Running", created: float = 0.0, parent: str | None = None,
+          description: str = "") -> Entry:
+    return Entry(
+        id=str(uuid.uuid4()), name=name, description=description, author="", state=state, mode="full",
+        profile=None, schedule="reactive", model_provider="default", model_name="default", tags=[], identity={},
+        parent_id=parent, session_id=str(uuid.uuid4()), created_at=created or time.time(),
+        last_active=created or time.time(), search=search_text(name, description),
+    )
+
+
+def names(entries):
+    return [e.name for e in entries]
+
+
+def test_views_stay_sorted_through_inserts_updates_and_removals():
+    index = AgentIndex()
+    pool = [entry(f"agent-{i:03d}", created=1000 + i) for i in range(200)]
+    random.Random(7).shuffle(pool)
+    for e in pool[:100]:
+        index.put(e)
+    first, total = index.page(q=None, state=None, sort="name", descending=False, limit=5, offset=0)
+    assert total == 100 and names(first) == sorted(e.name for e in pool[:100])[:5]
+    index.page(q=None, state=None, sort="created_at", descending=True, limit=5, offset=0)  # build that view too
+    for e in pool[100:]:  # inserted into existing views
+        index.put(e)
+    page, total = index.page(q=None, state=None, sort="name", descending=False, limit=500, offset=0)
+    assert total == 200 and names(page) == [f"agent-{i:03d}" for i in range(200)]
+    newest, _ = index.page(q=None, state=None, sort="created_at", descending=True, limit=3, offset=0)
+    assert names(newest) == ["agent-199", "agent-198", "agent-197"]
+    last, _ = index.page(q=None, state=None, sort="name", descending=True, limit=2, offset=198)
+    assert names(last) == ["agent-001", "agent-000"]
+    beyond, total = index.page(q=None, state=None, sort="name", descending=True, limit=5, offset=500)
+    assert beyond == [] and total == 200
+    victim = index.entries[index.by_name["agent-050"]]
+    index.remove(victim.id)
+    page, total = index.page(q=None, state=None, sort="created_at", descending=False, limit=500, offset=0)
+    assert total == 199 and "agent-050" not in names(page) and names(page) == sorted(names(page))
+    renamed = index.entries[index.by_name["agent-010"]]
+    index.update(renamed.id, name="zzz", description="Renamed Agent")
+    assert index.by_name["zzz"] == renamed.id and "agent-010" not in index.by_name
+    page, _ = index.page(q=None, state=None, sort="name", descending=True, limit=1, offset=0)
+    assert names(page) == ["zzz"]
+    found, total = index.page(q="renamed AGENT", state=None, sort="name", descending=False, limit=10, offset=0)
+    assert names(found) == ["zzz"] and total == 1
+
+
+def test_state_filter_counts_and_children():
+    index = AgentIndex()
+    parent = entry("parent")
+    index.put(parent)
+    kids = [entry(f"kid-{i}", parent=parent.id) for i in range(3)]
+    for kid in kids:
+        index.put(kid)
+    assert index.children[parent.id] == [k.id for k in kids]
+    index.update(kids[0].id, state="Suspended")
+    assert index.counts() == (4, 3)
+    suspended, total = index.page(q=None, state="Suspended", sort="state", descending=False, limit=10, offset=0)
+    assert names(suspended) == ["kid-0"] and total == 1
+    parent.fragment = b"cached"
+    index.remove(kids[1].id)
+    assert index.children[parent.id] == [kids[0].id, kids[2].id]
+    assert parent.fragment is None  # the parent's cached item lists its children
+    index.update(kids[2].id, parent_id=None)
+    assert index.children[parent.id] == [kids[0].id]
+    assert index.counts() == (3, 2)
+
+
+async def test_shared_database_sees_writes_of_another_process(agents_kernel):
+    """Two daemons on one database: each list first checks the version row and reloads when stale.
+
+    The second daemon is a second service (its own index) on the same database; both run in the
+    shared mode a PostgreSQL ``database_url`` selects.
+    """
+    a = agents_kernel.services["agents"]
+    b = AgentService(agents_kernel, a.config, a.trusted_signers)
+    for service in (a, b):
+        service.store.shared = True
+        await service.store.load()
+    spawned = await a.spawn(parse_manifest('name = "from-a"'))
+    listing = await b.list(q="from-a")
+    assert [i["id"] for i in listing["items"]] == [spawned.id]
+    await b.set_state(spawned.id, "Suspended")
+    assert (await a.list(q="from-a"))["items"][0]["state"] == "Suspended"
+    assert a.store.version == b.store.version
+    await b.kill(spawned.id)
+    assert (await a.list(q="from-a"))["total"] == 0
+    assert (await a.counts())["agent_count"] == (await b.counts())["agent_count"] == 1
