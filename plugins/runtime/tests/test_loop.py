@@ -44,7 +44,9 @@ async def test_plain_text_reply(fake_llm: Any, make_loop: Any) -> None:
     assert body["stream"] is True
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
     assert body["messages"][-1]["content"] == "hi"
-    assert [t["function"]["name"] for t in body["tools"]] == ["file_list", "file_read", "file_write", "system_time"]
+    assert [t["function"]["name"] for t in body["tools"]] == [
+        "agent_list", "agent_send", "agent_spawn", "apply_patch", "file_delete", "file_list", "file_read",
+        "file_write", "system_time"]
 
 
 async def test_streaming_events_in_order(fake_llm: Any, make_loop: Any) -> None:

@@ -109,8 +109,31 @@ async def _file_list(data: dict[str, Any], context: ToolContext) -> str:
     return await asyncio.to_thread(_list, context.workspace, data.get("path", "."))
 
 
+def _delete(workspace: Path | None, path: str) -> str:
+    target = resolve_in_workspace(workspace, path)
+    if workspace is not None and target == workspace.resolve():
+        raise ToolError("the workspace itself cannot be deleted")
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+        return f"Deleted {path}"
+    if target.is_dir():
+        try:
+            target.rmdir()
+        except OSError:
+            raise ToolError(f"{path} is a folder that is not empty; delete its files first") from None
+        return f"Deleted folder {path}"
+    raise ToolError(f"no such file: {path}")
+
+
+async def _file_delete(data: dict[str, Any], context: ToolContext) -> str:
+    return await asyncio.to_thread(_delete, context.workspace, data["path"])
+
+
 def builtin_tools() -> list[Tool]:
     """The runtime's own tools."""
+    from librefang_runtime.agent_tools import agent_tools
+    from librefang_runtime.patch_tool import apply_patch_tool
+
     path = {"type": "string", "description": "Path relative to the agent's workspace"}
     return [
         Tool("system_time", "Get the current date and time (UTC).", _system_time,
@@ -122,4 +145,8 @@ def builtin_tools() -> list[Tool]:
               "required": ["path", "content"]}),
         Tool("file_list", "List the files of a folder of your workspace.", _file_list,
              {"type": "object", "properties": {"path": {**path, "default": "."}}}),
+        Tool("file_delete", "Delete a file (or an empty folder) of your workspace.", _file_delete,
+             {"type": "object", "properties": {"path": path}, "required": ["path"]}),
+        apply_patch_tool(),
+        *agent_tools(),
     ]
