@@ -46,7 +46,7 @@ async def test_plain_text_reply(fake_llm: Any, make_loop: Any) -> None:
     assert body["messages"][-1]["content"] == "hi"
     assert [t["function"]["name"] for t in body["tools"]] == [
         "agent_list", "agent_send", "agent_spawn", "apply_patch", "file_delete", "file_list", "file_read",
-        "file_write", "system_time"]
+        "file_write", "system_time", "web_fetch"]
 
 
 async def test_streaming_events_in_order(fake_llm: Any, make_loop: Any) -> None:

@@ -30,6 +30,7 @@ from librefang_providers.errors import (
     UpstreamError,
 )
 from librefang_providers.registry import LLMRegistry
+from librefang_providers.ssrf import AllowList, SsrfError, check_fetch_url
 from librefang_providers.types import (
     CONTENT_FILTERED,
     END_TURN,
@@ -175,13 +176,13 @@ async def collect(events: AsyncIterator[StreamEvent]) -> CompletionResponse:
 
 
 __all__ = [
-    "AllProvidersExhausted", "Attempt", "AuthFailed", "BadResponse", "Block", "CONTENT_FILTERED",
+    "AllProvidersExhausted", "AllowList", "Attempt", "AuthFailed", "BadResponse", "Block", "CONTENT_FILTERED",
     "CompletionRequest", "CompletionResponse", "ConnectionFailed", "ContentComplete", "ContextTooLong",
     "DriverConfig", "END_TURN", "FallbackProvider", "ImageBlock", "LLMDriver", "LLMError", "LLMRegistry",
     "MAX_TOKENS", "Message", "MissingApiKey", "ModelNotFound", "Overloaded", "ProviderSpec",
-    "ProvidersConfig", "RateLimited", "ResponseFormat", "STOP_SEQUENCE", "SERVICE_KEY", "StreamEvent",
+    "ProvidersConfig", "RateLimited", "ResponseFormat", "STOP_SEQUENCE", "SERVICE_KEY", "SsrfError", "StreamEvent",
     "TOOL_USE", "Target", "TextBlock", "TextDelta", "ThinkingBlock", "ThinkingDelta", "TimedOut",
     "ToolDefinition", "ToolInputDelta", "ToolResultBlock", "ToolUseBlock", "ToolUseEnd", "ToolUseStart",
-    "UnknownProvider", "UpstreamError", "Usage", "collect", "create_registry", "events_from_response",
+    "UnknownProvider", "UpstreamError", "Usage", "check_fetch_url", "collect", "create_registry", "events_from_response",
     "get_registry",
 ]

@@ -133,6 +133,7 @@ def builtin_tools() -> list[Tool]:
     """The runtime's own tools."""
     from librefang_runtime.agent_tools import agent_tools
     from librefang_runtime.patch_tool import apply_patch_tool
+    from librefang_runtime.web_tools import web_tools
 
     path = {"type": "string", "description": "Path relative to the agent's workspace"}
     return [
@@ -149,4 +150,5 @@ def builtin_tools() -> list[Tool]:
              {"type": "object", "properties": {"path": path}, "required": ["path"]}),
         apply_patch_tool(),
         *agent_tools(),
+        *web_tools(),
     ]

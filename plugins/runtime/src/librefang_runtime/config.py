@@ -24,6 +24,11 @@ class RuntimeConfig(BaseModel):
     ws_max_connections_per_ip: int = Field(5, ge=1, le=10_000, description="WebSocket connections per client IP")
     ws_messages_per_minute: int = Field(10, ge=1, le=10_000, description="Frames a WebSocket may send per minute")
     ws_idle_timeout_secs: float = Field(1800.0, gt=0, le=86_400, description="Close a silent WebSocket after this")
+    web_fetch_allowed_hosts: list[str] = Field(
+        default_factory=list, max_length=500,
+        description="Host names, *.globs or CIDRs web_fetch may reach although private (metadata ranges stay blocked)")
+    web_fetch_max_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Page size cap")
+    web_fetch_timeout_secs: float = Field(20.0, gt=0, le=600, description="Time limit of one web_fetch request")
     sse_keepalive_secs: float = Field(15.0, gt=0, le=300, description="Keep-alive comment interval of SSE")
 
 

@@ -64,5 +64,7 @@ def startup(kernel: Any) -> None:
 
 
 @librefang.hookimpl
-def shutdown(kernel: Any) -> None:
-    kernel.services.pop("runtime", None)
+async def shutdown(kernel: Any) -> None:
+    runtime = kernel.services.pop("runtime", None)
+    if runtime is not None:
+        await runtime.aclose()

@@ -103,6 +103,23 @@ class RuntimeService:
         # agent id -> session id -> the task running that session's turn (for stop and "active")
         self.running: dict[str, dict[str, asyncio.Task[TurnResult]]] = {}
         self.ws_connections: dict[str, int] = {}  # client IP -> open WebSockets (bounded by the limit)
+        self._web_client: Any = None
+
+    def web_client(self) -> Any:
+        """The HTTP client of ``web_fetch`` (created on first use, closed by :meth:`aclose`)."""
+        if self._web_client is None:
+            import httpx
+
+            self._web_client = httpx.AsyncClient(limits=httpx.Limits(max_connections=50), trust_env=False)
+        return self._web_client
+
+    async def aclose(self) -> None:
+        """Stop every running turn and close the web client (plugin shutdown)."""
+        for agent_id in list(self.running):
+            await self.stop(agent_id)
+        if self._web_client is not None:
+            await self._web_client.aclose()
+            self._web_client = None
 
     @property
     def agents(self) -> Any:
