@@ -99,3 +99,41 @@ async def test_shared_database_sees_writes_of_another_process(agents_kernel):
     await b.kill(spawned.id)
     assert (await a.list(q="from-a"))["total"] == 0
     assert (await a.counts())["agent_count"] == (await b.counts())["agent_count"] == 1
+
+
+def brute(index, q, state, sort, descending, limit, offset):
+    from librefang_agents.index import SORT_KEYS
+
+    rows = sorted(index.entries.values(), key=SORT_KEYS[sort])
+    rows = [e for e in rows if (not state or e.state == state) and (not q or q.lower() in e.search)]
+    if descending:
+        rows.reverse()
+    return [e.id for e in rows[offset:offset + limit]], len(rows)
+
+
+def test_random_operations_match_a_brute_force_listing():
+    rng = random.Random(11)
+    index = AgentIndex()
+    words = ["alpha", "beta", "gamma", "delta", "report", "mail"]
+    for step in range(600):
+        op = rng.random()
+        if op < 0.5 or not index.entries:
+            index.put(entry(f"{rng.choice(words)}-{step}", state=rng.choice(["Running", "Suspended"]),
+                            created=1000 + rng.random() * 100, description=" ".join(rng.sample(words, 2))))
+        elif op < 0.7:
+            victim = rng.choice(list(index.entries))
+            index.update(victim, state=rng.choice(["Running", "Suspended", "Crashed"]), last_active=rng.random())
+        elif op < 0.8:
+            victim = rng.choice(list(index.entries))
+            index.update(victim, name=f"renamed-{step}", description=rng.choice(words))
+        else:
+            index.remove(rng.choice(list(index.entries)))
+        if step % 20 == 0:
+            for _ in range(5):
+                q = rng.choice([None, "", "a", "mail", "renamed", "zzz", "ta-1", "MAIL"])
+                state = rng.choice([None, "Running", "Suspended", "Crashed"])
+                sort = rng.choice(["name", "created_at", "last_active", "state"])
+                desc, limit, offset = rng.random() < 0.5, rng.choice([0, 1, 7, 50]), rng.choice([0, 3, 40])
+                got, total = index.page(q=q, state=state, sort=sort, descending=desc, limit=limit, offset=offset)
+                assert ([e.id for e in got], total) == brute(index, q, state, sort, desc, limit, offset)
+    assert index.counts() == (len(index.entries), sum(e.state == "Running" for e in index.entries.values()))

@@ -89,7 +89,10 @@ class AgentIndex:
         self.by_name: dict[str, str] = {}
         self.children: dict[str, list[str]] = {}
         self._views: dict[str, list[Entry]] = {}
-        self.running = 0
+        # Per sorted view: every entry's search text joined by NUL, and where each one starts, so a
+        # substring query is a few str.find calls in C instead of a Python loop over every agent.
+        self._corpus: dict[str, tuple[str, list[int]]] = {}
+        self.state_counts: dict[str, int] = {}
 
     def load(self, rows: list[Any]) -> None:
         """Replace the whole index with these rows."""
@@ -97,7 +100,8 @@ class AgentIndex:
         self.by_name.clear()
         self.children.clear()
         self._views.clear()
-        self.running = 0
+        self._corpus.clear()
+        self.state_counts.clear()
         for row in sorted(rows, key=lambda r: r.created_at):
             self.put(Entry.from_row(row))
 
@@ -113,7 +117,8 @@ class AgentIndex:
         if entry.parent_id:
             self.children.setdefault(entry.parent_id, []).append(entry.id)
             self._stale(entry.parent_id)
-        self.running += entry.state == "Running"
+        self._count(entry.state, 1)
+        self._corpus.clear()
         for sort, view in self._views.items():
             bisect.insort(view, entry, key=SORT_KEYS[sort])
 
@@ -126,8 +131,9 @@ class AgentIndex:
             if self.by_name.get(entry.name) == agent_id:
                 del self.by_name[entry.name]
             self.by_name[values["name"]] = agent_id
-        if "state" in values:
-            self.running += (values["state"] == "Running") - (entry.state == "Running")
+        if "state" in values and values["state"] != entry.state:
+            self._count(entry.state, -1)
+            self._count(values["state"], 1)
         if "parent_id" in values and values["parent_id"] != entry.parent_id:
             self._unlink_parent(entry)
             if values["parent_id"]:
@@ -143,8 +149,10 @@ class AgentIndex:
             setattr(entry, key, value)
             for view in _FIELD_VIEWS.get(key, ()):
                 self._views.pop(view, None)
+                self._corpus.pop(view, None)
             if key in ("name", "description"):
                 entry.search = search_text(entry.name, entry.description)
+                self._corpus.clear()
 
     def remove(self, agent_id: str) -> None:
         entry = self.entries.pop(agent_id, None)
@@ -153,7 +161,8 @@ class AgentIndex:
         if self.by_name.get(entry.name) == entry.id:
             del self.by_name[entry.name]
         self._unlink_parent(entry)
-        self.running -= entry.state == "Running"
+        self._count(entry.state, -1)
+        self._corpus.clear()
         for sort in list(self._views):
             view, key = self._views[sort], SORT_KEYS[sort]
             i = bisect.bisect_left(view, key(entry), key=key)
@@ -161,6 +170,13 @@ class AgentIndex:
                 del view[i]
             else:  # cannot happen while keys are unique; rebuild rather than keep a wrong view
                 del self._views[sort]
+
+    def _count(self, state: str, delta: int) -> None:
+        count = self.state_counts.get(state, 0) + delta
+        if count:
+            self.state_counts[state] = count
+        else:
+            self.state_counts.pop(state, None)
 
     def _stale(self, agent_id: str) -> None:
         parent = self.entries.get(agent_id)
@@ -182,17 +198,54 @@ class AgentIndex:
             view = self._views[sort] = sorted(self.entries.values(), key=SORT_KEYS[sort])
         return view
 
+    def _matches(self, sort: str, needle: str) -> list[Entry]:
+        """Entries of a view whose search text contains ``needle``, in view order."""
+        view = self._view(sort)
+        corpus = self._corpus.get(sort)
+        if corpus is None:
+            starts, offset = [], 0
+            for entry in view:
+                starts.append(offset)
+                offset += len(entry.search) + 1
+            corpus = self._corpus[sort] = ("\x00".join(e.search for e in view), starts)
+        text, starts = corpus
+        found: list[Entry] = []
+        pos = text.find(needle)
+        while pos != -1:
+            i = bisect.bisect_right(starts, pos) - 1
+            found.append(view[i])
+            if i + 1 >= len(starts):
+                break
+            pos = text.find(needle, starts[i + 1])  # one hit per entry is enough
+        return found
+
     def page(
         self, *, q: str | None, state: str | None, sort: str, descending: bool, limit: int, offset: int
     ) -> tuple[list[Entry], int]:
         """One page of entries in order, and how many match the filters."""
-        view = self._view(sort)
-        if q or state:
-            needle = q.lower() if q else ""
-            matches = [e for e in view if (not state or e.state == state) and needle in e.search]
+        if q:
+            needle = q.lower()
+            matches = [] if "\x00" in needle else self._matches(sort, needle)
+            if state:
+                matches = [e for e in matches if e.state == state]
             if descending:
                 matches.reverse()
             return matches[offset:offset + limit], len(matches)
+        view = self._view(sort)
+        if state:
+            # Walk only as far as the page reaches; the total comes from the per-state counters.
+            page: list[Entry] = []
+            skipped = 0
+            for entry in reversed(view) if descending else view:
+                if entry.state != state:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                if len(page) >= limit:
+                    break
+                page.append(entry)
+            return page, self.state_counts.get(state, 0)
         total = len(view)
         if descending:
             end = max(total - offset, 0)
@@ -201,4 +254,4 @@ class AgentIndex:
 
     def counts(self) -> tuple[int, int]:
         """(all agents, running agents)."""
-        return len(self.entries), self.running
+        return len(self.entries), self.state_counts.get("Running", 0)
