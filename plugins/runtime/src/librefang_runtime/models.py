@@ -16,6 +16,7 @@ sessions = sa.Table(
     sa.Column("message_count", sa.Integer, nullable=False, default=0),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("summary", sa.Text, nullable=True),  # the latest compaction summary (0003)
 )
 
 # One row per message, in commit order (``id``); ``content`` is the JSON list of content blocks.

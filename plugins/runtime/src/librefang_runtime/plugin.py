@@ -21,6 +21,9 @@ def register_config(register: Any) -> None:
 
     register("runtime", RuntimeConfig)
     register("tool_invoke", ToolInvokeConfig)
+    from librefang_runtime.compactor import CompactionConfig
+
+    register("compaction", CompactionConfig)
 
 
 @librefang.hookimpl

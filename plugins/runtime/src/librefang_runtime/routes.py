@@ -177,6 +177,7 @@ async def get_session(agent_id: str, query: SessionQuery) -> SessionView:
     return SessionView(
         session_id=session_id, agent_id=record.id, message_count=info.message_count if info else 0,
         context_window_tokens=chars // 4, label=info.label if info else None, messages=flatten(stored),
+        compacted_summary=info.summary if info else None,
     )
 
 

@@ -87,6 +87,21 @@ async def reboot_session(agent_id: str) -> StatusMessage:
     return StatusMessage(status="ok", message="Session rebooted", session_id=info.id)
 
 
+@router.post("/api/agents/<agent_id>/session/compact", cost=20, response=StatusMessage)
+async def compact_session(agent_id: str) -> StatusMessage:
+    """Summarise all but the most recent messages of the agent's current session (LLM; a plain
+    summary when the LLM fails)."""
+    runtime = service()
+    record = await runtime.agents.get(agent_id)
+    result = await runtime.compact_now(record)
+    if result is None:
+        return StatusMessage(status="ok", message="Nothing to compact", session_id=record.session_id)
+    how = " (plain summary: the LLM call failed)" if result.used_fallback else ""
+    return StatusMessage(status="ok", session_id=record.session_id,
+                         message=f"Compacted {result.compacted_count} messages into a summary; kept "
+                                 f"{result.kept_messages}{how}")
+
+
 @router.delete("/api/agents/<agent_id>/history", cost=5, response=StatusMessage)
 async def clear_history(agent_id: str) -> StatusMessage:
     """Delete every conversation of the agent."""

@@ -131,6 +131,13 @@ class Connection:
             info = await admin.reset(runtime, record)
             await self.send({"type": "command_result", "command": name, "message": "Session reset",
                              "session_id": info.id})
+        elif name == "compact":
+            await self.send({"type": "compaction", "state": "started"})
+            result = await runtime.compact_now(await runtime.agents.get(record.id))
+            message = ("Nothing to compact" if result is None else
+                       f"Compacted {result.compacted_count} messages; kept {result.kept_messages}")
+            await self.send({"type": "compaction", "state": "complete"})
+            await self.send({"type": "command_result", "command": name, "message": message})
         elif name == "stop":
             stopped = await runtime.stop(record.id)
             await self.send({"type": "command_result", "command": name,

@@ -30,9 +30,17 @@ from librefang_providers.api import (
     get_registry,
 )
 
+from librefang_runtime.compactor import needs_compaction
 from librefang_runtime.config import RuntimeConfig
 from librefang_runtime.history import trim
-from librefang_runtime.loop import AgentLoop, Emit, LoopSettings, MaxIterationsExceeded, TurnResult
+from librefang_runtime.loop import (
+    AgentLoop,
+    Emit,
+    LoopSettings,
+    MaxIterationsExceeded,
+    PhaseChange,
+    TurnResult,
+)
 from librefang_runtime.prompt import build_system_prompt
 from librefang_runtime.sessions import SessionLocks, SessionStore
 from librefang_runtime.tools import Deny, ToolContext, ToolRegistry
@@ -59,6 +67,7 @@ class Turn:
     allowed_tools: list[str]
     max_history: int
     context: ToolContext
+    context_window: int | None = None
 
 
 def llm_error(exc: LLMError) -> ApiError:
@@ -198,6 +207,7 @@ class RuntimeService:
             persist=not (body.ephemeral or body.incognito), load_history=not body.ephemeral, text=text,
             show_thinking=body.show_thinking, settings=settings, allowed_tools=allowed,
             max_history=manifest.max_history_messages, context=context,
+            context_window=manifest.model.context_window,
         )
 
     async def _sections(self, turn: Turn) -> list[str]:
@@ -225,12 +235,14 @@ class RuntimeService:
     async def run(self, turn: Turn, emit: Emit | None = None) -> TurnResult:
         """Run ``turn`` under its session's lock (callers for one session run one at a time, in order)."""
         async with self.locks.hold(turn.session_id):
-            if turn.persist:
-                await self.store.ensure(turn.session_id, turn.agent_id)
+            info = await self.store.ensure(turn.session_id, turn.agent_id) if turn.persist else None
             history: list[Message] = []
             if turn.load_history:
                 stored = await self.store.load(turn.session_id, limit=turn.max_history)
                 history = trim([s.message for s in stored], turn.max_history)
+                if info is not None and await self._auto_compact(turn, info.message_count, history, emit):
+                    stored = await self.store.load(turn.session_id, limit=turn.max_history)
+                    history = trim([s.message for s in stored], turn.max_history)
             sections = await self._sections(turn)
             if sections:
                 turn.settings.system_prompt += "\n\n" + "\n\n".join(sections)
@@ -266,6 +278,31 @@ class RuntimeService:
                     task.cancel()
             await self._account(turn, result)
             return result
+
+    async def _auto_compact(self, turn: Turn, count: int, window: list[Message], emit: Emit | None) -> bool:
+        """Compact the session before the turn when it passed a ``[compaction]`` threshold."""
+        from librefang_runtime.compactor import compact
+
+        config = self.kernel.config.section("compaction")
+        over_count = bool(config.threshold_messages) and count > config.threshold_messages
+        if not over_count and not needs_compaction(window, config.model_copy(update={"threshold_messages": 0}),
+                                                   turn.context_window):
+            return False
+        if emit is not None:
+            await emit(PhaseChange("compacting"))
+        result = await compact(self, turn.session_id, turn.settings.provider, turn.settings.model, config)
+        return result is not None
+
+    async def compact_now(self, record: Any, session_id: str | None = None) -> Any:
+        """Compact a session of the agent (default: its canonical one) under the session's lock."""
+        from librefang_runtime.compactor import compact
+
+        provider, model = self.resolve_model(record.parsed())
+        target = session_id or record.session_id
+        async with self.locks.hold(target):
+            if await self.store.get(target) is None:
+                return None
+            return await compact(self, target, provider, model, self.kernel.config.section("compaction"))
 
     def active(self, session_id: str) -> bool:
         """Whether a turn is running in ``session_id``."""

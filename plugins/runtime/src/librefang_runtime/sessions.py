@@ -35,6 +35,7 @@ class SessionInfo:
     message_count: int
     created_at: float
     updated_at: float
+    summary: str | None = None
 
 
 @dataclass
@@ -46,7 +47,8 @@ class StoredMessage:
 
 
 def _info(row: Any) -> SessionInfo:
-    return SessionInfo(row.id, row.agent_id, row.label, row.message_count, row.created_at, row.updated_at)
+    return SessionInfo(row.id, row.agent_id, row.label, row.message_count, row.created_at, row.updated_at,
+                       row.summary)
 
 
 class SessionStore:
@@ -214,6 +216,24 @@ class SessionStore:
             rows = (await conn.execute(query.limit(limit))).all()
         return [{"session_id": r.session_id, "agent_id": r.agent_id, "label": r.label, "role": r.role,
                  "snippet": _snippet(r.text, words), "created_at": r.created_at} for r in rows]
+
+    async def compact_prefix(self, session_id: str, count: int, summary_message: Message, summary: str) -> None:
+        """Replace the first ``count`` messages by ``summary_message`` (which takes the first one's place,
+        so order is kept) and remember ``summary`` as the session's compacted summary."""
+        payload = json.dumps(content_to_json(summary_message), ensure_ascii=False, separators=(",", ":"))
+        async with self.db.begin() as conn:
+            ids = [r.id for r in (await conn.execute(
+                sa.select(messages.c.id).where(messages.c.session_id == session_id)
+                .order_by(messages.c.id).limit(count))).all()]
+            if not ids:
+                return
+            first = (await conn.execute(sa.select(messages.c.created_at).where(messages.c.id == ids[0]))).scalar_one()
+            await conn.execute(messages.delete().where(messages.c.id.in_(ids)))
+            await conn.execute(messages.insert().values(
+                id=ids[0], session_id=session_id, role=summary_message.role, content=payload, created_at=first,
+                text=text_of(summary_message)))
+            await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                message_count=sessions.c.message_count - len(ids) + 1, summary=summary, updated_at=time.time()))
 
     async def record_usage(self, *, agent_id: str, session_id: str, provider: str, model: str, usage_: Usage,
                            cost_usd: float | None, iterations: int) -> None:
