@@ -105,12 +105,14 @@ async def test_spawn_non_json_body(client):
 async def test_kill_is_idempotent_and_frees_the_name(client, spawn, hello, agents_kernel):
     agent_id = await spawn(client, "doomed")
     workspace = agents_kernel.home / "workspaces" / "agents" / "doomed"
+    assert not workspace.exists()  # created on first use
+    await client.put(f"/api/agents/{agent_id}/files/keep.txt", json={"content": "kept"})
     assert workspace.is_dir()
     response = await client.delete(f"/api/agents/{agent_id}")
     assert response.status_code == 200
     assert await response.get_json() == {"status": "killed", "agent_id": agent_id, "name": "doomed"}
     assert not workspace.exists()
-    assert (agents_kernel.home / "workspaces" / "archive" / f"doomed-{agent_id}").is_dir()
+    assert (agents_kernel.home / "workspaces" / "archive" / f"doomed-{agent_id}" / "keep.txt").read_text() == "kept"
     again = await client.delete(f"/api/agents/{agent_id}")
     assert again.status_code == 200 and (await again.get_json())["status"] == "already-deleted"
     assert (await client.get(f"/api/agents/{agent_id}")).status_code == 404
@@ -122,6 +124,7 @@ async def test_kill_is_idempotent_and_frees_the_name(client, spawn, hello, agent
 
 async def test_patch_agent(client, spawn, agents_kernel):
     agent_id = await spawn(client, "patchy")
+    await client.put(f"/api/agents/{agent_id}/files/notes.md", json={"content": "n"})
     response = await client.patch(f"/api/agents/{agent_id}", json={
         "description": "new words", "tags": ["x", "y"], "schedule": {"continuous": {"check_interval_secs": 60}},
         "name": "patched",
@@ -131,7 +134,8 @@ async def test_patch_agent(client, spawn, agents_kernel):
     detail = await (await client.get(f"/api/agents/{agent_id}")).get_json()
     assert detail["description"] == "new words" and detail["tags"] == ["x", "y"]
     assert detail["schedule"] == {"continuous": {"check_interval_secs": 60}} and detail["name"] == "patched"
-    assert (agents_kernel.home / "workspaces" / "agents" / "patched").is_dir()  # workspace follows the rename
+    assert (agents_kernel.home / "workspaces" / "agents" / "patched" / "notes.md").is_file()  # follows the rename
+    assert not (agents_kernel.home / "workspaces" / "agents" / "patchy").exists()
     for bad, code in [
         ({}, "invalid_request"),
         ({"schedule": "hourly"}, "invalid_manifest"),

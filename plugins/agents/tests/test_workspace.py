@@ -29,6 +29,9 @@ async def test_write_read_list_delete(client, spawn, agents_kernel):
     assert blob["encoding"] == "base64" and base64.b64decode(blob["content"]) == binary
     listing = await (await client.get(f"/api/agents/{agent_id}/files")).get_json()
     assert [f["name"] for f in listing["files"]] == ["blob.bin", "notes/todo.md"] and listing["total"] == 2
+    fresh = await spawn(client, "fresh")  # no workspace folder yet: an empty listing, 404 for files
+    assert (await (await client.get(f"/api/agents/{fresh}/files")).get_json())["files"] == []
+    assert (await client.get(f"/api/agents/{fresh}/files/x.txt")).status_code == 404
     response = await client.delete(f"/api/agents/{agent_id}/files/notes/todo.md")
     assert await response.get_json() == {"status": "deleted", "agent_id": agent_id, "name": "notes/todo.md"}
     assert not (root / "notes" / "todo.md").exists()
@@ -65,7 +68,11 @@ async def test_leading_slash_never_leaves_the_workspace(client, spawn, agents_ke
 
 async def test_symlinks_that_escape_are_refused(client, spawn, agents_kernel, tmp_path):
     agent_id = await spawn(client, "linked")
-    root = agents_kernel.home / "workspaces" / "agents" / "linked"
+    from librefang_agents.api import ensure_workspace, registry
+
+    root = await ensure_workspace(agents_kernel, await registry(agents_kernel).get(agent_id))
+    assert root == agents_kernel.home / "workspaces" / "agents" / "linked" and root.is_dir()
+    assert oct(root.stat().st_mode & 0o777) == "0o700"
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("top secret")

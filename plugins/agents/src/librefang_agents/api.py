@@ -33,6 +33,7 @@ from librefang_agents.manifest import AgentManifest, ManifestCapabilities, Manif
 from librefang_agents.service import Actor, AgentService, parse_agent_id
 from librefang_agents.store import STATES, AgentRecord
 from librefang_agents.views import resolve_model
+from librefang_agents.workspace import create as _create_workspace
 from librefang_agents.workspace import workspace_dir
 
 EVENTS = ("agent.spawned", "agent.killed", "agent.config_changed", "agent.mode_changed", "agent.state_changed")
@@ -41,7 +42,7 @@ __all__ = [
     "ASSIST_TOOLS", "EVENTS", "MODES", "PROFILES", "STATES", "Actor", "AgentManifest", "AgentRecord",
     "AgentService", "ManifestCapabilities", "ManifestError", "default_model", "effective_capabilities",
     "implied_capabilities", "inheritance_violations", "parse_agent_id", "parse_manifest", "registry",
-    "resolve_model", "visible_tools", "workspace_of",
+    "resolve_model", "visible_tools", "workspace_of", "ensure_workspace",
 ]
 
 
@@ -53,3 +54,10 @@ def registry(kernel: Any) -> AgentService:
 def workspace_of(kernel: Any, record: AgentRecord) -> Path:
     """The workspace folder of an agent (``LIBREFANG_HOME/workspaces/agents/<name>``)."""
     return workspace_dir(kernel.home, record.name)
+
+
+async def ensure_workspace(kernel: Any, record: AgentRecord) -> Path:
+    """The agent's workspace folder, created (0700) if it does not exist yet."""
+    import asyncio
+
+    return await asyncio.to_thread(_create_workspace, kernel.home, record.name)

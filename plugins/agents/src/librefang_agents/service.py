@@ -194,7 +194,6 @@ class AgentService:
             await self.store.insert(record, manifest)
         except NameTaken:
             raise Conflict(f"an agent named {manifest.name!r} already exists", code="agent_already_exists") from None
-        await asyncio.to_thread(workspace.create, self.home, record.name)
         info = {"parent_id": parent_id} if parent_id else {}
         if signer:
             info["signed_by"] = signer

@@ -1,5 +1,8 @@
 """Agent workspaces: ``LIBREFANG_HOME/workspaces/agents/<name>/`` and safe paths inside them.
 
+A workspace folder is created on first use (the first file written, or the agent runtime asking
+for it), so idle agents cost no folder and spawning touches no file system.
+
 Every client-supplied path is resolved inside the workspace: ``..``, absolute paths, NUL bytes and
 symlinks whose target leaves the workspace are refused. Files are written to a temporary file and
 renamed into place, so a reader never sees half a file and a symlink is replaced, not followed.
@@ -37,18 +40,17 @@ def workspace_dir(home: Path, name: str) -> Path:
 
 
 def create(home: Path, name: str) -> Path:
+    """Make sure the workspace folder exists (0700) and return it."""
     path = workspace_dir(home, name)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 
 
 def rename(home: Path, old: str, new: str) -> None:
-    """Move a workspace when its agent is renamed (a missing one is created under the new name)."""
+    """Move a workspace when its agent is renamed (nothing to do when it was never created)."""
     source, target = workspace_dir(home, old), workspace_dir(home, new)
     if source.is_dir() and not target.exists():
         source.rename(target)
-    else:
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 def archive(home: Path, name: str, agent_id: str) -> Path | None:
@@ -216,9 +218,9 @@ def delete_file(root: Path, filename: str) -> str:
 def copy_workspace(home: Path, source: str, target: str, max_total: int) -> None:
     """Copy a workspace for a clone (regular files only, symlinks skipped, within the quota)."""
     src, dst = workspace_dir(home, source), workspace_dir(home, target)
-    dst.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not src.is_dir():
         return
+    dst.mkdir(parents=True, exist_ok=True, mode=0o700)
     copied = 0
     for dirpath, _dirs, names in os.walk(src, followlinks=False):
         rel = Path(dirpath).relative_to(src)
