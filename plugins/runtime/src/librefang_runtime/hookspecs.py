@@ -48,3 +48,23 @@ def after_turn(kernel: Any, turn: dict[str, Any]) -> Any:
     ``silent`` (metering, budgets, memory extraction). The return value is ignored; an exception is
     logged. May be ``async def``.
     """
+
+
+@hookspec
+def before_llm_call(kernel: Any, call: dict[str, Any]) -> Any:
+    """Called before every model call of an agent turn (budgets, quotas), with ``call``: ``agent_id``,
+    ``agent_name``, ``session_id``, ``provider``, ``model`` (the slot asked for) and ``iteration``.
+
+    Return ``None`` to let the call go. Raise a :class:`librefang.errors.ApiError` (for example 429
+    ``budget_exceeded``) to refuse it: nothing is sent to the provider and the turn fails with that
+    error. Any other exception refuses the call too (fail closed). May be ``async def``.
+    """
+
+
+@hookspec
+def after_llm_call(kernel: Any, call: dict[str, Any]) -> Any:
+    """Called after every successful model call of an agent turn (metering), with ``call``: the keys of
+    ``before_llm_call`` where ``provider``/``model`` name the slot that actually served, plus ``usage``
+    (:class:`librefang_providers.api.Usage`), ``latency_ms`` and ``tool_calls`` (how many the model asked
+    for). The return value is ignored; an exception is logged. May be ``async def``.
+    """

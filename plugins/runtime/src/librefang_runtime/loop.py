@@ -177,18 +177,31 @@ class AgentLoop:
             await self.emit(event)
             yield event
 
-    async def _call(self, messages: list[Message]) -> CompletionResponse:
+    async def _call(self, messages: list[Message], iteration: int = 0) -> CompletionResponse:
         s = self.settings
         request = CompletionRequest(
             model=s.model, messages=messages, system=s.system_prompt or None,
             tools=self.tools.definitions(self.allowed), max_tokens=s.max_tokens, temperature=s.temperature,
             timeout=s.request_timeout, extra_body=dict(s.extra_body),
         )
+        # before_llm_call / after_llm_call (budgets, metering): a refusal raises and fails the turn.
+        hooks = getattr(self.context.kernel, "plugins", None)
+        call = {"agent_id": self.context.agent_id, "agent_name": self.context.agent_name,
+                "session_id": self.context.session_id, "provider": s.provider, "model": s.model,
+                "iteration": iteration}
+        if hooks is not None:
+            await hooks.acall("before_llm_call", isolate=False, kernel=self.context.kernel, call=call)
+        started = time.perf_counter()
         stream = self.llm.stream(request, provider=s.provider, fallback_models=s.fallback_models)
         try:
-            return await collect(self._tee(stream))
+            response = await collect(self._tee(stream))
         finally:
             await stream.aclose()
+        if hooks is not None:
+            await hooks.acall("after_llm_call", kernel=self.context.kernel, call={
+                **call, "provider": response.provider, "model": response.model, "usage": response.usage,
+                "latency_ms": (time.perf_counter() - started) * 1000, "tool_calls": len(response.tool_calls)})
+        return response
 
     async def _save(self, message: Message, working: list[Message], committed: list[Message]) -> None:
         await self.commit(message)
@@ -245,7 +258,7 @@ class AgentLoop:
             if report.changed:
                 log.info("history repaired before call %d: %s", iteration, report)
             nudge = None
-            response = await self._call(outgoing)
+            response = await self._call(outgoing, iteration)
             usage.add(response.usage)
             calls.append(CallUsage(response.provider, response.model, response.usage))
             thinking.extend(b.text for b in response.content if isinstance(b, ThinkingBlock))
