@@ -43,10 +43,10 @@ def before_prompt_build(agent_id: str, session_id: str, message: str) -> Any:
 
 @hookspec
 def after_turn(kernel: Any, turn: dict[str, Any]) -> Any:
-    """Called after every completed turn with its summary: ``agent_id``, ``session_id``, ``provider``,
-    ``model``, ``input_tokens``, ``output_tokens``, ``cost_usd``, ``iterations``, ``response`` and
-    ``silent`` (metering, budgets, memory extraction). The return value is ignored; an exception is
-    logged. May be ``async def``.
+    """Called after every turn with its summary: ``agent_id``, ``session_id``, ``provider``, ``model``,
+    ``input_tokens``, ``output_tokens``, ``cost_usd``, ``iterations``, ``outcome`` (``ok``, ``error``,
+    ``cancelled``), ``latency_ms``, ``response`` and ``silent`` (metering, budgets, memory extraction).
+    The return value is ignored; an exception is logged. May be ``async def``.
     """
 
 

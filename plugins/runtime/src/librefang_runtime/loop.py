@@ -171,6 +171,7 @@ class AgentLoop:
         self.emit = emit or _no_emit
         self.commit = commit or _no_commit
         self.guard: dict[str, int] = {}
+        self.partial: TurnResult | None = None  # what a failed run had used (set when run raises)
 
     async def _tee(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
         async for event in events:
@@ -253,57 +254,63 @@ class AgentLoop:
             return TurnResult(text, silent, iterations, usage, calls, last.provider, last.model, committed, traces,
                               "\n".join(t for t in thinking if t))
 
-        for iteration in range(1, s.max_iterations + 1):
-            outgoing, report = repair(working + ([nudge] if nudge is not None else []))
-            if report.changed:
-                log.info("history repaired before call %d: %s", iteration, report)
-            nudge = None
-            response = await self._call(outgoing, iteration)
-            usage.add(response.usage)
-            calls.append(CallUsage(response.provider, response.model, response.usage))
-            thinking.extend(b.text for b in response.content if isinstance(b, ThinkingBlock))
-            text, thought = split_thinking(response.text)
-            if thought:
-                thinking.append(thought)
-            tool_calls = response.tool_calls
-            if tool_calls:
-                await self.emit(PhaseChange("tool_use", ", ".join(c.name for c in tool_calls)[:200]))
-                await self._save(Message("assistant", list(response.content)), working, committed)
+        iteration = 0
+        try:
+            for iteration in range(1, s.max_iterations + 1):
+                outgoing, report = repair(working + ([nudge] if nudge is not None else []))
+                if report.changed:
+                    log.info("history repaired before call %d: %s", iteration, report)
+                nudge = None
+                response = await self._call(outgoing, iteration)
+                usage.add(response.usage)
+                calls.append(CallUsage(response.provider, response.model, response.usage))
+                thinking.extend(b.text for b in response.content if isinstance(b, ThinkingBlock))
+                text, thought = split_thinking(response.text)
+                if thought:
+                    thinking.append(thought)
+                tool_calls = response.tool_calls
+                if tool_calls:
+                    await self.emit(PhaseChange("tool_use", ", ".join(c.name for c in tool_calls)[:200]))
+                    await self._save(Message("assistant", list(response.content)), working, committed)
+                    if text:
+                        earlier_text.append(text)
+                    results: list[ToolResultBlock] = []
+                    for index, call in enumerate(tool_calls):
+                        outcome = await self._run_tool(call, index)
+                        results.append(outcome.result)
+                        await self.emit(ToolExecuted(call.id, call.name, outcome.result.content,
+                                                     outcome.result.is_error, outcome.status))
+                        if len(traces) < MAX_TRACES:
+                            traces.append({
+                                "tool_use_id": call.id, "tool_name": call.name, "input": call.input,
+                                "rationale": text[:SUMMARY_CHARS] or None, "recovered_from_text": False,
+                                "execution_ms": round(outcome.execution_ms, 3), "is_error": outcome.result.is_error,
+                                "output_summary": outcome.result.content[:SUMMARY_CHARS], "iteration": iteration,
+                                "timestamp": time.time(),
+                            })
+                    await self._save(Message("user", list(results)), working, committed)
+                    continue
+                if not text and not nudged:
+                    # One corrective retry; the nudge goes to the model but is not stored in the session.
+                    nudged = True
+                    nudge = Message("user", EMPTY_REPLY_NUDGE)
+                    await self.emit(PhaseChange("retrying", "empty reply"))
+                    continue
+                stored = [b for b in response.content if not isinstance(b, TextBlock)]
                 if text:
-                    earlier_text.append(text)
-                results: list[ToolResultBlock] = []
-                for index, call in enumerate(tool_calls):
-                    outcome = await self._run_tool(call, index)
-                    results.append(outcome.result)
-                    await self.emit(ToolExecuted(call.id, call.name, outcome.result.content,
-                                                 outcome.result.is_error, outcome.status))
-                    if len(traces) < MAX_TRACES:
-                        traces.append({
-                            "tool_use_id": call.id, "tool_name": call.name, "input": call.input,
-                            "rationale": text[:SUMMARY_CHARS] or None, "recovered_from_text": False,
-                            "execution_ms": round(outcome.execution_ms, 3), "is_error": outcome.result.is_error,
-                            "output_summary": outcome.result.content[:SUMMARY_CHARS], "iteration": iteration,
-                            "timestamp": time.time(),
-                        })
-                await self._save(Message("user", list(results)), working, committed)
-                continue
-            if not text and not nudged:
-                # One corrective retry; the nudge goes to the model but is not stored in the session.
-                nudged = True
-                nudge = Message("user", EMPTY_REPLY_NUDGE)
-                await self.emit(PhaseChange("retrying", "empty reply"))
-                continue
-            stored = [b for b in response.content if not isinstance(b, TextBlock)]
-            if text:
-                stored.append(TextBlock(text))
-                await self._save(Message("assistant", stored), working, committed)
-            await self.emit(PhaseChange("response_complete"))
-            if text.strip() in SILENT_MARKERS:
-                return result("", True, iteration)
-            if not text:
-                text = "\n\n".join(earlier_text) or (
-                    f"[The agent completed processing but returned no text response. "
-                    f"({usage.input_tokens} in / {usage.output_tokens} out | {iteration} iter)]"
-                )
-            return result(text, False, iteration)
+                    stored.append(TextBlock(text))
+                    await self._save(Message("assistant", stored), working, committed)
+                await self.emit(PhaseChange("response_complete"))
+                if text.strip() in SILENT_MARKERS:
+                    return result("", True, iteration)
+                if not text:
+                    text = "\n\n".join(earlier_text) or (
+                        f"[The agent completed processing but returned no text response. "
+                        f"({usage.input_tokens} in / {usage.output_tokens} out | {iteration} iter)]"
+                    )
+                return result(text, False, iteration)
+        except BaseException:  # also a cancellation (stop): its tokens were spent all the same
+            # Usage spent before the failure still has to be accounted for by the caller.
+            self.partial = result("", False, iteration)
+            raise
         raise MaxIterationsExceeded(s.max_iterations, result("\n\n".join(earlier_text), False, s.max_iterations))

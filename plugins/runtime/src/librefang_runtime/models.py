@@ -47,4 +47,11 @@ usage = sa.Table(
     sa.Column("cost_usd", sa.Float, nullable=True),
     sa.Column("iterations", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # 0004: what the turn came to, for the agent's metrics, logs and traces
+    sa.Column("outcome", sa.String(20), nullable=False, default="ok"),
+    sa.Column("error", sa.String(200), nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=False, default=0.0),
+    sa.Column("tool_calls", sa.Integer, nullable=False, default=0),
+    sa.Column("tool_errors", sa.Integer, nullable=False, default=0),
+    sa.Column("traces", sa.Text, nullable=True),
 )

@@ -33,13 +33,21 @@ def register_migrations(register: Any) -> None:
 
 @librefang.hookimpl
 def register_routes(register: Any) -> None:
-    from librefang_runtime import openai_compat, routes, routes_sessions, routes_tools, routes_ws
+    from librefang_runtime import (
+        openai_compat,
+        routes,
+        routes_sessions,
+        routes_stats,
+        routes_tools,
+        routes_ws,
+    )
 
     register(routes.router)
     register(routes_sessions.router)
     register(openai_compat.router)
     register(routes_tools.router)
     register(routes_ws.router)
+    register(routes_stats.router)
 
 
 def collect_tools(kernel: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -253,6 +254,7 @@ class RuntimeService:
 
             loop = AgentLoop(get_registry(self.kernel), self.tools, turn.settings, turn.context,
                              allowed_tools=turn.allowed_tools, policy=self.policy, emit=emit, commit=commit)
+            started = time.perf_counter()
             task = asyncio.ensure_future(loop.run(history, Message("user", turn.text)))
             self.running.setdefault(turn.agent_id, {})[turn.session_id] = task
             try:
@@ -261,12 +263,16 @@ class RuntimeService:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise  # our caller is going away (client disconnect): the run is cancelled with it
+                if loop.partial is not None:
+                    await self._account(turn, loop.partial, started, outcome="cancelled")
                 raise ApiError("the run was cancelled", status=409, code="run_cancelled") from None
             except MaxIterationsExceeded as exc:
-                await self._account(turn, exc.result)
+                await self._account(turn, exc.result, started, outcome="error", error="max_iterations_exceeded")
                 raise ApiError(str(exc), status=502, code="max_iterations_exceeded",
                                details={"iterations": exc.iterations}) from None
             except LLMError as exc:
+                if loop.partial is not None:
+                    await self._account(turn, loop.partial, started, outcome="error", error=exc.code)
                 raise llm_error(exc) from None
             finally:
                 sessions_of = self.running.get(turn.agent_id, {})
@@ -276,7 +282,7 @@ class RuntimeService:
                     self.running.pop(turn.agent_id, None)
                 if not task.done():
                     task.cancel()
-            await self._account(turn, result)
+            await self._account(turn, result, started)
             return result
 
     async def _auto_compact(self, turn: Turn, count: int, window: list[Message], emit: Emit | None) -> bool:
@@ -331,13 +337,18 @@ class RuntimeService:
                 total = (total or 0.0) + value
         return total
 
-    async def _account(self, turn: Turn, result: TurnResult) -> None:
+    async def _account(self, turn: Turn, result: TurnResult, started: float, *, outcome: str = "ok",
+                       error: str | None = None) -> None:
+        """Store the turn's usage (also of a failed or cancelled turn: its tokens were spent), publish
+        ``runtime.turn_completed`` and call ``after_turn`` hooks."""
         result_cost = result.cost_usd = await self.cost(result)
         usage: Usage = result.usage
+        latency_ms = (time.perf_counter() - started) * 1000
         if turn.persist:
             await self.store.record_usage(agent_id=turn.agent_id, session_id=turn.session_id, provider=result.provider,
                                           model=result.model, usage_=usage, cost_usd=result_cost,
-                                          iterations=result.iterations)
+                                          iterations=result.iterations, outcome=outcome, error=error,
+                                          latency_ms=latency_ms, traces=result.decision_traces)
             try:
                 await self.agents.touch(turn.agent_id, turn.session_id if not turn.pinned else None)
             except ApiError:  # the agent was killed during the turn: nothing to touch
@@ -347,7 +358,7 @@ class RuntimeService:
             "provider": result.provider, "model": result.model, "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens, "cache_read_tokens": usage.cache_read_tokens,
             "cache_write_tokens": usage.cache_write_tokens, "cost_usd": result_cost,
-            "iterations": result.iterations,
+            "iterations": result.iterations, "outcome": outcome, "latency_ms": round(latency_ms, 3),
         }
         self.kernel.bus.publish("runtime.turn_completed", summary, source=SOURCE)
         await self.kernel.plugins.acall("after_turn", kernel=self.kernel,

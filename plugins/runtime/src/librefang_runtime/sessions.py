@@ -236,14 +236,47 @@ class SessionStore:
                 message_count=sessions.c.message_count - len(ids) + 1, summary=summary, updated_at=time.time()))
 
     async def record_usage(self, *, agent_id: str, session_id: str, provider: str, model: str, usage_: Usage,
-                           cost_usd: float | None, iterations: int) -> None:
-        """Store the usage of one completed turn."""
+                           cost_usd: float | None, iterations: int, outcome: str = "ok", error: str | None = None,
+                           latency_ms: float = 0.0, traces: list[dict[str, Any]] | None = None) -> None:
+        """Store one turn: usage, outcome, latency and its decision traces."""
+        traces = traces or []
         async with self.db.begin() as conn:
             await conn.execute(usage.insert().values(
                 agent_id=agent_id, session_id=session_id, provider=provider, model=model,
                 input_tokens=usage_.input_tokens, output_tokens=usage_.output_tokens,
                 cache_read_tokens=usage_.cache_read_tokens, cache_write_tokens=usage_.cache_write_tokens,
-                cost_usd=cost_usd, iterations=iterations, created_at=time.time()))
+                cost_usd=cost_usd, iterations=iterations, created_at=time.time(), outcome=outcome,
+                error=error[:200] if error else None, latency_ms=latency_ms, tool_calls=len(traces),
+                tool_errors=sum(1 for t in traces if t.get("is_error")),
+                traces=json.dumps(traces, ensure_ascii=False, default=str) if traces else None))
+
+    async def turns(self, agent_id: str, *, outcome: str | None = None, limit: int = 100,
+                    offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """(total, one page of the agent's turns, newest first), optionally of one outcome."""
+        where = [usage.c.agent_id == agent_id] + ([usage.c.outcome == outcome] if outcome else [])
+        async with self.db.begin() as conn:
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(usage).where(*where))).scalar_one()
+            rows = (await conn.execute(sa.select(usage).where(*where).order_by(usage.c.id.desc())
+                                       .limit(limit).offset(offset))).all()
+        return total, [dict(r._mapping) for r in rows]
+
+    async def metrics(self, agent_id: str) -> dict[str, Any]:
+        """Totals over every stored turn of an agent."""
+        c = usage.c
+        query = sa.select(
+            sa.func.count(), sa.func.coalesce(sa.func.sum(c.input_tokens), 0),
+            sa.func.coalesce(sa.func.sum(c.output_tokens), 0), sa.func.coalesce(sa.func.sum(c.tool_calls), 0),
+            sa.func.coalesce(sa.func.sum(c.tool_errors), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((c.outcome != "ok", 1), else_=0)), 0),
+            sa.func.coalesce(sa.func.avg(c.latency_ms), 0.0), sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0),
+            sa.func.max(c.created_at),
+        ).where(c.agent_id == agent_id)
+        async with self.db.begin() as conn:
+            row = (await conn.execute(query)).one()
+        return {"turns": row[0], "input_tokens": int(row[1]), "output_tokens": int(row[2]),
+                "tool_calls": int(row[3]), "tool_errors": int(row[4]), "errors": int(row[5]),
+                "avg_response_ms": round(float(row[6]), 3), "cost_usd": round(float(row[7]), 6),
+                "last_turn_at": row[8]}
 
     async def usage_of(self, agent_id: str) -> list[dict[str, Any]]:
         """Every stored turn usage of an agent, oldest first."""
