@@ -1,0 +1,1 @@
+"""LibreFang plugin: agent memory (KV, proactive memory, search, relations)."""

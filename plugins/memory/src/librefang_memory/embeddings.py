@@ -1,0 +1,87 @@
+"""Optional semantic search: embeddings from ``wordllama`` (the ``embeddings`` extra), which ships
+its weights in its wheel and runs without torch or network.
+
+The model is loaded from its package folder with downloads disabled. Vectors are L2-normalised
+float32 BLOBs in ``memory_vectors`` and ranked by cosine similarity in-process with numpy (a dot
+product). ``sqlite-vec`` cannot be used here: it is a loadable SQLite extension and the CPython
+builds we ship on are compiled without ``enable_load_extension``; brute force over one agent's
+memories (at most ``max_memories_per_agent``) costs well under a millisecond anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("librefang.memory.embeddings")
+
+MODEL_NAME = "wordllama-l2-256"
+
+
+def available() -> bool:
+    """True when the ``wordllama`` package is installed."""
+    return importlib.util.find_spec("wordllama") is not None
+
+
+class Embedder:
+    """Lazily loaded wordllama model (thread-safe load; encoding runs off the event loop)."""
+
+    name = MODEL_NAME
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                import wordllama
+                from wordllama import WordLlama
+
+                folder = Path(wordllama.__file__).parent
+                self._model = WordLlama.load(cache_dir=folder, disable_download=True)
+        return self._model
+
+    def encode_sync(self, texts: list[str]) -> Any:
+        """float32 matrix (len(texts) × dim), rows L2-normalised."""
+        import numpy as np
+
+        model = self._load()
+        vectors = np.asarray(model.embed(texts, norm=True), dtype=np.float32)
+        return vectors.reshape(len(texts), -1)
+
+    async def encode(self, texts: list[str]) -> Any:
+        """:meth:`encode_sync` in a worker thread."""
+        return await asyncio.to_thread(self.encode_sync, texts)
+
+
+def to_blob(vector: Any) -> bytes:
+    """The stored bytes of one vector."""
+    import numpy as np
+
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def rank(query: Any, blobs: list[tuple[int, bytes]], limit: int) -> list[tuple[int, float]]:
+    """(seq, cosine) of the ``limit`` stored vectors closest to ``query`` (best first)."""
+    import numpy as np
+
+    if not blobs:
+        return []
+    matrix = np.frombuffer(b"".join(b for _, b in blobs), dtype=np.float32).reshape(len(blobs), -1)
+    scores = matrix @ np.asarray(query, dtype=np.float32)
+    order = np.argsort(-scores)[:limit]
+    return [(blobs[i][0], float(scores[i])) for i in order]
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
+    """Fuse several best-first lists of ids: score = Σ 1 / (k + rank). Best first."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for position, key in enumerate(ranking, start=1):
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + position)
+    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))

@@ -1,0 +1,109 @@
+"""Rule-based memory extraction (the default extractor) and the similarity used to decide
+add / update / no-op against what an agent already remembers.
+
+Each rule matches a first-person statement in a user's message ("my name is …", "I prefer …") and
+turns it into a third-person fact with a category and a confidence. No model is involved, so the
+pipeline works offline and deterministically.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from librefang_memory.store import STOPWORDS, WORD
+
+MAX_FACT_CHARS = 300
+# "user" and its forms are in every extracted fact; they must not make two facts look alike.
+SIMILARITY_STOPWORDS = STOPWORDS | {"user", "user's", "s", "likes", "like"}
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One extracted memory."""
+
+    content: str
+    category: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: re.Pattern[str]
+    template: str
+    category: str
+    confidence: float
+
+
+def _rule(pattern: str, template: str, category: str, confidence: float) -> Rule:
+    return Rule(re.compile(pattern, re.IGNORECASE), template, category, confidence)
+
+
+_TAIL = r"(?P<x>[^.!?\n]{2,200})"
+RULES: tuple[Rule, ...] = (
+    _rule(r"\bremember that " + _TAIL, "{x}", "personal_detail", 0.95),
+    _rule(r"\bmy name is (?P<x>[A-Za-z][\w'\-]*(?: [A-Z][\w'\-]*)?)", "The user's name is {x}", "personal_detail", 0.95),
+    _rule(r"\b(?:please )?call me (?P<x>[A-Za-z][\w'\-]*)", "The user wants to be called {x}", "personal_detail", 0.9),
+    _rule(r"\bmy favou?rite (?P<k>[a-z][a-z ]{1,40}?) (?:is|are) " + _TAIL, "The user's favorite {k} is {x}",
+          "preference", 0.9),
+    _rule(r"\bi (?:really |strongly )?prefer " + _TAIL, "The user prefers {x}", "preference", 0.85),
+    _rule(r"\bi (?:really |absolutely )?(?:like|love|enjoy) " + _TAIL, "The user likes {x}", "preference", 0.8),
+    _rule(r"\bi (?:really )?(?:dislike|hate|can't stand|don't like|do not like) " + _TAIL, "The user dislikes {x}",
+          "preference", 0.8),
+    _rule(r"\bi live in " + _TAIL, "The user lives in {x}", "personal_detail", 0.9),
+    _rule(r"\bi(?: am|'m) from " + _TAIL, "The user is from {x}", "personal_detail", 0.85),
+    _rule(r"\bi work (?:at|for) " + _TAIL, "The user works at {x}", "work_style", 0.85),
+    _rule(r"\bi work as (?:an? )?" + _TAIL, "The user works as {x}", "expertise", 0.85),
+    _rule(r"\bi(?: am|'m) (?:an?|the) (?P<x>[^.!?\n,]{2,80}?(?:developer|engineer|designer|manager|scientist|"
+          r"teacher|student|doctor|writer|researcher|analyst|architect|consultant|expert|lawyer|nurse))\b",
+          "The user is a {x}", "expertise", 0.85),
+    _rule(r"\bi(?: am|'m) (?:currently )?working on " + _TAIL, "The user is working on {x}", "project_context", 0.8),
+    _rule(r"\bour (?:project|team|product) (?:is|uses) " + _TAIL, "The user's project uses {x}", "project_context", 0.75),
+    _rule(r"\b(?:please )?always (?P<x>(?:answer|reply|respond|write|use|keep|be) [^.!?\n]{2,200})",
+          "The user wants you to always {x}", "communication_style", 0.85),
+    _rule(r"\b(?:please )?never (?P<x>(?:answer|reply|respond|write|use|say|be) [^.!?\n]{2,200})",
+          "The user wants you to never {x}", "communication_style", 0.85),
+    _rule(r"\bi(?: am|'m) (?:so |really )?(?:frustrated|annoyed|fed up) (?:with|by|about) " + _TAIL,
+          "The user is frustrated with {x}", "frustration", 0.75),
+)
+
+
+def _clean(value: str) -> str:
+    value = " ".join(value.split()).strip(" ,;:'\"")
+    return value[:MAX_FACT_CHARS]
+
+
+def extract(text: str, categories: list[str] | None = None, threshold: float = 0.0) -> list[Fact]:
+    """The facts stated in ``text`` (one per rule match), keeping only ``categories`` (None = all)
+    and confidences at or above ``threshold``; duplicates within the text removed."""
+    facts: list[Fact] = []
+    seen: set[str] = set()
+    for rule in RULES:
+        if categories is not None and rule.category not in categories:
+            continue
+        if rule.confidence < threshold:
+            continue
+        for match in rule.pattern.finditer(text):
+            values = {k: _clean(v) for k, v in match.groupdict().items() if v}
+            if not values.get("x"):
+                continue
+            content = rule.template.format(**values)
+            content = content[0].upper() + content[1:]
+            key = content.lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            facts.append(Fact(content, rule.category, rule.confidence))
+    return facts
+
+
+def tokens(text: str) -> frozenset[str]:
+    """The meaningful lower-case words of ``text`` (for near-duplicate detection)."""
+    return frozenset(w for w in WORD.findall(text.lower()) if w not in SIMILARITY_STOPWORDS)
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    """|a ∩ b| / |a ∪ b| (1.0 for two empty sets: both say nothing)."""
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)

@@ -1,0 +1,90 @@
+"""Wiring of the memory plugin (hooks only)."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+from typing import Any
+
+import librefang
+
+log = logging.getLogger("librefang.memory")
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Kernels whose memory plugin is running. ``before_prompt_build`` receives no kernel; inside a
+# request it is ``current_kernel()``, elsewhere the one running kernel (weak: never kept alive).
+_RUNNING: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@librefang.hookimpl
+def register_config(register: Any) -> None:
+    from librefang_memory.config import MemoryConfig, ProactiveMemoryConfig
+
+    register("memory", MemoryConfig)
+    register("proactive_memory", ProactiveMemoryConfig)
+
+
+@librefang.hookimpl
+def register_migrations(register: Any) -> None:
+    register("memory", MIGRATIONS)
+
+
+@librefang.hookimpl
+def register_routes(register: Any) -> None:
+    from librefang_memory import routes, routes_kv
+
+    register(routes_kv.router)
+    register(routes.router)
+
+
+@librefang.hookimpl
+def register_tools(register: Any) -> None:
+    from librefang_memory.tools import memory_tools
+
+    for tool in memory_tools():
+        register(tool)
+
+
+@librefang.hookimpl
+async def startup(kernel: Any) -> None:
+    from librefang_memory.pipeline import Pipeline
+    from librefang_memory.service import MemoryService
+
+    memory = MemoryService(kernel, kernel.config.section("memory"), kernel.config.section("proactive_memory"))
+    await memory.open()
+    memory.pipeline = Pipeline(memory)
+    kernel.services["memory"] = memory
+    _RUNNING.add(kernel)
+
+
+@librefang.hookimpl
+def shutdown(kernel: Any) -> None:
+    kernel.services.pop("memory", None)
+    _RUNNING.discard(kernel)
+
+
+def _kernel() -> Any:
+    try:
+        kernel = librefang.current_kernel()
+    except (RuntimeError, KeyError):
+        kernel = None
+    if kernel is not None and "memory" in kernel.services:
+        return kernel
+    running = [k for k in _RUNNING if "memory" in k.services]
+    return running[0] if len(running) == 1 else None
+
+
+@librefang.hookimpl
+async def before_prompt_build(agent_id: str, session_id: str, message: str) -> Any:
+    kernel = _kernel()
+    if kernel is None:
+        return None
+    return await kernel.services["memory"].pipeline.recall(agent_id, session_id, message)
+
+
+@librefang.hookimpl
+async def after_turn(kernel: Any, turn: dict[str, Any]) -> None:
+    memory = kernel.services.get("memory")
+    if memory is not None:
+        await memory.pipeline.after_turn(turn)
