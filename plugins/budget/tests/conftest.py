@@ -64,10 +64,10 @@ def start(make_kernel: Any, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture
 def spawn() -> Any:
-    """``await spawn(kernel, "name", extra_toml="")`` → the new agent's id."""
+    """``await spawn(kernel, "name", extra_toml="", toml=None)`` → the new agent's id."""
 
-    async def factory(kernel: Any, name: str, extra_toml: str = "") -> str:
-        text = AGENT.format(name=name) + extra_toml
+    async def factory(kernel: Any, name: str, extra_toml: str = "", toml: str | None = None) -> str:
+        text = toml if toml is not None else AGENT.format(name=name) + extra_toml
         record = await agents_api.registry(kernel).spawn_request(manifest_toml=text)
         return record.id
 

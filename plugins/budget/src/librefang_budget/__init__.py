@@ -1,0 +1,1 @@
+"""LibreFang plugin: LLM metering, budgets enforced before every call, usage analytics."""
