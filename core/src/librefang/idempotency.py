@@ -8,7 +8,10 @@ is still running. Failures (non-2xx, exceptions) release the key so the client c
 
 Keys are scoped to the principal, method and path, so two clients (or two routes) cannot collide or
 read each other's responses. The claim is a single ``INSERT ... ON CONFLICT DO NOTHING`` in the
-shared database, so it also holds across several daemon processes.
+shared database, so it also holds across several daemon processes. While a claim is in progress
+its ``headers`` column names the claiming process (host and pid): a claim left behind by a process
+on this host that no longer runs (killed, crashed) is retaken at once instead of answering 409
+until the lease expires (found by the crash-durability harness, tests/reliability).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +44,30 @@ SWEEP_INTERVAL_SECONDS = 3600.0
 REPLAYED_HEADERS = ("content-type", "location")
 IN_PROGRESS = "in_progress"
 DONE = "done"
+HOST = socket.gethostname()
+
+
+def _claimant() -> str:
+    """Who holds an in-progress claim: this host and process."""
+    return json.dumps({"claimed_by": {"host": HOST, "pid": os.getpid()}})
+
+
+def _claimant_is_gone(headers: str | None) -> bool:
+    """True when an in-progress claim belongs to a process on this host that is no longer running."""
+    try:
+        owner = json.loads(headers or "{}").get("claimed_by") or {}
+        host, pid = owner.get("host"), int(owner.get("pid"))
+    except (ValueError, TypeError, AttributeError):
+        return False  # no owner recorded (older rows): only the lease frees it
+    if host != HOST or pid == os.getpid():
+        return False  # another machine's process, or our own request still running
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by another user
+    return False
 
 
 def validate_key(key: str) -> str:
@@ -93,9 +122,9 @@ class IdempotencyStore:
                 inserted = await conn.execute(
                     text(
                         "INSERT INTO core_idempotency (key, body_hash, state, status, headers, body, created_at)"
-                        " VALUES (:key, :hash, :state, NULL, NULL, NULL, :now) ON CONFLICT (key) DO NOTHING"
+                        " VALUES (:key, :hash, :state, NULL, :owner, NULL, :now) ON CONFLICT (key) DO NOTHING"
                     ),
-                    {"key": key, "hash": request_hash, "state": IN_PROGRESS, "now": now},
+                    {"key": key, "hash": request_hash, "state": IN_PROGRESS, "now": now, "owner": _claimant()},
                 )
                 if inserted.rowcount == 1:
                     return None
@@ -109,7 +138,10 @@ class IdempotencyStore:
                 if row is None:
                     continue  # released between our insert and select: try again
                 age = now - float(row["created_at"])
-                stale = age > TTL_SECONDS or (row["state"] == IN_PROGRESS and age > IN_PROGRESS_LEASE_SECONDS)
+                abandoned = row["state"] == IN_PROGRESS and (
+                    age > IN_PROGRESS_LEASE_SECONDS or _claimant_is_gone(row["headers"])
+                )
+                stale = age > TTL_SECONDS or abandoned
                 if stale:
                     await conn.execute(
                         text("DELETE FROM core_idempotency WHERE key = :key AND created_at = :created"),

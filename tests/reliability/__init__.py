@@ -1,0 +1,1 @@
+"""Reliability harness: crash durability, API fuzzing, hostile inputs, soak (see docs/reliability.md)."""

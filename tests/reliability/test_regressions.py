@@ -1,0 +1,55 @@
+"""Regression tests for bugs the reliability harness found (each names the harness test that found it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import pytest
+from librefang.errors import Conflict
+from librefang.idempotency import HOST, IN_PROGRESS, fingerprint, scope_key
+from sqlalchemy import text
+
+# -- test_crash_durability: an Idempotency-Key claimed by a SIGKILLed daemon answered 409
+#    "still in progress" for an hour, so a client could not retry its unacknowledged spawn.
+
+
+async def _plant_claim(kernel, key: str, request_hash: str, pid: int, host: str = HOST) -> None:
+    async with kernel.db.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO core_idempotency (key, body_hash, state, status, headers, body, created_at)"
+                 " VALUES (:key, :hash, :state, NULL, :owner, NULL, :now)"),
+            {"key": key, "hash": request_hash, "state": IN_PROGRESS, "now": time.time(),
+             "owner": json.dumps({"claimed_by": {"host": host, "pid": pid}})},
+        )
+
+
+@pytest.fixture
+async def store_kernel(make_kernel):
+    return await make_kernel(load_entry_points=False)
+
+
+async def test_claim_of_a_dead_process_is_retaken_at_once(store_kernel) -> None:
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    key = scope_key("local", "POST", "/api/agents", "k-dead")
+    request_hash = fingerprint(b"{}", b"", "application/json")
+    await _plant_claim(store_kernel, key, request_hash, dead.pid)
+    assert await store_kernel.idempotency.claim(key, request_hash) is None  # retaken, the request runs
+
+
+async def test_claim_of_a_live_process_or_another_host_still_conflicts(store_kernel) -> None:
+    alive = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(30)")
+    try:
+        request_hash = fingerprint(b"{}", b"", "application/json")
+        for name, pid, host in [("live", alive.pid, HOST), ("remote", 999_999_999, "another-host.example")]:
+            key = scope_key("local", "POST", "/api/agents", f"k-{name}")
+            await _plant_claim(store_kernel, key, request_hash, pid, host)
+            with pytest.raises(Conflict) as info:
+                await store_kernel.idempotency.claim(key, request_hash)
+            assert info.value.code == "idempotency_in_progress"
+    finally:
+        alive.kill()
+        await alive.wait()
