@@ -76,3 +76,9 @@ def spawn() -> Any:
         return record.id
 
     return factory
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A settable clock; tests hand it to the TOTP store to step through time steps."""
+    return Clock()

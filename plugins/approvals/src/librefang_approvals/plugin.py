@@ -62,7 +62,8 @@ async def approvals_security(kernel: Any) -> dict[str, Any]:
     }
 
 
-@librefang.hookimpl
+# optionalhook: the spec comes from the runtime plugin; without it there are no tool calls to gate.
+@librefang.hookimpl(optionalhook=True)
 async def before_tool_call(call: Any, context: Any) -> Any:
     from librefang_approvals.gate import check
 

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from librefang import Router, current_kernel
-from librefang.errors import BadRequest
+from librefang.errors import BadRequest, ServiceUnavailable
 from quart import g
 
 from librefang_approvals.schemas import (
@@ -79,6 +79,8 @@ async def create_approval(body: CreateRequest) -> Approval:
     from librefang_agents import api as agents_api
 
     kernel = current_kernel()
+    if "agents" not in kernel.services:
+        raise ServiceUnavailable("the agents plugin is not running", code="agents_unavailable")
     record = await agents_api.registry(kernel).get(body.agent_id)
     row = await service().create(agent_id=record.id, agent_name=record.name, tool_name=body.tool_name,
                                  session_id=body.session_id, description=body.description,
