@@ -283,3 +283,26 @@ async def test_tools_outside_the_allowed_list_are_neither_offered_nor_run(fake_l
     await loop.run([], user("go"))
     assert [t["function"]["name"] for t in fake_llm.requests[0].body["tools"]] == ["file_read"]
     assert "unknown tool 'file_write'" in committed[2].blocks()[0].content
+
+
+async def test_continuation_on_max_tokens(fake_llm: Any, make_loop: Any) -> None:
+    from librefang_runtime.loop import CONTINUE_NUDGE
+
+    fake_llm.script(Script(text="Part one, ", stop_reason="max_tokens"),
+                    Script(text="part two", stop_reason="max_tokens"), Script(text=". The end."))
+    events: list[Any] = []
+    loop, committed = make_loop(events=events)
+    result = await loop.run([], user("tell a long story"))
+    assert result.response == "Part one, part two. The end." and result.iterations == 3
+    second = sent_messages(fake_llm, 1)
+    assert second[-2] == {"role": "assistant", "content": "Part one, "}
+    assert second[-1]["role"] == "user" and CONTINUE_NUDGE in str(second[-1]["content"])
+    assert [e.detail for e in events if isinstance(e, PhaseChange) and e.phase == "continuing"] == ["1/5", "2/5"]
+    assert [m.role for m in committed] == ["user", "assistant", "assistant", "assistant"]  # the asks are not stored
+
+
+async def test_continuation_stops_after_the_limit(fake_llm: Any, make_loop: Any) -> None:
+    fake_llm.script(*[Script(text=f"{i}", stop_reason="max_tokens") for i in range(10)])
+    loop, _ = make_loop(max_continuations=2)
+    result = await loop.run([], user("go"))
+    assert result.response == "012" and len(fake_llm.requests) == 3

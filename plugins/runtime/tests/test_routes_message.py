@@ -121,6 +121,10 @@ async def test_ephemeral_and_incognito_store_nothing(runtime_env: Any, spawn: An
     status, body = await post(client, agent_id, {"message": "secret", "incognito": True})
     assert status == 200 and body["response"] == "private answer"
     assert len(fake_llm.requests[2].body["messages"]) == 4  # history read
+    fake_llm.script(Script(text="btw answer"))
+    status, body = await post(client, agent_id, {"message": "/btw quick one?"})  # the /btw prefix: ephemeral
+    assert status == 200 and body["response"] == "btw answer"
+    assert fake_llm.requests[3].body["messages"][1:] == [{"role": "user", "content": "quick one?"}]
     view = await (await client.get(f"/api/agents/{agent_id}/session")).get_json()
     assert [m["content"] for m in view["messages"]] == ["remember this", "kept"]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from librefang_providers.api import (
+    MAX_TOKENS,
     CompletionRequest,
     CompletionResponse,
     Message,
@@ -38,6 +39,7 @@ from librefang_runtime.tools import Policy, ToolContext, ToolOutcome, ToolRegist
 log = logging.getLogger("librefang.runtime.loop")
 
 SILENT_MARKERS = ("NO_REPLY", "[[silent]]")
+CONTINUE_NUDGE = "Your reply was cut off by the output limit. Continue exactly where you stopped, without repeating."
 EMPTY_REPLY_NUDGE = ("Your last reply was empty. Answer the user's last message now, in plain text "
                      "(or with exactly NO_REPLY if no reply is needed).")
 THINK_TAG = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -60,6 +62,7 @@ class LoopSettings:
     max_tool_calls_per_reply: int = 32
     loop_guard_warn: int = 3
     loop_guard_block: int = 5
+    max_continuations: int = 5
     request_timeout: float | None = None
     fallback_models: list[Any] | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
@@ -246,6 +249,7 @@ class AgentLoop:
         earlier_text: list[str] = []
         thinking: list[str] = []
         nudged = False
+        continued: list[str] = []  # pieces of a reply cut by max_tokens, continued in the next calls
         nudge: Message | None = None
         await self._save(message, working, committed)
 
@@ -290,6 +294,22 @@ class AgentLoop:
                             })
                     await self._save(Message("user", list(results)), working, committed)
                     continue
+                if (response.stop_reason == MAX_TOKENS and text and not response.tool_calls
+                        and len(continued) < s.max_continuations):
+                    # Cut by the output limit: keep what came and ask for the rest (the ask is not stored).
+                    piece = THINK_TAG.sub("", response.text)
+                    continued.append(piece)
+                    await self._save(Message("assistant", [TextBlock(piece)]), working, committed)
+                    nudge = Message("user", CONTINUE_NUDGE)
+                    await self.emit(PhaseChange("continuing", f"{len(continued)}/{s.max_continuations}"))
+                    continue
+                if continued:
+                    whole = "".join(continued) + THINK_TAG.sub("", response.text)
+                    if text:
+                        await self._save(Message("assistant", [TextBlock(THINK_TAG.sub("", response.text))]),
+                                         working, committed)
+                    await self.emit(PhaseChange("response_complete"))
+                    return result(whole.strip(), False, iteration)
                 if not text and not nudged:
                     # One corrective retry; the nudge goes to the model but is not stored in the session.
                     nudged = True

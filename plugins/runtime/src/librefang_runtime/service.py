@@ -50,6 +50,7 @@ log = logging.getLogger("librefang.runtime")
 
 SOURCE = "runtime"
 CATALOG_SERVICE = "providers.catalog"
+BTW_PREFIX = "/btw "
 
 
 @dataclass
@@ -181,8 +182,11 @@ class RuntimeService:
             raise BadRequest("attachments are not supported by this runtime yet", code="attachments_unsupported")
         manifest = record.parsed()
         provider, model = self.resolve_model(manifest)
-        session_id, pinned = await self.resolve_session(record, None if body.ephemeral else body.session_id)
         text = body.message
+        ephemeral = body.ephemeral
+        if text.startswith(BTW_PREFIX):  # a side question: answered without touching the conversation
+            ephemeral, text = True, text[len(BTW_PREFIX):]
+        session_id, pinned = await self.resolve_session(record, None if ephemeral else body.session_id)
         if body.is_group and body.sender_name:
             text = f"[{body.sender_name}]: {text}"
         allowed = agents_api.visible_tools(manifest, record.mode, self.tools.names())
@@ -205,7 +209,7 @@ class RuntimeService:
         )
         return Turn(
             agent_id=record.id, agent_name=record.name, session_id=session_id, pinned=pinned,
-            persist=not (body.ephemeral or body.incognito), load_history=not body.ephemeral, text=text,
+            persist=not (ephemeral or body.incognito), load_history=not ephemeral, text=text,
             show_thinking=body.show_thinking, settings=settings, allowed_tools=allowed,
             max_history=manifest.max_history_messages, context=context,
             context_window=manifest.model.context_window,
