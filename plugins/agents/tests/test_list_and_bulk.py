@@ -132,3 +132,19 @@ async def test_agent_limit(start_agents, spawn, hello):
     await spawn(client, "second")
     response = await client.post("/api/agents", json={"manifest_toml": hello.format(name="third")})
     assert response.status_code == 409 and (await response.get_json())["code"] == "agent_limit_reached"
+
+
+async def test_concurrent_spawns_are_group_committed_and_names_stay_unique(client, hello, agents_kernel):
+    import asyncio
+
+    bodies = [{"manifest_toml": hello.format(name=f"burst-{i % 10}")} for i in range(30)]
+    responses = await asyncio.gather(*(client.post("/api/agents", json=b) for b in bodies))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) == 10 and statuses.count(409) == 20
+    listing = await (await client.get("/api/agents?q=burst-&limit=100")).get_json()
+    assert sorted(i["name"] for i in listing["items"]) == [f"burst-{i}" for i in range(10)]
+    # the index and the table agree
+    service = agents_kernel.services["agents"]
+    await service.store.load()
+    again = await (await client.get("/api/agents?q=burst-&limit=100")).get_json()
+    assert again["items"] == listing["items"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from librefang import Router, current_kernel
@@ -83,18 +84,21 @@ def _bulk_result(items: list[BulkItem]) -> BulkResult:
 
 @router.post("/api/agents/bulk", cost=100, body=BulkCreateRequest, response=BulkResult, idempotent=True)
 async def bulk_create_agents(body: BulkCreateRequest) -> BulkResult:
-    """Spawn up to 50 agents; each gets its own result."""
-    svc, who, items = service(), actor(), []
-    for index, req in enumerate(body.agents):
+    """Spawn up to 50 agents (concurrently, so their rows share commits); each gets its own result."""
+    svc, who = service(), actor()
+
+    async def one(index: int, req: Any) -> BulkItem:
         try:
             record = await svc.spawn_request(
                 manifest_toml=req.manifest_toml, template=req.template, name=req.name,
                 signed_manifest=req.signed_manifest, actor=who,
             )
-            items.append(BulkItem(index=index, success=True, agent_id=record.id, name=record.name, status="created"))
+            return BulkItem(index=index, success=True, agent_id=record.id, name=record.name, status="created")
         except ApiError as exc:
-            items.append(BulkItem(index=index, success=False, error=exc.message, code=exc.code))
-    return _bulk_result(items)
+            return BulkItem(index=index, success=False, error=exc.message, code=exc.code)
+
+    items = await asyncio.gather(*(one(i, req) for i, req in enumerate(body.agents)))
+    return _bulk_result(list(items))
 
 
 async def _bulk(agent_ids: list[str], action: Any) -> BulkResult:

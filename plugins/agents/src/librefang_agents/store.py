@@ -148,6 +148,7 @@ class AgentStore:
         # SQLite has one writer at a time: queueing our own writes here is cheaper than letting
         # pooled connections collide on the file lock and sleep in SQLite's busy handler.
         self._write_lock = asyncio.Lock()
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[Any]:
@@ -198,17 +199,51 @@ class AgentStore:
 
     # -- writes ---------------------------------------------------------------------------------
     async def insert(self, record: AgentRecord, manifest: AgentManifest) -> None:
-        """Add a new agent; :class:`NameTaken` when the name is in use."""
+        """Add a new agent; :class:`NameTaken` when the name is in use.
+
+        With SQLite, concurrent spawns are group-committed: whoever holds the write lock writes
+        every pending row in one transaction, so N spawns cost one commit instead of N.
+        """
         if record.name in self.index.by_name and not self.shared:
             raise NameTaken(record.name)
         values = _columns(record, manifest)
+        if self.shared:
+            try:
+                async with self.db.begin() as conn:
+                    await conn.execute(_INSERT, values)
+                    await self._bump(conn)
+            except IntegrityError:
+                raise NameTaken(record.name) from None
+            self.index.put(_entry(values))
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((values, done))
+        async with self._write_lock:
+            if self._pending:
+                batch, self._pending = self._pending, []
+                # Shielded: a cancelled request must not abandon the rows of the others in the batch.
+                await asyncio.shield(self._write_batch(batch))
+        await done
+
+    async def _write_batch(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:
-            async with self._writing() as conn:
-                await conn.execute(_INSERT, values)
-                await self._bump(conn)
+            async with self.db.begin() as conn:
+                await conn.execute(_INSERT, [values for values, _ in batch])
         except IntegrityError:
-            raise NameTaken(record.name) from None
-        self.index.put(_entry(values))
+            if len(batch) == 1:
+                batch[0][1].set_exception(NameTaken(batch[0][0]["name"]))
+            else:  # one of them collides: write them one by one to find which
+                for item in batch:
+                    await self._write_batch([item])
+            return
+        except Exception as exc:
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for values, done in batch:
+            self.index.put(_entry(values))
+            done.set_result(None)
 
     async def save(self, record: AgentRecord, manifest: AgentManifest) -> AgentRecord:
         """Write a changed record if nobody changed it since it was read (bumps ``revision``)."""
