@@ -25,9 +25,9 @@ model = "fake-model"
 """
 
 
-def config_for(fake: FakeLLMServer, extra: str = "") -> str:
+def config_for(fake: FakeLLMServer, extra: str = "", top: str = "") -> str:
     return (
-        "[agents]\nspawn_default_agent = false\n"
+        top + "[agents]\nspawn_default_agent = false\n"
         "[providers]\nretry_base_delay_ms = 5\n"
         f'provider_urls = {{ openai = "{fake.base_url("openai")}", anthropic = "{fake.base_url("anthropic")}" }}\n'
         + extra
@@ -42,19 +42,20 @@ async def fake_llm() -> AsyncIterator[FakeLLMServer]:
 
 @pytest.fixture
 def start(make_kernel: Any, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``await start(extra_config="", plugins={...}, budget=True)`` → (kernel, client)."""
+    """``await start(extra_config="", plugins={...}, budget=True, top="")`` → (kernel, client); ``top`` holds
+    top-level config keys."""
     monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
 
     async def factory(extra_config: str = "", plugins: dict[str, Any] | None = None,
-                      budget: bool = True) -> tuple[Any, Any]:
+                      budget: bool = True, top: str = "") -> tuple[Any, Any]:
         loaded: dict[str, Any] = {"providers": providers_plugin, "agents": agents_plugin, "runtime": runtime_plugin}
         if budget:
             import librefang_budget.plugin as budget_plugin
 
             loaded["budget"] = budget_plugin
         loaded.update(plugins or {})
-        kernel = await make_kernel(plugins=loaded, load_entry_points=False, config=config_for(fake_llm, extra_config))
+        kernel = await make_kernel(plugins=loaded, load_entry_points=False, config=config_for(fake_llm, extra_config, top))
         for name in loaded:
             assert kernel.plugins.records[name].error is None, kernel.plugins.records[name].error
         return kernel, make_client(build_app(kernel))
