@@ -307,3 +307,16 @@ async def test_every_route_needs_auth_when_a_key_is_set(start_agents):
         assert response.status_code == 401, (spec.method, spec.path)
     authed = await client.get("/api/agents", headers={"Authorization": "Bearer s3cret-key-for-tests"})
     assert authed.status_code == 200
+
+
+async def test_spawn_honours_idempotency_key(client, hello):
+    headers = {"Idempotency-Key": "spawn-once-123"}
+    body = {"manifest_toml": hello.format(name="once")}
+    first = await client.post("/api/agents", json=body, headers=headers)
+    second = await client.post("/api/agents", json=body, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert await first.get_json() == await second.get_json()
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    assert (await (await client.get("/api/agents?q=once")).get_json())["total"] == 1
+    other = await client.post("/api/agents", json={"manifest_toml": hello.format(name="twice")}, headers=headers)
+    assert other.status_code == 409
