@@ -320,3 +320,28 @@ async def test_spawn_honours_idempotency_key(client, hello):
     assert (await (await client.get("/api/agents?q=once")).get_json())["total"] == 1
     other = await client.post("/api/agents", json={"manifest_toml": hello.format(name="twice")}, headers=headers)
     assert other.status_code == 409
+
+
+async def test_detail_hides_inline_secrets(client, spawn):
+    toml = ('name = "leaky"\n[model]\nprovider = "openai"\napi_key = "sk-live-abcdef123456"\n'
+            'base_url = "https://user:hunter2@llm.example.com/v1"\n')
+    agent_id = await spawn(client, "leaky", toml=toml)
+    text = await (await client.get(f"/api/agents/{agent_id}")).get_data(as_text=True)
+    assert "sk-live-abcdef123456" not in text and "hunter2" not in text
+    detail = await (await client.get(f"/api/agents/{agent_id}")).get_json()
+    assert detail["manifest"]["model"]["api_key"] == "***"
+    assert detail["manifest"]["model"]["base_url"] == "https://***@llm.example.com/v1"
+
+
+async def test_openapi_describes_the_agent_routes(client):
+    document = await (await client.get("/api/openapi.json")).get_json()
+    spawn = document["paths"]["/api/agents"]["post"]
+    assert spawn["x-rate-cost"] == 50 and spawn["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SpawnRequest"}
+    assert any(p["name"] == "Idempotency-Key" for p in spawn["parameters"])
+    assert "201" in spawn["responses"]
+    listing = document["paths"]["/api/agents"]["get"]
+    assert listing["x-rate-cost"] == 2 and {p["name"] for p in listing["parameters"]} >= {"q", "status", "sort", "limit"}
+    assert "/api/agents/{agent_id}/files/{filename}" in document["paths"]
+    assert set(document["components"]["schemas"]["SpawnRequest"]["properties"]) == {
+        "manifest_toml", "template", "name", "signed_manifest"}

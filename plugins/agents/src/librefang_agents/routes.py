@@ -39,7 +39,7 @@ from librefang_agents.schemas import (
     ToolsView,
     UpdateAgentRequest,
 )
-from librefang_agents.service import Actor, AgentService, _manifest_error
+from librefang_agents.service import Actor, AgentService, manifest_error
 from librefang_agents.views import list_mode
 
 router = Router("agents", tags=("agents",))
@@ -168,7 +168,7 @@ def _replace_with(text: str) -> Any:
     try:
         new = parse_manifest(text).to_data()
     except ManifestError as exc:
-        raise _manifest_error(exc) from None
+        raise manifest_error(exc) from None
 
     def mutate(data: dict[str, Any]) -> None:
         keep_name = data.get("name")

@@ -48,7 +48,8 @@ def parse_agent_id(value: str) -> str:
         raise BadRequest(f"invalid agent id {value!r}: expected a UUID", code="invalid_agent_id") from None
 
 
-def _manifest_error(exc: ManifestError) -> BadRequest:
+def manifest_error(exc: ManifestError) -> BadRequest:
+    """The 400 for a manifest that does not validate (names the key and line)."""
     return BadRequest(str(exc), code="invalid_manifest", details={"key": exc.key, "line": exc.line})
 
 
@@ -136,7 +137,7 @@ class AgentService:
         try:
             return parse_manifest(text, name=name), signer
         except ManifestError as exc:
-            raise _manifest_error(exc) from None
+            raise manifest_error(exc) from None
 
     async def template_text(self, name: str) -> str:
         """The TOML of a template; 400 for a bad name, 404 when unknown, 400 when it does not parse."""
@@ -318,7 +319,7 @@ class AgentService:
             try:
                 manifest = validate_manifest(data)
             except ManifestError as exc:
-                raise _manifest_error(exc) from None
+                raise manifest_error(exc) from None
             if record.parent_id:
                 parent = await self.store.get(record.parent_id)
                 if parent is not None:
@@ -414,7 +415,7 @@ class AgentService:
         try:
             manifest = validate_manifest(data)
         except ManifestError as exc:
-            raise _manifest_error(exc) from None
+            raise manifest_error(exc) from None
         record = await self.spawn(manifest, actor=actor)  # edited manifest: no longer covered by a signature
         if source.parent_id:
             await self.store.set_fields(record.id, parent_id=source.parent_id)

@@ -50,7 +50,9 @@ class Template:
     def detail(self) -> dict[str, Any]:
         """The single-template view: the summary plus the whole manifest."""
         out = self.summary()
-        out["manifest"] = self.manifest.model_dump(mode="json", exclude_none=True) if self.manifest else None
+        from librefang.config import redact
+
+        out["manifest"] = redact(self.manifest.model_dump(mode="json", exclude_none=True)) if self.manifest else None
         return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from librefang.config import redact
+
 from librefang_agents.capabilities import effective_capabilities, visible_tools
 from librefang_agents.index import Entry, iso
 from librefang_agents.manifest import AgentManifest
@@ -108,7 +110,7 @@ def detail(record: AgentRecord, manifest: AgentManifest, children: list[str], de
             "configured_provider": manifest.model.provider,
             "configured_model": manifest.model.model,
         },
-        "fallback_models": [f.model_dump(mode="json", exclude_none=True) for f in manifest.fallback_models],
+        "fallback_models": redact([f.model_dump(mode="json", exclude_none=True) for f in manifest.fallback_models]),
         "system_prompt": manifest.model.system_prompt,
         "capabilities": caps.model_dump(mode="json"),
         "tools": visible_tools(manifest, record.mode),
@@ -126,5 +128,6 @@ def detail(record: AgentRecord, manifest: AgentManifest, children: list[str], de
         "auto_evolve": manifest.auto_evolve,
         "resources": manifest.resources.model_dump(mode="json"),
         "signed_by": record.signer,
-        "manifest": manifest.model_dump(mode="json", exclude_none=True),
+        # Secret-named keys (an inline api_key in [model], say) and URL credentials are hidden.
+        "manifest": redact(manifest.model_dump(mode="json", exclude_none=True)),
     }
