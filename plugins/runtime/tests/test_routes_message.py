@@ -257,3 +257,20 @@ async def test_stop_cancels_a_running_turn_and_leaves_the_session_usable(runtime
     assert response.status_code == 404
     response = await client.post(f"/api/agents/{agent_id}/sessions/bad/stop")
     assert response.status_code == 400
+
+
+async def test_manifest_base_url_and_key_variable(runtime_env: Any, spawn: Any, fake_llm: Any, monkeypatch: Any) -> None:
+    kernel, client = runtime_env
+    url = fake_llm.base_url("openai")
+    own = await spawn(kernel, "own-endpoint", f'name = "own-endpoint"\n[model]\nprovider = "mylocal"\nmodel = "local-1"\n'
+                                            f'base_url = "{url}"\napi_key_env = "MY_LOCAL_KEY"\n')
+    monkeypatch.setenv("MY_LOCAL_KEY", "sk-local-abcdef123456")
+    fake_llm.script(Script(text="served by my endpoint"))
+    status, body = await post(client, own, {"message": "hi"})
+    assert status == 200 and body["response"] == "served by my endpoint"
+    assert (body["provider"], body["model"]) == ("mylocal", "local-1")
+    assert fake_llm.requests[-1].headers["authorization"] == "Bearer sk-local-abcdef123456"
+    keyed = await spawn(kernel, "keyed", 'name = "keyed"\n[model]\nprovider = "openai"\nmodel = "fake-model"\n'
+                                         'api_key_env = "NOT_SET_ANYWHERE"\n')
+    status, body = await post(client, keyed, {"message": "hi"})
+    assert status == 412 and body["code"] == "provider_auth_missing" and "NOT_SET_ANYWHERE" in body["error"]

@@ -218,10 +218,11 @@ class LLMRegistry:
             self._client = new_http_client(self.config.max_connections)
         return self._client
 
-    def chain(self, request: CompletionRequest, provider: str, fallback_models: Iterable[Any] | None) -> list[Target]:
+    def chain(self, request: CompletionRequest, provider: str, fallback_models: Iterable[Any] | None,
+              primary: Target | None = None) -> list[Target]:
         """Primary, then ``fallback_models``, then ``[[fallback_providers]]``; ``fallback_models=[]``
         means no fallback at all (as a manifest's empty list does in the reference)."""
-        targets = [Target(provider, request.model)]
+        targets = [primary or Target(provider, request.model)]
         if fallback_models is not None:
             extra = [as_target(f) for f in fallback_models]
             if not extra:
@@ -259,13 +260,16 @@ class LLMRegistry:
         return AllProvidersExhausted(attempts)
 
     async def complete(self, request: CompletionRequest, *, provider: str,
-                       fallback_models: Iterable[Any] | None = None) -> CompletionResponse:
+                       fallback_models: Iterable[Any] | None = None, base_url: str | None = None,
+                       api_key_env: str | None = None) -> CompletionResponse:
         """Call ``provider`` (retrying transient errors), then each fallback in turn. The response's
         ``provider``/``model`` name the slot that served. One slot failing raises its own typed error;
-        several raise :class:`AllProvidersExhausted`."""
+        several raise :class:`AllProvidersExhausted`. ``base_url``/``api_key_env`` apply to the primary
+        slot (an agent manifest's own endpoint and key variable)."""
         attempts: list[Attempt] = []
         deadline = time.monotonic() + request.timeout if request.timeout else None
-        for target in self.chain(request, provider, fallback_models):
+        primary = Target(provider, request.model, base_url, api_key_env)
+        for target in self.chain(request, provider, fallback_models, primary):
             call_request = request if target.model == request.model else replace(request, model=target.model)
             try:
                 driver = self.driver(target.provider, base_url=target.base_url, api_key_env=target.api_key_env)
@@ -294,13 +298,15 @@ class LLMRegistry:
                 attempt += 1
 
     async def stream(self, request: CompletionRequest, *, provider: str,
-                     fallback_models: Iterable[Any] | None = None) -> AsyncIterator[StreamEvent]:
+                     fallback_models: Iterable[Any] | None = None, base_url: str | None = None,
+                     api_key_env: str | None = None) -> AsyncIterator[StreamEvent]:
         """Stream from ``provider`` with the same retry and fallback rules as :meth:`complete`, applied
         until the first event arrives; after that the stream is committed to that slot and a failure
         is raised as is (with the partial text)."""
         attempts: list[Attempt] = []
         deadline = time.monotonic() + request.timeout if request.timeout else None
-        for target in self.chain(request, provider, fallback_models):
+        primary = Target(provider, request.model, base_url, api_key_env)
+        for target in self.chain(request, provider, fallback_models, primary):
             call_request = request if target.model == request.model else replace(request, model=target.model)
             attempt = 0
             while True:

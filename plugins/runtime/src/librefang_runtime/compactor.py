@@ -105,26 +105,29 @@ def fallback_summary(messages: list[Message]) -> str:
             if asks else f"{len(messages)} earlier messages were removed.")
 
 
-async def _summarise(llm: Any, provider: str, model: str, text: str, max_tokens: int) -> str:
-    request = CompletionRequest(model=model, messages=[Message("user", "Summarise this conversation:\n\n" + text)],
-                                system=SYSTEM, max_tokens=max_tokens)
-    response = await collect(llm.stream(request, provider=provider))
+async def _summarise(llm: Any, target: dict[str, Any], text: str, max_tokens: int) -> str:
+    request = CompletionRequest(model=target["model"], system=SYSTEM, max_tokens=max_tokens,
+                                messages=[Message("user", "Summarise this conversation:\n\n" + text)])
+    response = await collect(llm.stream(request, provider=target["provider"], base_url=target.get("base_url"),
+                                        api_key_env=target.get("api_key_env")))
     summary = response.text.strip()
     if not summary:
         raise ValueError("the summary came back empty")
     return summary
 
 
-async def summarise(llm: Any, provider: str, model: str, older: list[Message], config: CompactionConfig) -> tuple[str, int, bool]:
-    """(summary, chunks used, used_fallback) of ``older``."""
+async def summarise(llm: Any, target: dict[str, Any], older: list[Message],
+                    config: CompactionConfig) -> tuple[str, int, bool]:
+    """(summary, chunks used, used_fallback) of ``older``; ``target`` names ``provider``, ``model`` and
+    optionally ``base_url``/``api_key_env``."""
     text = transcript(older)
     size = config.max_chunk_chars
     try:
         if len(text) <= size:
-            return await _summarise(llm, provider, model, text, config.max_summary_tokens), 1, False
+            return await _summarise(llm, target, text, config.max_summary_tokens), 1, False
         chunks = [text[i:i + size] for i in range(0, len(text), size)][:20]
-        parts = [await _summarise(llm, provider, model, chunk, config.max_summary_tokens) for chunk in chunks]
-        merged = await _summarise(llm, provider, model, "\n\n".join(f"Part {i + 1}:\n{p}" for i, p in enumerate(parts)),
+        parts = [await _summarise(llm, target, chunk, config.max_summary_tokens) for chunk in chunks]
+        merged = await _summarise(llm, target, "\n\n".join(f"Part {i + 1}:\n{p}" for i, p in enumerate(parts)),
                                   config.max_summary_tokens)
         return merged, len(chunks), False
     except Exception as exc:  # the LLM failing must not lose the session: fall back to a plain summary
@@ -139,7 +142,8 @@ def needs_compaction(messages: list[Message], config: CompactionConfig, context_
     return bool(context_window) and estimate_tokens(messages) > context_window * config.token_threshold_ratio
 
 
-async def compact(runtime: Any, session_id: str, provider: str, model: str, config: CompactionConfig) -> CompactionResult | None:
+async def compact(runtime: Any, session_id: str, provider: str, model: str, config: CompactionConfig,
+                  base_url: str | None = None, api_key_env: str | None = None) -> CompactionResult | None:
     """Compact one session now (the caller holds its lock). None when there is nothing to compact."""
     stored = [s.message for s in await runtime.store.load(session_id)]
     cut = split_point(stored, config.keep_recent)
@@ -148,6 +152,7 @@ async def compact(runtime: Any, session_id: str, provider: str, model: str, conf
     older, kept = stored[:cut], stored[cut:]
     from librefang_providers.api import get_registry
 
-    summary, chunks, used_fallback = await summarise(get_registry(runtime.kernel), provider, model, older, config)
+    target = {"provider": provider, "model": model, "base_url": base_url, "api_key_env": api_key_env}
+    summary, chunks, used_fallback = await summarise(get_registry(runtime.kernel), target, older, config)
     await runtime.store.compact_prefix(session_id, cut, Message("user", f"{SUMMARY_PREFIX}\n{summary}"), summary)
     return CompactionResult(summary, len(kept), len(older), chunks, used_fallback)

@@ -65,6 +65,8 @@ class LoopSettings:
     max_continuations: int = 5
     request_timeout: float | None = None
     fallback_models: list[Any] | None = None
+    base_url: str | None = None  # the manifest's own endpoint and key variable for the primary model
+    api_key_env: str | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
 
 
@@ -196,7 +198,8 @@ class AgentLoop:
         if hooks is not None:
             await hooks.acall("before_llm_call", isolate=False, kernel=self.context.kernel, call=call)
         started = time.perf_counter()
-        stream = self.llm.stream(request, provider=s.provider, fallback_models=s.fallback_models)
+        stream = self.llm.stream(request, provider=s.provider, fallback_models=s.fallback_models,
+                                 base_url=s.base_url, api_key_env=s.api_key_env)
         try:
             response = await collect(self._tee(stream))
         finally:

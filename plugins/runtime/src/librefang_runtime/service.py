@@ -165,7 +165,8 @@ class RuntimeService:
                 "the agent has no provider and model: set them in its manifest or in [default_model]",
                 code="provider_not_configured")
         try:
-            get_registry(self.kernel).driver(provider)
+            get_registry(self.kernel).driver(provider, base_url=manifest.model.base_url,
+                                             api_key_env=manifest.model.api_key_env)
         except MissingApiKey as exc:
             raise PreconditionFailed(exc.message, code="provider_auth_missing",
                                      details={"provider": provider}) from None
@@ -198,6 +199,7 @@ class RuntimeService:
             tool_timeout=cfg.tool_timeout_secs, max_tool_result_chars=cfg.max_tool_result_chars,
             max_tool_calls_per_reply=cfg.max_tool_calls_per_reply, loop_guard_warn=cfg.loop_guard_warn,
             loop_guard_block=cfg.loop_guard_block,
+            base_url=manifest.model.base_url, api_key_env=manifest.model.api_key_env,
             fallback_models=[f.model_dump(exclude_none=True, include={"provider", "model", "base_url", "api_key_env"})
                              for f in manifest.fallback_models] or None,
         )
@@ -300,7 +302,8 @@ class RuntimeService:
             return False
         if emit is not None:
             await emit(PhaseChange("compacting"))
-        result = await compact(self, turn.session_id, turn.settings.provider, turn.settings.model, config)
+        s = turn.settings
+        result = await compact(self, turn.session_id, s.provider, s.model, config, s.base_url, s.api_key_env)
         return result is not None
 
     async def compact_now(self, record: Any, session_id: str | None = None) -> Any:
@@ -312,7 +315,9 @@ class RuntimeService:
         async with self.locks.hold(target):
             if await self.store.get(target) is None:
                 return None
-            return await compact(self, target, provider, model, self.kernel.config.section("compaction"))
+            manifest = record.parsed()
+            return await compact(self, target, provider, model, self.kernel.config.section("compaction"),
+                                 manifest.model.base_url, manifest.model.api_key_env)
 
     def active(self, session_id: str) -> bool:
         """Whether a turn is running in ``session_id``."""
