@@ -1,0 +1,93 @@
+"""The taint service of one kernel: checks a tool call's outbound text and records refusals."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from librefang_taint.checker import SHAPES, CompiledRule, Finding, check, compile_rules
+from librefang_taint.config import TaintConfig
+
+log = logging.getLogger("librefang.taint")
+
+SERVICE_KEY = "taint"
+SOURCE = "taint"
+
+
+class TaintService:
+    """``kernel.services["taint"]``: the compiled rules (rebuilt when the config changes) and counters."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.checked = 0
+        self.violations = 0
+        self._compiled: tuple[int, int, list[CompiledRule]] | None = None
+
+    @property
+    def config(self) -> TaintConfig:
+        return self.kernel.config.section("taint")
+
+    @property
+    def rules(self) -> list[Any]:
+        return self.kernel.config.section("taint_rules").root
+
+    def compiled(self) -> list[CompiledRule]:
+        config, rules = self.config, self.kernel.config.section("taint_rules")
+        key = (id(config), id(rules))
+        if self._compiled is None or self._compiled[:2] != key:
+            self._compiled = (*key, compile_rules(config.sinks, rules.root))
+        return self._compiled[2]
+
+    def secrets(self) -> list[str]:
+        """Secret values the text must not carry: the vault's, and those the kernel redacts from logs
+        (API key, secrets named in config)."""
+        if not self.config.check_vault_values:
+            return []
+        values = set(self.kernel.vault.known_values())
+        stream = getattr(self.kernel, "logstream", None)
+        if stream is not None:
+            try:
+                values.update(v for v in stream.secret_values() if v and len(v) >= 6)
+            except Exception:  # noqa: BLE001 - the vault's own values still apply
+                pass
+        return sorted(values, key=len, reverse=True)
+
+    def find(self, tool: str, data: Any) -> Finding | None:
+        """The first violation in a call's input, or None (also None when the check is switched off)."""
+        config = self.config
+        if not config.enabled:
+            return None
+        self.checked += 1
+        return check(tool, data, self.compiled(), self.secrets(), opaque_min=config.opaque_token_min_length,
+                     max_chars=config.max_checked_chars)
+
+    async def refuse(self, finding: Finding, call: Any, context: Any) -> str:
+        """Record a refusal (audit entry, bus event) and return the reason the model reads."""
+        self.violations += 1
+        detail = {"tool": call.name, "field": finding.field, "kind": finding.kind, "rule": finding.rule,
+                  "agent_id": context.agent_id, "agent_name": context.agent_name, "session_id": context.session_id}
+        await self.kernel.audit.record("TaintViolation", actor=f"agent:{context.agent_name or context.agent_id}",
+                                       target=call.name, detail=detail, outcome="denied")
+        self.kernel.bus.publish("taint.violation", detail, source=SOURCE)
+        log.warning("taint check refused %s for agent %s: %s in %s (rule %s)", call.name, context.agent_name,
+                    finding.kind, finding.field, finding.rule)
+        return (f"the outbound text in {finding.field!r} contains a {finding.kind}; secrets and credentials "
+                "may not leave through this tool (taint check). Remove it and try again without it.")
+
+    def describe(self) -> dict[str, Any]:
+        """The live configuration for ``GET /api/security``."""
+        config = self.config
+        return {
+            "active": config.enabled,
+            "checked_before": "every tool call (before_tool_call); a violation becomes an error result",
+            "sinks": config.sinks,
+            "builtin_shapes": [kind for kind, _ in SHAPES] + [f"long opaque token (>= {config.opaque_token_min_length} chars)"],
+            "check_vault_values": config.check_vault_values,
+            "known_secret_values": len(self.secrets()),
+            "rules": [{"name": r.name, "tools": r.tools, "fields": r.fields, "pattern": r.pattern is not None,
+                       "builtin": r.builtin} for r in self.rules],
+            "max_checked_chars": config.max_checked_chars,
+            "calls_checked": self.checked,
+            "violations": self.violations,
+            "limitations": "best-effort filter: encoded or split secrets are not recognised",
+        }
