@@ -42,7 +42,7 @@ def _rule(pattern: str, template: str, category: str, confidence: float) -> Rule
 _TAIL = r"(?P<x>[^.!?\n]{2,200})"
 RULES: tuple[Rule, ...] = (
     _rule(r"\bremember that " + _TAIL, "{x}", "personal_detail", 0.95),
-    _rule(r"\bmy name is (?P<x>[A-Za-z][\w'\-]*(?: [A-Z][\w'\-]*)?)", "The user's name is {x}", "personal_detail", 0.95),
+    _rule(r"\bmy name is (?P<x>[A-Za-z][\w'\-]*(?-i: [A-Z][\w'\-]*)?)", "The user's name is {x}", "personal_detail", 0.95),
     _rule(r"\b(?:please )?call me (?P<x>[A-Za-z][\w'\-]*)", "The user wants to be called {x}", "personal_detail", 0.9),
     _rule(r"\bmy favou?rite (?P<k>[a-z][a-z ]{1,40}?) (?:is|are) " + _TAIL, "The user's favorite {k} is {x}",
           "preference", 0.9),
@@ -68,8 +68,15 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+# A new first-person clause ends a fact: "London and I work at Acme" → "London".
+_NEXT_CLAUSE = re.compile(r"[,;]?\s+(?:and|but|so|because|although)\s+(?:i|i'm|my|me)\b.*$", re.IGNORECASE)
+
+_TRAILING_FILLER = re.compile(r"(?:\s+(?:now|too|also|as well|anyway|though|actually|these days))+$", re.IGNORECASE)
+
+
 def _clean(value: str) -> str:
-    value = " ".join(value.split()).strip(" ,;:'\"")
+    value = _NEXT_CLAUSE.sub("", " ".join(value.split())).strip(" ,;:'\"")
+    value = _TRAILING_FILLER.sub("", value)
     return value[:MAX_FACT_CHARS]
 
 
