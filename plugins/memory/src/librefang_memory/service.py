@@ -4,6 +4,7 @@ KV store, one per kernel (``kernel.services["memory"]``)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from librefang_memory.models import items, settings, vectors
 from librefang_memory.relations import RelationStore
 from librefang_memory.store import LEVELS, Filter, Item, ItemStore, new_row
 
+log = logging.getLogger("librefang.memory")
 DAY = 86_400.0
 CONFIG_SETTING = "proactive_memory"
 
@@ -44,6 +46,9 @@ class MemoryService:
         self.embedder: embeddings.Embedder | None = None
         if config.embeddings != "off" and embeddings.available():
             self.embedder = embeddings.Embedder()
+        elif config.embeddings == "wordllama":
+            log.warning("[memory] embeddings = \"wordllama\" but wordllama is not installed "
+                        "(pip install 'librefang-memory[embeddings]'): full-text search only")
         self.pipeline: Any = None  # librefang_memory.pipeline.Pipeline, set at startup
 
     async def open(self) -> None:
@@ -195,7 +200,7 @@ class MemoryService:
         found = await self.store.search(query, agent_id=agent_id, level=level, limit=limit, peer_id=peer_id)
         mode = "fts"
         if self.embedder is not None and query.strip():
-            semantic = await self._semantic(query, agent_id, limit * 4)
+            semantic = await self._semantic(query, agent_id, limit * 4 if level or peer_id else limit)
             if semantic:
                 mode = "hybrid"
                 fused = embeddings.reciprocal_rank_fusion([[i.seq for i in found], [s for s, _ in semantic]])
@@ -225,7 +230,8 @@ class MemoryService:
         if not blobs:
             return []
         query_vector = (await self.embedder.encode([query]))[0]
-        return await _to_thread(embeddings.rank, query_vector, blobs, limit)
+        ranked = await _to_thread(embeddings.rank, query_vector, blobs, limit)
+        return [(seq, score) for seq, score in ranked if score >= self.config.semantic_min_similarity]
 
     async def _embed(self, added: list[Item]) -> None:
         if self.embedder is None or not added:

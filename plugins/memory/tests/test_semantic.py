@@ -1,0 +1,51 @@
+"""Semantic search with the optional ``embeddings`` extra (wordllama, offline): hybrid ranking by
+reciprocal-rank fusion finds memories that share no word with the query. Skipped cleanly when the
+extra is not installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from librefang_memory.embeddings import reciprocal_rank_fusion
+
+SEMANTIC = "[memory]\nembeddings = \"wordllama\"\n"
+
+
+def test_reciprocal_rank_fusion() -> None:
+    fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1]], k=60)
+    assert [key for key, _ in fused] == [1, 3, 2]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+
+
+async def test_hybrid_search_finds_meaning_without_shared_words(start_memory: Any, spawn: Any) -> None:
+    pytest.importorskip("wordllama")
+    kernel, client = await start_memory(SEMANTIC)
+    agent_id = await spawn(kernel, "semantic")
+    for content in ("The user drinks green tea every morning", "The car needs new winter tires",
+                    "The quarterly report is due on Friday"):
+        r = await client.post("/api/memory", json={"agent_id": agent_id, "content": content})
+        assert r.status_code == 201
+    body = await (await client.get(f"/api/memory/agents/{agent_id}/search?q=hot beverages&limit=1")).get_json()
+    assert body["mode"] == "hybrid"
+    assert [m["content"] for m in body["memories"]] == ["The user drinks green tea every morning"]
+    body = await (await client.get("/api/memory/search?q=automobile maintenance&limit=1")).get_json()
+    assert [m["content"] for m in body["memories"]] == ["The car needs new winter tires"]
+    stats = await (await client.get("/api/memory/stats")).get_json()
+    assert stats["semantic_search"] is True
+    # an updated memory is re-embedded; a deleted one is no longer found
+    memory_id = body["memories"][0]["id"]
+    await client.put(f"/api/memory/items/{memory_id}", json={"content": "The user plays the violin"})
+    body = await (await client.get("/api/memory/search?q=musical instrument&limit=1")).get_json()
+    assert body["memories"][0]["id"] == memory_id
+    await client.delete(f"/api/memory/items/{memory_id}")
+    body = await (await client.get("/api/memory/search?q=musical instrument&limit=3")).get_json()
+    assert memory_id not in [m["id"] for m in body["memories"]]
+
+
+async def test_embeddings_off_is_fts_only(start_memory: Any, spawn: Any) -> None:
+    kernel, client = await start_memory("[memory]\nembeddings = \"off\"\n")
+    agent_id = await spawn(kernel, "plain")
+    await client.post("/api/memory", json={"agent_id": agent_id, "content": "The user drinks green tea"})
+    body = await (await client.get("/api/memory/search?q=hot beverages")).get_json()
+    assert body["mode"] == "fts" and body["count"] == 0
