@@ -175,3 +175,13 @@ async def test_upload_limits_and_bad_requests(start_agents, spawn):
     assert (await client.get("/api/uploads/not-a-uuid")).status_code == 400
     unknown = await client.get(f"/api/uploads/{uuid.uuid4()}")
     assert unknown.status_code == 404 and (await unknown.get_json())["code"] == "upload_not_found"
+
+
+async def test_workspace_of_creates_the_folder_on_first_use(client, spawn, agents_kernel):
+    from librefang_agents.api import registry, workspace_of
+
+    agent_id = await spawn(client, "lazy")
+    record = await registry(agents_kernel).get(agent_id)
+    folder = agents_kernel.home / "workspaces" / "agents" / "lazy"
+    assert not folder.exists()
+    assert workspace_of(agents_kernel, record) == folder and folder.is_dir()

@@ -52,8 +52,13 @@ def registry(kernel: Any) -> AgentService:
 
 
 def workspace_of(kernel: Any, record: AgentRecord) -> Path:
-    """The workspace folder of an agent (``LIBREFANG_HOME/workspaces/agents/<name>``)."""
-    return workspace_dir(kernel.home, record.name)
+    """The workspace folder of an agent (``LIBREFANG_HOME/workspaces/agents/<name>``), created (0700)
+    if missing: workspaces are made on first use, and a caller of this is about to use it.
+    """
+    path = workspace_dir(kernel.home, record.name)
+    if not path.is_dir():  # one stat when it exists; a spawn itself creates no folder
+        _create_workspace(kernel.home, record.name)
+    return path
 
 
 async def ensure_workspace(kernel: Any, record: AgentRecord) -> Path:
