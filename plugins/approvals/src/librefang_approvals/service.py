@@ -317,9 +317,10 @@ class ApprovalService:
             if approval_id in self.waiters:
                 continue
             async with self.kernel.db.begin() as conn:
-                if await self._finish(conn, approval_id, "timed_out", "system", None):
-                    count += 1
-                    await self._announce(await self.get(approval_id))
+                finished = await self._finish(conn, approval_id, "timed_out", "system", None)
+            if finished:  # announced after the commit: the audit chain writes through its own connection
+                count += 1
+                await self._announce(await self.get(approval_id))
         return count
 
     async def trim(self, retention_days: int) -> int:
