@@ -125,3 +125,16 @@ async def test_without_the_budget_plugin_nothing_is_refused(start: Any, spawn: A
     agent_id = await spawn(kernel, "free")
     assert (await send(client, agent_id))[0] == 200
     assert (await send(client, agent_id))[0] == 200
+
+
+async def test_a_streamed_turn_reports_the_refusal_as_an_error_event(start: Any, spawn: Any, fake_llm: Any) -> None:
+    kernel, client = await start('[budget]\nmax_hourly_usd = 0.1\n')
+    agent_id = await spawn(kernel, "streamer")
+    fake_llm.script(Script(text="first", usage={"input": 200_000, "output": 0}))
+    assert (await send(client, agent_id))[0] == 200
+    response = await client.post(f"/api/agents/{agent_id}/message/stream", json={"message": "again"})
+    text_body = await response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "event: error" in text_body and '"code": "budget_exceeded"' in text_body.replace('":"', '": "')
+    assert "hourly cap is $0.1000" in text_body
+    assert len(fake_llm.requests) == 1

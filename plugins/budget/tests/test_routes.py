@@ -6,6 +6,7 @@ import tomllib
 from typing import Any
 
 import pytest
+from librefang.ratelimit import route_cost
 
 from tests.fakes.llm_server import Script
 
@@ -21,6 +22,7 @@ async def test_routes_are_registered_with_auth_and_in_openapi(start: Any) -> Non
     specs = {(s.method, s.path): s for s in kernel.routes.specs.values() if s.plugin == "budget"}
     assert set(specs) == set(ROUTES)
     assert not any(s.public for s in specs.values())
+    assert all(s.cost == route_cost(s.method, s.path) for s in specs.values())  # the reference cost table
     paths = (await (await client.get("/api/openapi.json")).get_json())["paths"]
     assert {"/api/budget", "/api/usage/daily", "/api/budget/agents/{agent_id}"} <= set(paths)
 

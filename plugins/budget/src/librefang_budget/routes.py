@@ -1,4 +1,8 @@
-"""Budget and Usage routes (thin: the logic is in service.py, analytics.py and persist.py)."""
+"""Budget and Usage routes (thin: the logic is in service.py, analytics.py and persist.py).
+
+Rate-limit costs follow the reference table (``librefang.ratelimit.route_cost``): 3 for ``GET /api/usage``,
+5 for every other route here.
+"""
 
 from __future__ import annotations
 
@@ -58,13 +62,13 @@ def _given(body: Any) -> dict[str, Any]:
     return values
 
 
-@router.get("/api/budget", cost=2, response=BudgetStatus)
+@router.get("/api/budget", cost=5, response=BudgetStatus)
 async def budget_status() -> dict[str, Any]:
     """Global budget status: spend, cap and spend/cap per window (hourly, daily, monthly)."""
     return await service().global_status()
 
 
-@router.put("/api/budget", cost=10, body=BudgetUpdate, response=BudgetStatus)
+@router.put("/api/budget", cost=5, body=BudgetUpdate, response=BudgetStatus)
 async def update_budget(body: BudgetUpdate) -> dict[str, Any]:
     """Change global caps, the alert threshold or the default token cap; persisted to config.toml."""
     given = body.model_dump(exclude_none=True)
@@ -110,13 +114,13 @@ async def agent_budget_ranking(query: PageQuery) -> dict[str, Any]:
     return {"items": items, "total": len(ids), "offset": query.offset, "limit": query.limit}
 
 
-@router.get("/api/budget/agents/<agent_id>", cost=2, response=AgentBudgetStatus)
+@router.get("/api/budget/agents/<agent_id>", cost=5, response=AgentBudgetStatus)
 async def agent_budget_status(agent_id: str) -> dict[str, Any]:
     """One agent's spend and caps per window, and its LLM tokens in the last hour."""
     return await service().agent_status(agent_id)
 
 
-@router.put("/api/budget/agents/<agent_id>", cost=10, body=AgentBudgetUpdate, response=StatusMessage)
+@router.put("/api/budget/agents/<agent_id>", cost=5, body=AgentBudgetUpdate, response=StatusMessage)
 async def update_agent_budget(agent_id: str, body: AgentBudgetUpdate) -> dict[str, Any]:
     """Set per-agent caps (stored in the database; they override the manifest's [resources])."""
     values = _given(body)
@@ -136,7 +140,7 @@ async def provider_budget_list() -> dict[str, Any]:
     return {"providers": rows, "total": len(rows)}
 
 
-@router.put("/api/budget/providers/<provider_id>", cost=10, body=ProviderBudgetUpdate, response=ProviderBudgets)
+@router.put("/api/budget/providers/<provider_id>", cost=5, body=ProviderBudgetUpdate, response=ProviderBudgets)
 async def update_provider_budget(provider_id: str, body: ProviderBudgetUpdate) -> dict[str, Any]:
     """Upsert per-provider caps in [budget.providers.<id>] of config.toml (partial)."""
     if not PROVIDER_ID.match(provider_id):
@@ -151,14 +155,14 @@ async def update_provider_budget(provider_id: str, body: ProviderBudgetUpdate) -
     return {"providers": rows, "total": len(rows)}
 
 
-@router.get("/api/usage", cost=5, query=PageQuery, response=UsagePage)
+@router.get("/api/usage", cost=3, query=PageQuery, response=UsagePage)
 async def usage_stats(query: PageQuery) -> dict[str, Any]:
     """Usage per agent (tokens, cost, calls, tool calls), biggest spender first."""
     items, total = await analytics.per_agent(current_kernel().db, query.offset, query.limit)
     return {"items": items, "total": total, "offset": query.offset, "limit": query.limit}
 
 
-@router.get("/api/usage/summary", cost=2, response=UsageSummary)
+@router.get("/api/usage/summary", cost=5, response=UsageSummary)
 async def usage_summary() -> dict[str, Any]:
     """Totals over every metered LLM call."""
     return await analytics.summary(current_kernel().db)
