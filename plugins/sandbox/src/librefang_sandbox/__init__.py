@@ -1,0 +1,1 @@
+"""LibreFang sandbox plugin: shell/process tools under an exec policy, and WASM tools in wasmtime."""
