@@ -120,7 +120,7 @@ async def test_stopping_the_turn_marks_its_request_skipped(start: Any, spawn: An
 
 async def test_direct_invoke_and_ungated_tools(start: Any, spawn: Any) -> None:
     kernel, client = await start('[tool_invoke]\nenabled = true\nallowlist = ["file_*"]\n'
-                                 '[approval]\nrequire_approval = ["file_w*"]\n')
+                                 '[approval]\nrequire_approval = ["file_w*"]\nmax_pending_per_agent = 1\n')
     agent = await spawn(kernel, "direct")
     anonymous = await client.post("/api/tools/file_write/invoke", json={"path": "x.txt", "content": "x"})
     body = await anonymous.get_json()
@@ -129,6 +129,11 @@ async def test_direct_invoke_and_ungated_tools(start: Any, spawn: Any) -> None:
     ungated = await client.post(f"/api/tools/file_delete/invoke?agent_id={agent}", json={"path": "nothing.txt"})
     assert "needs approval" not in (await ungated.get_json())["content"]
     assert (await (await client.get("/api/approvals/count")).get_json()) == {"pending": 0}
+    # An agent at its pending limit is refused at once, with the reason, instead of queueing more.
+    await client.post("/api/approvals", json={"agent_id": agent, "tool_name": "file_write"})
+    full = await client.post(f"/api/tools/file_write/invoke?agent_id={agent}", json={"path": "y", "content": "y"})
+    body = await full.get_json()
+    assert full.status_code == 400 and "already has 1 pending approvals" in body["content"]
 
 
 async def test_auto_approve_turns_the_gate_off(start: Any, spawn: Any, fake_llm: Any) -> None:

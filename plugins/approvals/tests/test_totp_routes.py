@@ -102,7 +102,9 @@ async def test_totp_tools_need_a_code_and_a_code_works_once(start: Any, spawn: A
     assert (await client.post(f"/api/approvals/{second}/approve", json={"totp_code": older})).status_code == 400
     assert (await (await client.get(f"/api/approvals/{second}")).get_json())["status"] == "pending"
     clock.now += 30
-    ok = await client.post(f"/api/approvals/{second}/approve", json={"totp_code": totp.code_at(secret, clock.now)})
+    spaced = totp.code_at(secret, clock.now)
+    spaced = f"{spaced[:3]} {spaced[3:]}"  # as authenticator apps display it
+    ok = await client.post(f"/api/approvals/{second}/approve", json={"totp_code": spaced})
     assert ok.status_code == 200
     # A tool outside totp_tools needs no code; rejecting never needs one.
     assert (await client.post(f"/api/approvals/{plain}/approve", json={})).status_code == 200

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from librefang.errors import ApiError
 from librefang_runtime.api import Deny
 
 log = logging.getLogger("librefang.approvals")
@@ -30,11 +31,14 @@ async def check(service: Any, call: Any, context: Any) -> Deny | None:
         # POST /api/tools/{name}/invoke without ?agent_id=: nobody to attribute the request to.
         return Deny(f"{call.name} needs approval, which needs an agent: call it with ?agent_id=", status="denied")
     summary = service.summarize(call.input)
-    request = await service.create(
-        agent_id=context.agent_id, agent_name=context.agent_name or context.agent_id, tool_name=call.name,
-        session_id=context.session_id or None, description=f"Agent {context.agent_name or context.agent_id} wants "
-        f"to run {call.name}", action_summary=summary, tool_use_id=getattr(call, "id", None) or None,
-        source="tool_call", actor=context.agent_id)
+    try:
+        request = await service.create(
+            agent_id=context.agent_id, agent_name=context.agent_name or context.agent_id, tool_name=call.name,
+            session_id=context.session_id or None, description=f"Agent {context.agent_name or context.agent_id} "
+            f"wants to run {call.name}", action_summary=summary, tool_use_id=getattr(call, "id", None) or None,
+            source="tool_call", actor=context.agent_id)
+    except ApiError as exc:  # too many pending requests: refuse with the reason, not a generic failure
+        return Deny(exc.message, status="denied")
     config = service.config()
     decision = await service.wait(request["id"], float(request["timeout_secs"]))
     who = decision.decided_by or "the reviewer"

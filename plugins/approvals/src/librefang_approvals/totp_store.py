@@ -176,8 +176,9 @@ class TotpStore:
             if secret is None:
                 raise BadRequest("no TOTP enrollment is confirmed: POST /api/approvals/totp/setup first",
                                  code="totp_not_enrolled")
-            if totp.looks_like_code(code.strip()):
-                ok, kind = await self._consume_step(secret, code)
+            digits = "".join(code.split())  # "123 456" as some apps display it
+            if totp.looks_like_code(digits):
+                ok, kind = await self._consume_step(secret, digits)
             elif allow_recovery:
                 ok, kind = await self._consume_recovery(code)
             else:
