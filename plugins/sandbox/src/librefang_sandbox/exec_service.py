@@ -142,12 +142,12 @@ class ExecService:
 
     async def process_start(self, data: dict[str, Any], context: ToolContext) -> str:
         """Start a long-running process; returns its id for the other process tools."""
-        running = sum(1 for p in self.processes.values() if not p.child.finished.is_set())
-        if running >= self.config.max_background_processes:
-            raise ToolError(f"{running} background processes are running; the limit is "
-                            f"{self.config.max_background_processes} (kill one first)")
         checked, _policy, env, ruleset = await self._prepare(data, context)
         try:
+            running = sum(1 for p in self.processes.values() if not p.child.finished.is_set())
+            if running >= self.config.max_background_processes:
+                raise ToolError(f"{running} background processes are running; the limit is "
+                                f"{self.config.max_background_processes} (kill one first)")
             child = await start_child(checked.argv, cwd=str(checked.cwd), env=env, limits=self.limits(),
                                       ruleset=ruleset, max_output=self.config.max_output_bytes, overflow="drop",
                                       stdin=True, cgroup_root=self.cgroup_root)
