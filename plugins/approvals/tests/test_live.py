@@ -4,6 +4,8 @@ whose gated tool call waits, and an approval sent by a separate HTTP client."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ import librefang_approvals.plugin as approvals_plugin
 import librefang_providers.plugin as providers_plugin
 import librefang_runtime.plugin as runtime_plugin
 import pytest
+from click.testing import CliRunner
+from librefang.cli import main
 from librefang.testing import start_live_server, write_config
 
 from tests.fakes.llm_server import Script, ToolCall
@@ -51,5 +55,20 @@ async def test_a_live_turn_waits_for_an_http_approval(librefang_home: Path, fake
             assert (librefang_home / "workspaces" / "agents" / "live-writer" / "live.txt").read_text() == "ok"
             twice = await reviewer.post(f"/api/approvals/{request['id']}/approve", json={})
             assert twice.status_code == 409
+
+            # The command line decides through the same API.
+            manual = (await reviewer.post("/api/approvals", json={"agent_id": agent, "tool_name": "shell_exec",
+                                                                  "action_summary": "make clean"})).json()
+            (librefang_home / "daemon.json").write_text(json.dumps({"pid": os.getpid(), "url": server.url}))
+            home = ["--home", str(librefang_home)]
+            listed = await asyncio.to_thread(CliRunner().invoke, main, ["approvals", "list", *home])
+            assert listed.exit_code == 0, listed.output
+            assert manual["id"] in listed.output and "shell_exec" in listed.output and "make clean" in listed.output
+            rejected = await asyncio.to_thread(CliRunner().invoke, main, ["approvals", "reject", manual["id"], *home])
+            assert rejected.exit_code == 0 and rejected.output.strip() == f"{manual['id']} rejected"
+            again = await asyncio.to_thread(CliRunner().invoke, main, ["approvals", "approve", manual["id"], *home])
+            assert again.exit_code != 0 and "409" in again.output
+            everything = await asyncio.to_thread(CliRunner().invoke, main, ["approvals", "list", "--all", "--json", *home])
+            assert {a["status"] for a in json.loads(everything.output)["approvals"]} == {"approved", "rejected"}
     finally:
         await asyncio.to_thread(server.stop)

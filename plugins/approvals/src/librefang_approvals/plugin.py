@@ -36,6 +36,13 @@ def register_routes(register: Any) -> None:
 
 
 @librefang.hookimpl
+def register_commands(cli: Any) -> None:
+    from librefang_approvals.cli import approvals
+
+    cli.add_command(approvals)
+
+
+@librefang.hookimpl
 def security_checks(register: Any) -> None:
     register("tool_approvals", approvals_security)
 
