@@ -26,6 +26,7 @@ from librefang_providers.api import (
     MissingApiKey,
     Overloaded,
     RateLimited,
+    ToolResultBlock,
     UnknownProvider,
     Usage,
     get_registry,
@@ -51,6 +52,8 @@ log = logging.getLogger("librefang.runtime")
 SOURCE = "runtime"
 CATALOG_SERVICE = "providers.catalog"
 BTW_PREFIX = "/btw "
+TOUCH_INTERVAL = 2.0  # seconds between two last_active writes for one agent and session
+MAX_TOUCHED = 10_000
 
 
 @dataclass
@@ -115,6 +118,7 @@ class RuntimeService:
         self.running: dict[str, dict[str, asyncio.Task[TurnResult]]] = {}
         self.ws_connections: dict[str, int] = {}  # client IP -> open WebSockets (bounded by the limit)
         self._web_client: Any = None
+        self._touched: dict[tuple[str, str | None], float] = {}
 
     def web_client(self) -> Any:
         """The HTTP client of ``web_fetch`` (created on first use, closed by :meth:`aclose`)."""
@@ -242,21 +246,30 @@ class RuntimeService:
     async def run(self, turn: Turn, emit: Emit | None = None) -> TurnResult:
         """Run ``turn`` under its session's lock (callers for one session run one at a time, in order)."""
         async with self.locks.hold(turn.session_id):
-            info = await self.store.ensure(turn.session_id, turn.agent_id) if turn.persist else None
             history: list[Message] = []
-            if turn.load_history:
-                stored = await self.store.load(turn.session_id, limit=turn.max_history)
+            if turn.persist:
+                info, stored = await self.store.open_turn(turn.session_id, turn.agent_id, turn.max_history)
                 history = trim([s.message for s in stored], turn.max_history)
-                if info is not None and await self._auto_compact(turn, info.message_count, history, emit):
+                if await self._auto_compact(turn, info.message_count, history, emit):
                     stored = await self.store.load(turn.session_id, limit=turn.max_history)
                     history = trim([s.message for s in stored], turn.max_history)
+            elif turn.load_history:
+                stored = await self.store.load(turn.session_id, limit=turn.max_history)
+                history = trim([s.message for s in stored], turn.max_history)
             sections = await self._sections(turn)
             if sections:
                 turn.settings.system_prompt += "\n\n" + "\n\n".join(sections)
+            # Committed messages are written in batches: when a tool round is complete (its results are
+            # in) and at the end of the turn together with its usage; one transaction each.
+            pending: list[Message] = []
 
             async def commit(message: Message) -> None:
-                if turn.persist:
-                    await self.store.append(turn.session_id, message)
+                if not turn.persist:
+                    return
+                pending.append(message)
+                if any(isinstance(b, ToolResultBlock) for b in message.blocks()):
+                    await self.store.write(turn.session_id, pending[:])
+                    pending.clear()
 
             loop = AgentLoop(get_registry(self.kernel), self.tools, turn.settings, turn.context,
                              allowed_tools=turn.allowed_tools, policy=self.policy, emit=emit, commit=commit)
@@ -268,17 +281,21 @@ class RuntimeService:
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
-                    raise  # our caller is going away (client disconnect): the run is cancelled with it
+                    # Our caller is going away (client disconnect): the run is cancelled with it, and
+                    # what it had committed is still written.
+                    if pending:
+                        await asyncio.shield(self.store.write(turn.session_id, pending[:]))
+                    raise
                 if loop.partial is not None:
-                    await self._account(turn, loop.partial, started, outcome="cancelled")
+                    await self._account(turn, loop.partial, started, pending, outcome="cancelled")
                 raise ApiError("the run was cancelled", status=409, code="run_cancelled") from None
             except MaxIterationsExceeded as exc:
-                await self._account(turn, exc.result, started, outcome="error", error="max_iterations_exceeded")
+                await self._account(turn, exc.result, started, pending, outcome="error", error="max_iterations_exceeded")
                 raise ApiError(str(exc), status=502, code="max_iterations_exceeded",
                                details={"iterations": exc.iterations}) from None
             except LLMError as exc:
                 if loop.partial is not None:
-                    await self._account(turn, loop.partial, started, outcome="error", error=exc.code)
+                    await self._account(turn, loop.partial, started, pending, outcome="error", error=exc.code)
                 raise llm_error(exc) from None
             finally:
                 sessions_of = self.running.get(turn.agent_id, {})
@@ -288,7 +305,7 @@ class RuntimeService:
                     self.running.pop(turn.agent_id, None)
                 if not task.done():
                     task.cancel()
-            await self._account(turn, result, started)
+            await self._account(turn, result, started, pending)
             return result
 
     async def _auto_compact(self, turn: Turn, count: int, window: list[Message], emit: Emit | None) -> bool:
@@ -346,22 +363,22 @@ class RuntimeService:
                 total = (total or 0.0) + value
         return total
 
-    async def _account(self, turn: Turn, result: TurnResult, started: float, *, outcome: str = "ok",
-                       error: str | None = None) -> None:
-        """Store the turn's usage (also of a failed or cancelled turn: its tokens were spent), publish
-        ``runtime.turn_completed`` and call ``after_turn`` hooks."""
+    async def _account(self, turn: Turn, result: TurnResult, started: float, pending: list[Message], *,
+                       outcome: str = "ok", error: str | None = None) -> None:
+        """Store the turn's last messages and its usage in one transaction (also for a failed or
+        cancelled turn: its tokens were spent), publish ``runtime.turn_completed`` and call
+        ``after_turn`` hooks."""
         result_cost = result.cost_usd = await self.cost(result)
         usage: Usage = result.usage
         latency_ms = (time.perf_counter() - started) * 1000
         if turn.persist:
-            await self.store.record_usage(agent_id=turn.agent_id, session_id=turn.session_id, provider=result.provider,
-                                          model=result.model, usage_=usage, cost_usd=result_cost,
-                                          iterations=result.iterations, outcome=outcome, error=error,
-                                          latency_ms=latency_ms, traces=result.decision_traces)
-            try:
-                await self.agents.touch(turn.agent_id, turn.session_id if not turn.pinned else None)
-            except ApiError:  # the agent was killed during the turn: nothing to touch
-                pass
+            row = self.store.usage_row(agent_id=turn.agent_id, session_id=turn.session_id, provider=result.provider,
+                                       model=result.model, usage_=usage, cost_usd=result_cost,
+                                       iterations=result.iterations, outcome=outcome, error=error,
+                                       latency_ms=latency_ms, traces=result.decision_traces)
+            await self.store.write(turn.session_id, pending[:], row)
+            pending.clear()
+            await self._touch(turn)
         summary = {
             "agent_id": turn.agent_id, "name": turn.agent_name, "session_id": turn.session_id,
             "provider": result.provider, "model": result.model, "input_tokens": usage.input_tokens,
@@ -372,6 +389,21 @@ class RuntimeService:
         self.kernel.bus.publish("runtime.turn_completed", summary, source=SOURCE)
         await self.kernel.plugins.acall("after_turn", kernel=self.kernel,
                                         turn={**summary, "response": result.response, "silent": result.silent})
+
+    async def _touch(self, turn: Turn) -> None:
+        """Tell the registry the agent was active (and its current session). Throttled per agent and
+        session: a busy agent's ``last_active`` need not cost a write per turn."""
+        key = (turn.agent_id, None if turn.pinned else turn.session_id)
+        now = time.monotonic()
+        if now - self._touched.get(key, float("-inf")) < TOUCH_INTERVAL:
+            return
+        if len(self._touched) >= MAX_TOUCHED:
+            self._touched.clear()
+        self._touched[key] = now
+        try:
+            await self.agents.touch(turn.agent_id, key[1])
+        except ApiError:  # the agent was killed during the turn: nothing to touch
+            pass
 
     def response(self, turn: Turn, result: TurnResult) -> dict[str, Any]:
         """The ``MessageResponse`` JSON (empty optional fields left out, as the reference does)."""

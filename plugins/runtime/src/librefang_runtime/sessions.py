@@ -81,22 +81,54 @@ class SessionStore:
 
     async def append(self, session_id: str, message: Message) -> None:
         """Store ``message`` at the end of the session; the oldest go beyond ``max_messages``."""
+        await self.write(session_id, [message])
+
+    async def write(self, session_id: str, items: list[Message], usage_row: dict[str, Any] | None = None) -> None:
+        """Append ``items`` (and record a turn's usage) in one transaction; the oldest messages go
+        beyond ``max_messages``. One transaction per flush keeps a turn's database cost low."""
+        if not items and usage_row is None:
+            return
         now = time.time()
-        payload = json.dumps(content_to_json(message), ensure_ascii=False, separators=(",", ":"))
         async with self.db.begin() as conn:
-            await conn.execute(messages.insert().values(
-                session_id=session_id, role=message.role, content=payload, created_at=now, text=text_of(message)))
-            await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
-                message_count=sessions.c.message_count + 1, updated_at=now))
-            count = (await conn.execute(
-                sa.select(sessions.c.message_count).where(sessions.c.id == session_id))).scalar_one()
-            if count > self.max_messages:
-                excess = count - self.max_messages
-                oldest = sa.select(messages.c.id).where(messages.c.session_id == session_id) \
-                    .order_by(messages.c.id).limit(excess).scalar_subquery()
-                await conn.execute(messages.delete().where(messages.c.id.in_(oldest)))
-                await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
-                    message_count=self.max_messages))
+            if items:
+                await conn.execute(messages.insert(), [
+                    {"session_id": session_id, "role": m.role, "created_at": now, "text": text_of(m),
+                     "content": json.dumps(content_to_json(m), ensure_ascii=False, separators=(",", ":"))}
+                    for m in items])
+                count = (await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                    message_count=sessions.c.message_count + len(items), updated_at=now)
+                    .returning(sessions.c.message_count))).scalar_one_or_none()
+                if count is not None and count > self.max_messages:
+                    excess = count - self.max_messages
+                    oldest = sa.select(messages.c.id).where(messages.c.session_id == session_id) \
+                        .order_by(messages.c.id).limit(excess).scalar_subquery()
+                    await conn.execute(messages.delete().where(messages.c.id.in_(oldest)))
+                    await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                        message_count=self.max_messages))
+            if usage_row is not None:
+                await conn.execute(usage.insert().values(**usage_row))
+
+    async def open_turn(self, session_id: str, agent_id: str, limit: int | None) -> tuple[SessionInfo, list[StoredMessage]]:
+        """The session (created for ``agent_id`` when new) and its most recent messages, in one transaction."""
+        query = sa.select(messages.c.role, messages.c.content, messages.c.created_at) \
+            .where(messages.c.session_id == session_id).order_by(messages.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        try:
+            async with self.db.begin() as conn:
+                row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
+                if row is None:
+                    now = time.time()
+                    await conn.execute(sessions.insert().values(
+                        id=session_id, agent_id=agent_id, label=None, message_count=0, created_at=now, updated_at=now))
+                    row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
+                    rows: list[Any] = []
+                else:
+                    rows = (await conn.execute(query)).all()
+        except IntegrityError:  # created concurrently by another process: read the winner's row
+            return await self.ensure(session_id, agent_id), await self.load(session_id, limit)
+        stored = [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
+        return _info(row), stored
 
     async def load(self, session_id: str, limit: int | None = None) -> list[StoredMessage]:
         """The session's messages in order; with ``limit``, only the most recent ones."""
@@ -235,20 +267,21 @@ class SessionStore:
             await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
                 message_count=sessions.c.message_count - len(ids) + 1, summary=summary, updated_at=time.time()))
 
-    async def record_usage(self, *, agent_id: str, session_id: str, provider: str, model: str, usage_: Usage,
-                           cost_usd: float | None, iterations: int, outcome: str = "ok", error: str | None = None,
-                           latency_ms: float = 0.0, traces: list[dict[str, Any]] | None = None) -> None:
-        """Store one turn: usage, outcome, latency and its decision traces."""
+    @staticmethod
+    def usage_row(*, agent_id: str, session_id: str, provider: str, model: str, usage_: Usage,
+                  cost_usd: float | None, iterations: int, outcome: str = "ok", error: str | None = None,
+                  latency_ms: float = 0.0, traces: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The ``runtime_usage`` row of one turn: usage, outcome, latency and its decision traces."""
         traces = traces or []
-        async with self.db.begin() as conn:
-            await conn.execute(usage.insert().values(
-                agent_id=agent_id, session_id=session_id, provider=provider, model=model,
-                input_tokens=usage_.input_tokens, output_tokens=usage_.output_tokens,
-                cache_read_tokens=usage_.cache_read_tokens, cache_write_tokens=usage_.cache_write_tokens,
-                cost_usd=cost_usd, iterations=iterations, created_at=time.time(), outcome=outcome,
-                error=error[:200] if error else None, latency_ms=latency_ms, tool_calls=len(traces),
-                tool_errors=sum(1 for t in traces if t.get("is_error")),
-                traces=json.dumps(traces, ensure_ascii=False, default=str) if traces else None))
+        return {
+            "agent_id": agent_id, "session_id": session_id, "provider": provider, "model": model,
+            "input_tokens": usage_.input_tokens, "output_tokens": usage_.output_tokens,
+            "cache_read_tokens": usage_.cache_read_tokens, "cache_write_tokens": usage_.cache_write_tokens,
+            "cost_usd": cost_usd, "iterations": iterations, "created_at": time.time(), "outcome": outcome,
+            "error": error[:200] if error else None, "latency_ms": latency_ms, "tool_calls": len(traces),
+            "tool_errors": sum(1 for t in traces if t.get("is_error")),
+            "traces": json.dumps(traces, ensure_ascii=False, default=str) if traces else None,
+        }
 
     async def turns(self, agent_id: str, *, outcome: str | None = None, limit: int = 100,
                     offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
