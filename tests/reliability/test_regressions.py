@@ -53,3 +53,44 @@ async def test_claim_of_a_live_process_or_another_host_still_conflicts(store_ker
     finally:
         alive.kill()
         await alive.wait()
+
+
+# -- test_fuzz_openapi: two plugins' response models named SearchResults (memory, runtime), and
+#    ChatMessage, ModelList, StatusMessage: the OpenAPI document kept one schema per name, so routes
+#    declared a response schema that did not describe what they return.
+
+
+def _plugin_with_model(name: str, field_name: str):
+    import librefang
+    from librefang.routing import Router
+    from pydantic import BaseModel, create_model
+
+    model = create_model("SearchResults", __base__=BaseModel, **{field_name: (int, ...)})
+    model.__module__ = f"collide_{name}.schemas"
+
+    class Plugin:
+        @librefang.hookimpl
+        def register_routes(self, register):
+            router = Router(name)
+
+            @router.get(f"/api/{name}/search", cost=1, response=model)
+            async def search():
+                return model(**{field_name: 1})
+
+            register(router)
+
+    return Plugin()
+
+
+async def test_same_named_models_of_two_plugins_keep_their_own_schemas(make_kernel) -> None:
+    from librefang.openapi import build_openapi
+
+    kernel = await make_kernel(load_entry_points=False, plugins={
+        "alpha": _plugin_with_model("alpha", "alpha_total"), "beta": _plugin_with_model("beta", "beta_total")})
+    document = build_openapi(kernel)
+    schemas = document["components"]["schemas"]
+    for name in ("alpha", "beta"):
+        ref = document["paths"][f"/api/{name}/search"]["get"]["responses"]["200"]["content"]["application/json"][
+            "schema"]["$ref"]
+        component = schemas[ref.rsplit("/", 1)[1]]
+        assert list(component["properties"]) == [f"{name}_total"], (name, ref, component)
