@@ -62,6 +62,9 @@ async def test_spawn_get_and_duplicate_name(client, hello):
     assert detail["model"]["provider"] == "openai" and detail["model"]["model"] == "gpt-4o-mini"
     again = await client.post("/api/agents", json={"manifest_toml": hello.format(name="alpha")})
     assert again.status_code == 409 and (await again.get_json())["code"] == "agent_already_exists"
+    # names are unique regardless of case (they name workspace folders)
+    upper = await client.post("/api/agents", json={"manifest_toml": hello.format(name="ALPHA")})
+    assert upper.status_code == 409
     # name override makes a second agent from the same manifest
     other = await client.post("/api/agents", json={"manifest_toml": hello.format(name="alpha"), "name": "beta"})
     assert other.status_code == 201 and (await other.get_json())["name"] == "beta"
@@ -150,6 +153,9 @@ async def test_patch_agent(client, spawn, agents_kernel):
     await spawn(client, "taken")
     response = await client.patch(f"/api/agents/{agent_id}", json={"name": "taken"})
     assert response.status_code == 409
+    assert (await client.patch(f"/api/agents/{agent_id}", json={"name": "TAKEN"})).status_code == 409
+    assert (await client.patch(f"/api/agents/{agent_id}", json={"name": "PATCHED"})).status_code == 200
+    assert (await client.patch(f"/api/agents/{agent_id}", json={"name": "patched"})).status_code == 200
     response = await client.patch(f"/api/agents/{agent_id}", json={"manifest_toml": 'description = "whole"\n'})
     assert response.status_code == 200
     detail = await (await client.get(f"/api/agents/{agent_id}")).get_json()

@@ -86,7 +86,7 @@ class AgentIndex:
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
-        self.by_name: dict[str, str] = {}
+        self.by_name: dict[str, str] = {}  # lower-cased name -> id (names are unique regardless of case)
         self.children: dict[str, list[str]] = {}
         self._views: dict[str, list[Entry]] = {}
         # Per sorted view: every entry's search text joined by NUL, and where each one starts, so a
@@ -113,7 +113,7 @@ class AgentIndex:
             self.update(entry.id, **changed)
             return
         self.entries[entry.id] = entry
-        self.by_name[entry.name] = entry.id
+        self.by_name[entry.name.lower()] = entry.id
         if entry.parent_id:
             self.children.setdefault(entry.parent_id, []).append(entry.id)
             self._stale(entry.parent_id)
@@ -128,9 +128,9 @@ class AgentIndex:
         if entry is None:
             return
         if "name" in values and values["name"] != entry.name:
-            if self.by_name.get(entry.name) == agent_id:
-                del self.by_name[entry.name]
-            self.by_name[values["name"]] = agent_id
+            if self.by_name.get(entry.name.lower()) == agent_id:
+                del self.by_name[entry.name.lower()]
+            self.by_name[values["name"].lower()] = agent_id
         if "state" in values and values["state"] != entry.state:
             self._count(entry.state, -1)
             self._count(values["state"], 1)
@@ -158,8 +158,8 @@ class AgentIndex:
         entry = self.entries.pop(agent_id, None)
         if entry is None:
             return
-        if self.by_name.get(entry.name) == entry.id:
-            del self.by_name[entry.name]
+        if self.by_name.get(entry.name.lower()) == entry.id:
+            del self.by_name[entry.name.lower()]
         self._unlink_parent(entry)
         self._count(entry.state, -1)
         self._corpus.clear()

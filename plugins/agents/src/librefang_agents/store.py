@@ -204,7 +204,7 @@ class AgentStore:
         With SQLite, concurrent spawns are group-committed: whoever holds the write lock writes
         every pending row in one transaction, so N spawns cost one commit instead of N.
         """
-        if record.name in self.index.by_name and not self.shared:
+        if record.name.lower() in self.index.by_name and not self.shared:
             raise NameTaken(record.name)
         values = _columns(record, manifest)
         if self.shared:
@@ -300,8 +300,9 @@ class AgentStore:
         return _record(row) if row is not None else None
 
     async def get_by_name(self, name: str) -> AgentRecord | None:
+        """The agent with this name, compared without case (as uniqueness is)."""
         async with self.db.begin() as conn:
-            row = (await conn.execute(sa.select(agents).where(agents.c.name == name))).first()
+            row = (await conn.execute(sa.select(agents).where(sa.func.lower(agents.c.name) == name.lower()))).first()
         return _record(row) if row is not None else None
 
     async def was_killed(self, agent_id: str) -> bool:
