@@ -163,3 +163,15 @@ async def test_toml_syntax_error_over_http(client):
     assert response.status_code == 400
     body = await response.get_json()
     assert body["code"] == "invalid_manifest" and "line" in body["error"]
+
+
+async def test_unknown_keys_survive_spawn_patch_and_restart(start_agents, spawn):
+    kernel, client = await start_agents()
+    toml = 'name = "keeper"\nfuture_flag = true\n[model]\nprovider = "x"\nseed = 42\n[x_plugin]\nlevel = "high"\n'
+    agent_id = await spawn(client, "keeper", toml=toml)
+    await client.patch(f"/api/agents/{agent_id}/config", json={"temperature": 0.3})
+    await kernel.stop()
+    _kernel, again = await start_agents()
+    manifest = (await (await again.get(f"/api/agents/{agent_id}")).get_json())["manifest"]
+    assert manifest["future_flag"] is True and manifest["x_plugin"] == {"level": "high"}
+    assert manifest["model"]["seed"] == 42 and manifest["model"]["temperature"] == 0.3
