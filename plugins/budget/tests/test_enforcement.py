@@ -138,3 +138,13 @@ async def test_a_streamed_turn_reports_the_refusal_as_an_error_event(start: Any,
     assert "event: error" in text_body and '"code": "budget_exceeded"' in text_body.replace('":"', '": "')
     assert "hourly cap is $0.1000" in text_body
     assert len(fake_llm.requests) == 1
+
+
+async def test_an_unreadable_spend_fails_closed_with_503(start: Any, spawn: Any, fake_llm: Any) -> None:
+    kernel, client = await start('[budget]\nmax_daily_usd = 5\n')
+    agent_id = await spawn(kernel, "blind")
+    async with kernel.db.begin() as conn:  # the usage table disappears under the running daemon
+        await conn.execute(text("ALTER TABLE budget_usage RENAME TO budget_usage_moved"))
+    status, body, _ = await send(client, agent_id)
+    assert status == 503 and body["code"] == "budget_check_failed", body
+    assert len(fake_llm.requests) == 0

@@ -65,9 +65,19 @@ def shutdown(kernel: Any) -> None:
 # optionalhook: the plugin still loads (and serves its API) when the runtime is not installed.
 @librefang.hookimpl(optionalhook=True)
 async def before_llm_call(kernel: Any, call: dict[str, Any]) -> None:
+    from librefang.errors import ApiError, ServiceUnavailable
+
     service = kernel.services.get("budget")
-    if service is not None:
+    if service is None:
+        return
+    try:
         await service.check(call)
+    except ApiError:
+        raise
+    except Exception as exc:  # fail closed, but as a clear 503 rather than an internal error
+        log.error("budget check failed: %s: %s", type(exc).__name__, exc)
+        raise ServiceUnavailable("the budget check could not read the spend; the call was not made",
+                                 code="budget_check_failed") from None
 
 
 @librefang.hookimpl(optionalhook=True)

@@ -126,7 +126,7 @@ async def update_agent_budget(agent_id: str, body: AgentBudgetUpdate) -> dict[st
     values = _given(body)
     svc = service()
     record = await svc.agent_record(agent_id)
-    await svc.store.set_agent_limits(record.id, values)
+    await svc.set_overrides(record.id, values)
     await _audit(f"budget:agent:{record.id}", values)
     current_kernel().bus.publish("budget.updated", {"scope": "agent", "agent_id": record.id, **values}, source="budget")
     return {"status": "ok", "message": f"budget of agent {record.name!r} updated: "

@@ -26,6 +26,8 @@ log = logging.getLogger("librefang.budget")
 SERVICE_KEY = "budget"
 SOURCE = "budget"
 WINDOW_WORDS = {"hourly": "hourly", "daily": "daily", "monthly": "monthly", "tokens_hour": "tokens-per-hour"}
+OVERRIDE_TTL = 2.0
+MAX_CACHED_AGENTS = 10_000
 AGENT_WINDOWS = {"max_cost_per_hour_usd": "hourly", "max_cost_per_day_usd": "daily",
                  "max_cost_per_month_usd": "monthly", "max_llm_tokens_per_hour": "tokens_hour"}
 
@@ -65,6 +67,7 @@ class BudgetService:
         self.metered = 0
         self.refused = 0
         self.alerts_raised = 0
+        self._overrides: dict[str, tuple[float, dict[str, Any]]] = {}
 
     @property
     def config(self) -> BudgetConfig:
@@ -91,8 +94,26 @@ class BudgetService:
                 values[name] = float(getattr(resources, name, 0) or 0)
         if not values["max_llm_tokens_per_hour"]:
             values["max_llm_tokens_per_hour"] = float(self.config.default_max_llm_tokens_per_hour)
-        values.update({k: float(v) for k, v in (await self.store.agent_limits(agent_id)).items()})
+        values.update({k: float(v) for k, v in (await self.overrides(agent_id)).items()})
         return values
+
+    async def overrides(self, agent_id: str) -> dict[str, Any]:
+        """The agent's stored caps, cached for ``OVERRIDE_TTL`` seconds: two reads per LLM call would
+        otherwise each cost a database round trip (another daemon's change shows within the TTL)."""
+        now = time.monotonic()
+        cached = self._overrides.get(agent_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        values = await self.store.agent_limits(agent_id)
+        if len(self._overrides) >= MAX_CACHED_AGENTS:
+            self._overrides.clear()
+        self._overrides[agent_id] = (now + OVERRIDE_TTL, values)
+        return values
+
+    async def set_overrides(self, agent_id: str, values: dict[str, Any]) -> None:
+        """Store caps for an agent (merged into what is stored) and drop the cached copy."""
+        await self.store.set_agent_limits(agent_id, values)
+        self._overrides.pop(agent_id, None)
 
     # -- caps ---------------------------------------------------------------------------------------
     def global_caps(self) -> list[Cap]:
@@ -125,8 +146,9 @@ class BudgetService:
         """Raise 429 ``budget_exceeded`` when any cap of this call's scopes is reached."""
         agent_id, provider = str(call.get("agent_id") or ""), str(call.get("provider") or "")
         w = Windows.at()
-        for caps, where in await self.caps_for(agent_id, provider):
-            spend = await self.store.spend(w, **where)
+        groups = await self.caps_for(agent_id, provider)
+        spends = await self.store.spends(w, [where for _, where in groups])
+        for (caps, where), spend in zip(groups, spends, strict=True):
             for cap in caps:
                 used = spend.of(cap.window)
                 if used >= cap.limit:
@@ -164,18 +186,17 @@ class BudgetService:
             "tool_calls": max(0, int(call.get("tool_calls") or 0)),
             "latency_ms": max(0.0, float(call.get("latency_ms") or 0.0)),
         }
-        await self.store.add(row)
+        threshold = self.config.alert_threshold
+        w = Windows.at(row["created_at"])
+        groups = await self.caps_for(row["agent_id"], row["provider"]) if threshold > 0 else []  # 0: no alerts
+        spends = await self.store.spends(w, [where for _, where in groups], add=row)
         self.metered += 1
-        await self._alerts(row)
+        await self._alerts(w, threshold, groups, spends)
         return row
 
-    async def _alerts(self, row: dict[str, Any]) -> None:
-        threshold = self.config.alert_threshold
-        if threshold <= 0:  # 0 switches alerts off
-            return
-        w = Windows.at(row["created_at"])
-        for caps, where in await self.caps_for(row["agent_id"], row["provider"]):
-            spend = await self.store.spend(w, **where)
+    async def _alerts(self, w: Windows, threshold: float, groups: list[tuple[list[Cap], dict[str, str]]],
+                      spends: list[Spend]) -> None:
+        for (caps, _where), spend in zip(groups, spends, strict=True):
             for cap in caps:
                 used = spend.of(cap.window)
                 if used < threshold * cap.limit:

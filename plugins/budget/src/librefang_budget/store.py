@@ -73,15 +73,24 @@ class Spend:
                 "tokens_hour": float(self.tokens_hour)}[window]
 
 
-def _window_columns(w: Windows) -> list[Any]:
+def _window_columns(w: Windows, where: Any = None) -> list[Any]:
     created, cost = usage.c.created_at, usage.c.cost_usd
     tokens = usage.c.input_tokens + usage.c.output_tokens
+
+    def since(start: float) -> Any:
+        return created >= start if where is None else sa.and_(created >= start, where)
+
     return [
-        sa.func.coalesce(sa.func.sum(sa.case((created >= w.hour, cost), else_=0.0)), 0.0),
-        sa.func.coalesce(sa.func.sum(sa.case((created >= w.day, cost), else_=0.0)), 0.0),
-        sa.func.coalesce(sa.func.sum(sa.case((created >= w.month, cost), else_=0.0)), 0.0),
-        sa.func.coalesce(sa.func.sum(sa.case((created >= w.hour, tokens), else_=0)), 0),
+        sa.func.coalesce(sa.func.sum(sa.case((since(w.hour), cost), else_=0.0)), 0.0),
+        sa.func.coalesce(sa.func.sum(sa.case((since(w.day), cost), else_=0.0)), 0.0),
+        sa.func.coalesce(sa.func.sum(sa.case((since(w.month), cost), else_=0.0)), 0.0),
+        sa.func.coalesce(sa.func.sum(sa.case((since(w.hour), tokens), else_=0)), 0),
     ]
+
+
+def _filter(where: dict[str, str]) -> Any:
+    clauses = [usage.c[column] == value for column, value in where.items()]
+    return sa.and_(*clauses) if clauses else None
 
 
 class UsageStore:
@@ -89,11 +98,6 @@ class UsageStore:
 
     def __init__(self, db: Any) -> None:
         self.db = db
-
-    async def add(self, row: dict[str, Any]) -> None:
-        """Store one metered call (``row`` has every column of ``budget_usage`` but ``id``)."""
-        async with self.db.begin() as conn:
-            await conn.execute(usage.insert().values(**row))
 
     async def spend(self, w: Windows, *, agent_id: str | None = None, provider: str | None = None) -> Spend:
         """Spend of everything (no filter), one agent or one provider, in each window at ``w``."""
@@ -105,6 +109,21 @@ class UsageStore:
         async with self.db.begin() as conn:
             row = (await conn.execute(query)).one()
         return Spend(float(row[0]), float(row[1]), float(row[2]), int(row[3]))
+
+    async def spends(self, w: Windows, filters: list[dict[str, str]], *, add: dict[str, Any] | None = None) -> list[Spend]:
+        """The spend of several scopes (each a column filter; ``{}`` = everything) in one query;
+        with ``add``, that usage row is stored first in the same transaction (one round trip)."""
+        if not filters and add is None:
+            return []
+        columns = [column for where in filters for column in _window_columns(w, _filter(where))]
+        async with self.db.begin() as conn:
+            if add is not None:
+                await conn.execute(usage.insert().values(**add))
+            if not columns:
+                return []
+            row = (await conn.execute(sa.select(*columns).where(usage.c.created_at >= w.earliest))).one()
+        return [Spend(float(row[i]), float(row[i + 1]), float(row[i + 2]), int(row[i + 3]))
+                for i in range(0, len(columns), 4)]
 
     async def spend_by(self, column: str, w: Windows) -> dict[str, Spend]:
         """Spend per ``agent_id`` or ``provider`` in each window (one grouped query)."""
