@@ -175,3 +175,19 @@ async def test_bad_budget_config_stops_the_start_naming_the_key(make_kernel: Any
     with pytest.raises(ConfigError, match=r"budget\.alert_threshold"):
         await make_kernel(plugins={"budget": budget_plugin}, load_entry_points=False,
                           config="[budget]\nalert_threshold = 2\n")
+
+
+async def test_budget_alone_serves_its_api(make_kernel: Any) -> None:
+    """Without the runtime and the agents plugin: usage views work, agent views say why they cannot."""
+    import librefang_budget.plugin as budget_plugin
+    from librefang.app import build_app
+    from librefang.testing import make_client
+
+    kernel = await make_kernel(plugins={"budget": budget_plugin}, load_entry_points=False)
+    client = make_client(build_app(kernel))
+    assert (await client.get("/api/budget")).status_code == 200
+    assert (await client.get("/api/usage/daily")).status_code == 200
+    response = await client.get("/api/budget/agents/00000000-0000-4000-8000-000000000000")
+    assert response.status_code == 503 and (await response.get_json())["code"] == "agents_unavailable"
+    report = {s["name"]: s for s in (await (await client.get("/api/security")).get_json())["systems"]}["budget"]
+    assert report["active"] is False  # nothing offers before_llm_call: no call is capped

@@ -156,3 +156,16 @@ async def test_a_bad_rule_stops_the_start_naming_the_key(make_kernel: Any) -> No
     with pytest.raises(ConfigError, match="taint_rules"):
         await make_kernel(plugins={"taint": taint_plugin}, load_entry_points=False,
                           config='[[taint_rules]]\nname = "bad"\npattern = "(unclosed"\n')
+
+
+async def test_taint_alone_loads_and_reports_inactive(make_kernel: Any) -> None:
+    import librefang_taint.plugin as taint_plugin
+    from librefang.app import build_app
+    from librefang.testing import make_client
+
+    kernel = await make_kernel(plugins={"taint": taint_plugin}, load_entry_points=False)
+    assert kernel.plugins.records["taint"].error is None
+    client = make_client(build_app(kernel))
+    report = {s["name"]: s for s in (await (await client.get("/api/security")).get_json())["systems"]}["taint"]
+    assert report["active"] is False and report["config"]["enabled"] is True
+    assert report["config"]["hooked_into_runtime"] is False

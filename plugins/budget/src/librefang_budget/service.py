@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from librefang.errors import ApiError, TooManyRequests
+from librefang.errors import ApiError, ServiceUnavailable, TooManyRequests
 
 from librefang_budget.config import BudgetConfig
 from librefang_budget.pricing import call_cost, tokens
@@ -75,10 +75,14 @@ class BudgetService:
 
     # -- agents -------------------------------------------------------------------------------------
     async def agent_record(self, agent_id: str) -> Any:
-        """The agent's registry record (400 bad id / 404 unknown as ApiError; KeyError without agents)."""
+        """The agent's registry record (400 bad id, 404 unknown, 503 when the agents plugin is not running)."""
         from librefang_agents import api as agents_api
 
-        return await agents_api.registry(self.kernel).get(agent_id)
+        try:
+            registry = agents_api.registry(self.kernel)
+        except KeyError:
+            raise ServiceUnavailable("the agents plugin is not running", code="agents_unavailable") from None
+        return await registry.get(agent_id)
 
     async def agent_caps(self, agent_id: str, record: Any = None) -> dict[str, float]:
         """Effective per-agent caps: stored override, else manifest ``[resources]``, else defaults."""
@@ -86,7 +90,7 @@ class BudgetService:
         if record is None:
             try:
                 record = await self.agent_record(agent_id)
-            except (ApiError, KeyError):  # a killed agent or no agents plugin: only the overrides apply
+            except ApiError:  # a killed agent or no agents plugin: only the overrides apply
                 record = None
         if record is not None:
             resources = record.parsed().resources

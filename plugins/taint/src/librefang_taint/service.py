@@ -77,8 +77,13 @@ class TaintService:
     def describe(self) -> dict[str, Any]:
         """The live configuration for ``GET /api/security``."""
         config = self.config
+        # Active only when a loaded plugin (the runtime) offers before_tool_call, i.e. really calls it.
+        caller = getattr(self.kernel.plugins.pm.hook, "before_tool_call", None)
+        offered = caller is not None and caller.spec is not None
         return {
-            "active": config.enabled,
+            "active": config.enabled and offered,
+            "enabled": config.enabled,
+            "hooked_into_runtime": offered,
             "checked_before": "every tool call (before_tool_call); a violation becomes an error result",
             "sinks": config.sinks,
             "builtin_shapes": [kind for kind, _ in SHAPES] + [f"long opaque token (>= {config.opaque_token_min_length} chars)"],
