@@ -14,7 +14,7 @@ from librefang_runtime.api import ToolContext, runtime
 
 AGENT = """name = "{name}"
 [capabilities]
-tools = ["*"]
+tools = {tools}
 shell = {shell}
 agent_message = ["*"]
 """
@@ -38,11 +38,11 @@ def start_sandbox(make_kernel: Any) -> Any:
 
 @pytest.fixture
 def agent() -> Any:
-    """``await agent(kernel, "name", shell='["*"]', extra="")`` → a ToolContext for a new agent."""
+    """``await agent(kernel, "name", shell='["*"]', extra="", tools='["*"]')`` → a ToolContext for a new agent."""
 
-    async def factory(kernel: Any, name: str, shell: str = '["*"]', extra: str = "") -> ToolContext:
+    async def factory(kernel: Any, name: str, shell: str = '["*"]', extra: str = "", tools: str = '["*"]') -> ToolContext:
         record = await agents_api.registry(kernel).spawn_request(
-            manifest_toml=extra + AGENT.format(name=name, shell=shell))
+            manifest_toml=extra + AGENT.format(name=name, shell=shell, tools=tools))
         workspace = agents_api.workspace_of(kernel, record)
         workspace.mkdir(parents=True, exist_ok=True)
         return ToolContext(kernel=kernel, agent_id=record.id, agent_name=record.name, session_id="s",

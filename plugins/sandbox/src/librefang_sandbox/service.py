@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from librefang_sandbox.exec_service import ExecService
+from librefang_sandbox.wasm import WasmSandbox
 
 
 class SandboxService:
@@ -13,14 +14,30 @@ class SandboxService:
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.exec = ExecService(kernel, kernel.config.section("exec_policy"))
+        self.wasm = WasmSandbox(kernel.config.section("wasm_sandbox"))
+        self.wasm_tools: list[str] = []
+        self.wasm_tool_errors: dict[str, str] = {}
 
     async def start(self) -> None:
-        """Probe the kernel features the exec sandbox can use."""
+        """Probe the kernel features the exec sandbox can use; add the configured WASM tools."""
+        from librefang_sandbox.wasm_tools import register_configured
+
         await self.exec.start()
+        self.wasm_tools = await register_configured(self)
 
     async def aclose(self) -> None:
-        """Kill every process this plugin started."""
+        """Kill every process this plugin started, take its WASM tools out, stop the epoch timer."""
+        from librefang_sandbox.wasm_tools import unregister
+
         await self.exec.aclose()
+        unregister(self, self.wasm_tools)
+        self.wasm.close()
+
+    def describe_wasm(self) -> dict[str, Any]:
+        return {**self.wasm.describe(), "active": True, "tools": list(self.wasm_tools),
+                "tool_errors": dict(self.wasm_tool_errors),
+                "host_calls": {"time_now": "always", "fs_read": "needs file_read", "fs_write": "needs file_write",
+                               "fs_list": "needs file_list", "agent_send": "needs agent_send + agent_message"}}
 
 
 def describe_exec(kernel: Any) -> dict[str, Any]:
@@ -32,5 +49,4 @@ def describe_exec(kernel: Any) -> dict[str, Any]:
 def describe_wasm(kernel: Any) -> dict[str, Any]:
     """``/api/security`` entry of the WASM sandbox."""
     service = kernel.services.get("sandbox")
-    wasm = getattr(service, "wasm", None)
-    return wasm.describe() if wasm is not None else {"active": False}
+    return service.describe_wasm() if service is not None else {"active": False}

@@ -1,0 +1,144 @@
+"""WASM tools from ``[[wasm_sandbox.tools]]`` and ``wasm:`` agent modules, run in the WASM sandbox.
+
+Tools are added to the runtime's registry when the sandbox starts (the ``register_tools`` hook
+receives no kernel, so it cannot read this plugin's configuration) and removed when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from librefang_agents import api as agents_api
+from librefang_runtime.api import Tool, ToolContext, ToolError
+from librefang_runtime.api import runtime as runtime_of
+
+from librefang_sandbox.config import HOST_METHODS, WasmToolConfig
+from librefang_sandbox.wasm import WasmError, WasmSandbox
+from librefang_sandbox.wasm_host import HostContext, grants
+
+log = logging.getLogger("librefang.sandbox.wasm")
+
+
+async def host_context(kernel: Any, sandbox: WasmSandbox, declared: list[str], agent_id: str,
+                       workspace: Path | None) -> HostContext:
+    """The host calls a run may make: the module's declared methods narrowed by the agent's rights."""
+    visible = None
+    send = None
+    if agent_id:
+        record = await agents_api.registry(kernel).get(agent_id)
+        runtime = runtime_of(kernel)
+        visible = agents_api.visible_tools(record.parsed(), record.mode, runtime.tools.names())
+        send_tool = runtime.tools.get("agent_send")
+        if send_tool is not None:
+            caller = ToolContext(kernel=kernel, agent_id=record.id, agent_name=record.name, session_id="",
+                                 workspace=workspace, tool_name="agent_send")
+
+            async def send(target: str, message: str) -> str:
+                return await send_tool.handler({"agent": target, "message": message}, caller)
+
+    if workspace is not None:
+        await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
+    config = sandbox.config
+    return HostContext(granted=grants(declared, visible, workspace is not None), max_calls=config.max_host_calls,
+                       workspace=workspace, loop=asyncio.get_running_loop(), agent_send=send,
+                       deadline=time.monotonic() + config.timeout_secs)
+
+
+async def run_module(kernel: Any, sandbox: WasmSandbox, path: Path, payload: Any, *, declared: list[str],
+                     agent_id: str, workspace: Path | None, actor: str) -> str:
+    """Run one module with the host calls it may make; denied calls are audited."""
+    host = await host_context(kernel, sandbox, declared, agent_id, workspace)
+    data = json.dumps(payload).encode()
+    try:
+        return await sandbox.run(path, data, host)
+    finally:
+        for method, reason in host.denied[:20]:
+            await kernel.audit.record("WasmCapabilityDenied", actor=agent_id or "anonymous", target=actor,
+                                      detail={"method": method, "reason": reason}, outcome="denied")
+
+
+def resolve_module(home: Path, configured: str) -> Path:
+    """A configured module path: absolute, or relative to ``LIBREFANG_HOME``."""
+    path = Path(configured).expanduser()
+    return path if path.is_absolute() else home / path
+
+
+def make_tool(service: Any, spec: WasmToolConfig) -> Tool:
+    """A runtime tool that runs ``spec`` in the sandbox."""
+    path = resolve_module(service.kernel.home, spec.path)
+
+    async def handler(data: dict[str, Any], context: ToolContext) -> str:
+        try:
+            return await run_module(context.kernel, service.wasm, path, data, declared=spec.host_calls,
+                                    agent_id=context.agent_id, workspace=context.workspace, actor=spec.name)
+        except WasmError as exc:
+            raise ToolError(f"{spec.name}: {exc}") from None
+
+    # The sandbox's own deadline stops the guest; the runtime's timeout is only a backstop.
+    return Tool(spec.name, spec.description or f"WASM tool {spec.name}", handler, dict(spec.input_schema),
+                timeout=service.wasm.config.timeout_secs + 5, source="wasm")
+
+
+async def register_configured(service: Any) -> list[str]:
+    """Compile every configured WASM tool and add it to the runtime; a module that does not compile
+    or a name already taken is logged and reported, the others are added."""
+    registry = runtime_of(service.kernel).tools
+    added = []
+    for spec in service.wasm.config.tools:
+        path = resolve_module(service.kernel.home, spec.path)
+        try:
+            await asyncio.to_thread(service.wasm.load, path)
+            registry.register(make_tool(service, spec), owner="sandbox")
+        except (WasmError, ValueError) as exc:
+            service.wasm_tool_errors[spec.name] = str(exc)
+            log.error("WASM tool %s not added: %s", spec.name, exc)
+            continue
+        added.append(spec.name)
+    return added
+
+
+def unregister(service: Any, names: list[str]) -> None:
+    """Take this plugin's WASM tools out of the runtime's registry again."""
+    try:
+        registry = runtime_of(service.kernel).tools
+    except KeyError:
+        return
+    for name in names:
+        tool = registry.tools.get(name)
+        if tool is not None and tool.owner == "sandbox":
+            del registry.tools[name]
+
+
+def agent_module_path(kernel: Any, record: Any) -> Path:
+    """The module of a ``wasm:<path>`` agent: inside its workspace or ``LIBREFANG_HOME/wasm``."""
+    module = record.parsed().module
+    if not module.startswith("wasm:"):
+        raise ToolError(f"agent {record.name!r} is not a WASM agent (module = {module!r})")
+    relative = module[len("wasm:"):]
+    workspace = agents_api.workspace_of(kernel, record).resolve()
+    shared = (kernel.home / "wasm").resolve()
+    for root in (workspace, shared):
+        candidate = (root / relative).resolve()
+        if candidate.is_relative_to(root) and candidate.is_file():
+            return candidate
+    raise ToolError(f"WASM module {relative[:200]!r} not found in the agent's workspace or {shared}")
+
+
+async def run_agent(service: Any, agent_id: str, message: str) -> str:
+    """One turn of a ``wasm:`` agent: the guest receives ``{"message", "agent": {"id", "name"}}`` and
+    returns the reply text. Every host method is declared; the agent's capabilities decide."""
+    kernel = service.kernel
+    record = await agents_api.registry(kernel).get(agent_id)
+    path = await asyncio.to_thread(agent_module_path, kernel, record)
+    try:
+        return await run_module(kernel, service.wasm, path, {"message": message,
+                                                             "agent": {"id": record.id, "name": record.name}},
+                                declared=list(HOST_METHODS), agent_id=record.id,
+                                workspace=agents_api.workspace_of(kernel, record), actor=f"agent:{record.name}")
+    except WasmError as exc:
+        raise ToolError(str(exc)) from None
