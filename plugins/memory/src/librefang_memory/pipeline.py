@@ -112,7 +112,7 @@ class Pipeline:
                 best, best_score = item, score
         if best is not None:
             if best_score >= config.duplicate_threshold:
-                await self.service.store.touch([best.seq])
+                self.service.access.record([best.seq])
                 return Decision("noop", fact, best.id)
             limit = (config.update_threshold_same_category if best.category == fact.category
                      else config.update_threshold_cross_category)

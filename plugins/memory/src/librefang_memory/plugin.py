@@ -38,7 +38,7 @@ def register_routes(register: Any) -> None:
     register(routes.router)
 
 
-@librefang.hookimpl
+@librefang.hookimpl(optionalhook=True)  # offered by the runtime plugin, if loaded
 def register_tools(register: Any) -> None:
     from librefang_memory.tools import memory_tools
 
@@ -55,12 +55,18 @@ async def startup(kernel: Any) -> None:
     await memory.open()
     memory.pipeline = Pipeline(memory)
     kernel.services["memory"] = memory
+    kernel.tasks.spawn("memory", memory.access.run(), name="memory:access-flush")
     _RUNNING.add(kernel)
 
 
 @librefang.hookimpl
-def shutdown(kernel: Any) -> None:
-    kernel.services.pop("memory", None)
+async def shutdown(kernel: Any) -> None:
+    memory = kernel.services.pop("memory", None)
+    if memory is not None:
+        try:
+            await memory.access.flush()
+        finally:
+            memory.store.close()
     _RUNNING.discard(kernel)
 
 
@@ -75,7 +81,7 @@ def _kernel() -> Any:
     return running[0] if len(running) == 1 else None
 
 
-@librefang.hookimpl
+@librefang.hookimpl(optionalhook=True)  # offered by the runtime plugin, if loaded
 async def before_prompt_build(agent_id: str, session_id: str, message: str) -> Any:
     kernel = _kernel()
     if kernel is None:
@@ -83,7 +89,7 @@ async def before_prompt_build(agent_id: str, session_id: str, message: str) -> A
     return await kernel.services["memory"].pipeline.recall(agent_id, session_id, message)
 
 
-@librefang.hookimpl
+@librefang.hookimpl(optionalhook=True)  # offered by the runtime plugin, if loaded
 async def after_turn(kernel: Any, turn: dict[str, Any]) -> None:
     memory = kernel.services.get("memory")
     if memory is not None:

@@ -14,6 +14,7 @@ from librefang.errors import BadRequest, NotFound, PayloadTooLarge
 from librefang.jsonbody import json_depth_exceeds
 
 from librefang_memory import embeddings
+from librefang_memory.access import AccessRecorder
 from librefang_memory.config import MemoryConfig, ProactiveMemoryConfig
 from librefang_memory.extract import jaccard, tokens
 from librefang_memory.kv import KvStore
@@ -43,6 +44,7 @@ class MemoryService:
         self.kv = KvStore(kernel.db, config)
         self.store = ItemStore(kernel.db)
         self.relations = RelationStore(kernel.db)
+        self.access = AccessRecorder(kernel.db)
         self.embedder: embeddings.Embedder | None = None
         if config.embeddings != "off" and embeddings.available():
             self.embedder = embeddings.Embedder()
@@ -132,7 +134,8 @@ class MemoryService:
     async def insert_batch(self, rows: list[dict[str, Any]]) -> int:
         """Insert prepared rows (see :func:`librefang_memory.store.new_row`) in one transaction,
         without limits or embeddings (bulk loading and the benchmark)."""
-        return len(await self.store.insert(rows))
+        await self.store.insert(rows, read_back=False)
+        return len(rows)
 
     async def enforce_limit(self, agent_id: str) -> int:
         """Soft-delete the agent's weakest memories (lowest confidence, then oldest) above
@@ -217,7 +220,7 @@ class MemoryService:
                     result.append(item)
                 found = result[:limit]
         if touch:
-            await self.store.touch([i.seq for i in found])
+            self.access.record([i.seq for i in found])
         return found, mode
 
     async def _semantic(self, query: str, agent_id: str | None, limit: int) -> list[tuple[int, float]]:

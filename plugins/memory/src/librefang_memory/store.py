@@ -91,6 +91,18 @@ class Item:
         return body
 
 
+class _RowView:
+    """Attribute access to a ``sqlite3.Row`` (what :func:`_item` reads)."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: Any) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        return self._row[name]
+
+
 def _item(row: Any) -> Item:
     return Item(row.seq, row.id, row.agent_id, row.peer_id, row.level, row.category, row.content,
                 json.loads(row.metadata or "{}"), row.source, row.confidence, row.created_at, row.updated_at,
@@ -125,28 +137,41 @@ class ItemStore:
     """Queries over ``memory_items`` and ``memory_history`` through the kernel's database."""
 
     def __init__(self, db: Any) -> None:
+        from librefang_memory.fts import ReadPool, TermStats, sqlite_path
+
         self.db = db
         self.dialect = db.engine.dialect.name if db.engine is not None else "sqlite"
+        path = sqlite_path(db.url) if self.dialect == "sqlite" else None
+        self.reader = ReadPool(path) if path is not None else None
+        self.term_stats = TermStats(self.reader) if self.reader is not None else None
+
+    def close(self) -> None:
+        """Close the search connections."""
+        if self.reader is not None:
+            self.reader.close()
 
     # -- writing -----------------------------------------------------------------------------
-    async def insert(self, rows: list[dict[str, Any]], conn: Any = None) -> list[Item]:
-        """Insert rows (one transaction) with an ADD history entry each; returns them with their seq."""
+    async def insert(self, rows: list[dict[str, Any]], conn: Any = None, *, read_back: bool = True) -> list[Item]:
+        """Insert rows (one transaction) with an ADD history entry each; returns them with their seq
+        (nothing without ``read_back``)."""
         if not rows:
             return []
         if conn is None:
             async with self.db.begin() as conn:
-                return await self.insert(rows, conn)
+                return await self.insert(rows, conn, read_back=read_back)
         await conn.execute(items.insert(), rows)
+        now = time.time()
+        await conn.execute(history.insert(), [
+            {"memory_id": r["id"], "event": "ADD", "old_content": None, "new_content": r["content"],
+             "old_metadata": None, "new_metadata": r["metadata"], "created_at": now} for r in rows])
+        if not read_back:
+            return []
         ids = [r["id"] for r in rows]
         found: dict[str, Item] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             for row in (await conn.execute(sa.select(items).where(items.c.id.in_(chunk)))).all():
                 found[row.id] = _item(row)
-        now = time.time()
-        await conn.execute(history.insert(), [
-            {"memory_id": r["id"], "event": "ADD", "old_content": None, "new_content": r["content"],
-             "old_metadata": None, "new_metadata": r["metadata"], "created_at": now} for r in rows])
         return [found[i] for i in ids]
 
     async def update(self, item: Item, values: dict[str, Any], event: str = "UPDATE") -> Item:
@@ -194,14 +219,6 @@ class ItemStore:
                 await conn.execute(vectors.delete().where(vectors.c.seq.in_([r.seq for r in chunk])))
                 await conn.execute(items.delete().where(items.c.seq.in_([r.seq for r in chunk])))
         return len(rows)
-
-    async def touch(self, seqs: list[int]) -> None:
-        """Record a retrieval: ``accessed_at`` now, ``access_count`` + 1."""
-        if not seqs:
-            return
-        async with self.db.begin() as conn:
-            await conn.execute(items.update().where(items.c.seq.in_(seqs)).values(
-                accessed_at=time.time(), access_count=items.c.access_count + 1))
 
     # -- reading -----------------------------------------------------------------------------
     async def get(self, memory_id: str, *, include_deleted: bool = False) -> Item | None:
@@ -286,23 +303,19 @@ class ItemStore:
 
     async def _search_fts5(self, terms: list[str], agent_id: str | None, level: str | None,
                            peer_id: str | None, limit: int) -> list[Item]:
-        words = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        match = f"content : ({words})"
-        if agent_id is not None:
-            match = f"agent_tag : {agent_tag(agent_id)} AND {match}"
-        # Rank inside the FTS table (its ORDER BY rank LIMIT is the fast path), then drop deleted or
-        # other-level rows; fetch more than asked when rows may be dropped.
-        fetch = limit if level is None and peer_id is None else limit * 8
-        sql = sa.text(
-            "SELECT m.*, r.score FROM (SELECT rowid AS seq, bm25(memory_items_fts, 1.0, 0.0) AS score "
-            "FROM memory_items_fts WHERE memory_items_fts MATCH :match ORDER BY score LIMIT :fetch) r "
-            "JOIN memory_items m ON m.seq = r.seq WHERE m.deleted = 0"
-            + (" AND m.level = :level" if level else "") + (" AND m.peer_id = :peer" if peer_id else "")
-            + " ORDER BY r.score LIMIT :limit"
-        )
-        async with self.db.begin() as conn:
-            rows = (await conn.execute(sql, {"match": match, "fetch": fetch, "level": level, "peer": peer_id,
-                                             "limit": limit})).all()
+        from librefang_memory.fts import match_expression, search_sql
+
+        tag = agent_tag(agent_id) if agent_id else None
+        if self.reader is not None:
+            rows: list[Any] = [_RowView(r) for r in await self.reader.search(
+                self.term_stats, terms, tag, level, peer_id, limit)]
+        else:
+            params = {"match": match_expression(terms, tag), "level": level, "peer": peer_id, "limit": limit,
+                      # more than asked when rows may be dropped after ranking
+                      "fetch": limit if level is None and peer_id is None else limit * 8}
+            sql = search_sql(level is not None, peer_id is not None)
+            async with self.db.begin() as conn:
+                rows = list((await conn.execute(sa.text(sql), params)).all())
         found = []
         for row in rows:
             item = _item(row)

@@ -1,0 +1,182 @@
+"""Benchmark of the memory plugin's proactive store: insert throughput and search latency.
+
+Measures, in one run, on a fresh temporary home (SQLite, WAL):
+1. insert throughput: ``--memories`` (default 100,000) memories across ``--agents`` (default 100)
+   agents, written in batches of ``--batch`` through ``MemoryService.insert_batch`` (one transaction
+   per batch, FTS index and history rows included);
+2. full-text search latency (FTS5, BM25), p50/p99 over ``--queries`` sequential queries of 1–3 words:
+   global (every agent) and per agent, through ``MemoryService.search`` (no access bookkeeping) and,
+   per agent, through the HTTP route in-process (``GET /api/memory/agents/{id}/search``);
+3. with ``--semantic`` and the ``embeddings`` extra installed: embedding throughput and hybrid
+   (FTS + cosine, reciprocal-rank fusion) latency, per agent and global.
+
+The corpus is synthetic and follows natural-language statistics: sentences of 8–14 words drawn from a
+20,000-word vocabulary with Zipf's law (frequency ∝ 1/rank). The 100 most frequent words play the
+part of function words ("the", "is", …): they fill the memories but are never searched for (the
+product drops stop words from queries). Query words (1–3) are drawn with the same law from the rest,
+so popular words (in about 1% of memories) come up often and rare ones seldom. Every memory also
+starts with "The user", as extracted memories do: a word in every row, pruned from queries that hold a
+rarer word (see ``librefang_memory.fts``), which ``--with-user`` adds to every query to show.
+
+Run: ``uv run python bench/bench_memory.py`` (``--memories 20000`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ze", "pa", "qu", "dor", "len", "mar", "tis", "bel"]
+
+
+def vocabulary(size: int, rng: random.Random) -> list[str]:
+    words: set[str] = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+def sentence(words: list[str], weights: list[float], rng: random.Random) -> str:
+    return "The user " + " ".join(rng.choices(words, weights=weights, k=rng.randint(8, 14)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summary(label: str, samples_ms: list[float]) -> dict[str, Any]:
+    row = {"case": label, "n": len(samples_ms), "p50_ms": round(statistics.median(samples_ms), 3),
+           "p99_ms": round(percentile(samples_ms, 0.99), 3), "max_ms": round(max(samples_ms), 3)}
+    print(f"  {label:<44} p50 {row['p50_ms']:>8.3f} ms   p99 {row['p99_ms']:>8.3f} ms   (n={row['n']})")
+    return row
+
+
+async def run(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT))
+    import librefang_agents.plugin as agents_plugin
+    import librefang_memory.plugin as memory_plugin
+    from librefang.app import build_app
+    from librefang.kernel import create_kernel
+    from librefang.testing import make_client
+    from librefang_agents.api import registry
+    from librefang_memory.api import memory, new_row
+
+    rng = random.Random(7)
+    words = vocabulary(20_000, rng)
+    rng.shuffle(words)
+    weights = [1.0 / (rank + 1) for rank in range(len(words))]
+    content_words, content_weights = words[100:], weights[100:]
+    home = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    os.environ["LIBREFANG_VAULT_KEY"] = "00" * 32
+    os.environ.pop("LIBREFANG_API_KEY", None)
+    embeddings = "wordllama" if args.semantic else "off"
+    (home / "config.toml").write_text(
+        f'[agents]\nspawn_default_agent = false\n[memory]\nembeddings = "{embeddings}"\n'
+        f"[proactive_memory]\nmax_memories_per_agent = {args.memories}\n")
+    kernel = create_kernel(home, plugins={"agents": agents_plugin, "memory": memory_plugin}, load_entry_points=False)
+    await kernel.start()
+    try:
+        service = memory(kernel)
+        agents = []
+        for i in range(args.agents):
+            record = await registry(kernel).spawn_request(
+                manifest_toml=f'name = "bench-{i}"\n[model]\nprovider = "openai"\nmodel = "m"\n')
+            agents.append(record.id)
+        print(f"memory benchmark: {args.memories:,} memories, {args.agents} agents, batches of {args.batch}")
+        rows = [new_row(agent_id=agents[n % len(agents)], content=sentence(words, weights, rng), level="user",
+                        category="preference", metadata={}, source="bench", confidence=0.9, peer_id=None)
+                for n in range(args.memories)]
+        started = time.perf_counter()
+        for start in range(0, len(rows), args.batch):
+            await service.insert_batch(rows[start:start + args.batch])
+        elapsed = time.perf_counter() - started
+        rate = args.memories / elapsed
+        print(f"  insert: {rate:,.0f} items/s ({elapsed:.2f} s for {args.memories:,})")
+
+        queries = [" ".join(rng.choices(content_words, weights=content_weights, k=rng.randint(1, 3)))
+                   for _ in range(args.queries)]
+        if args.with_user:
+            queries = [f"user {q}" for q in queries]
+        for q in queries[:20]:  # warm the page cache
+            await service.search(q, limit=10, touch=False)
+        results = []
+        samples = []
+        for q in queries:
+            t = time.perf_counter()
+            await service.search(q, limit=10, touch=False)
+            samples.append((time.perf_counter() - t) * 1000)
+        results.append(summary("FTS global (service)", samples))
+        samples = []
+        for n, q in enumerate(queries):
+            t = time.perf_counter()
+            await service.search(q, agent_id=agents[n % len(agents)], limit=10, touch=False)
+            samples.append((time.perf_counter() - t) * 1000)
+        results.append(summary("FTS per agent (service)", samples))
+        client = make_client(build_app(kernel))
+        samples = []
+        for n, q in enumerate(queries[: min(len(queries), 500)]):
+            t = time.perf_counter()
+            response = await client.get(f"/api/memory/agents/{agents[n % len(agents)]}/search",
+                                        query_string={"q": q, "limit": "10"})
+            samples.append((time.perf_counter() - t) * 1000)
+            assert response.status_code == 200
+        results.append(summary("FTS per agent (HTTP route, in-process)", samples))
+
+        if args.semantic and service.embedder is not None:
+            from librefang_memory.embeddings import to_blob
+            from librefang_memory.models import items, vectors
+
+            async with kernel.db.begin() as conn:
+                seqs = (await conn.execute(items.select().with_only_columns(
+                    items.c.seq, items.c.agent_id, items.c.content))).all()
+            t = time.perf_counter()
+            matrix = await service.embedder.encode([r.content for r in seqs])
+            async with kernel.db.begin() as conn:
+                await conn.execute(vectors.insert(), [
+                    {"seq": r.seq, "agent_id": r.agent_id, "model": service.embedder.name, "vector": to_blob(v)}
+                    for r, v in zip(seqs, matrix, strict=True)])
+            print(f"  embed + store: {len(seqs) / (time.perf_counter() - t):,.0f} items/s")
+            samples = []
+            for n, q in enumerate(queries[:200]):
+                t = time.perf_counter()
+                await service.search(q, agent_id=agents[n % len(agents)], limit=10, touch=False)
+                samples.append((time.perf_counter() - t) * 1000)
+            results.append(summary("hybrid per agent (service)", samples))
+            samples = []
+            for q in queries[:20]:
+                t = time.perf_counter()
+                await service.search(q, limit=10, touch=False)
+                samples.append((time.perf_counter() - t) * 1000)
+            results.append(summary("hybrid global (service)", samples))
+    finally:
+        await kernel.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--memories", type=int, default=100_000)
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--semantic", action="store_true", help="also measure hybrid search (embeddings extra)")
+    parser.add_argument("--with-user", action="store_true", help='add "user" (in every memory) to each query')
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
