@@ -90,6 +90,9 @@ async def test_totp_tools_need_a_code_and_a_code_works_once(start: Any, spawn: A
     plain = await new_request(client, agent, tool="file_write")
     assert (await (await client.get(f"/api/approvals/{first}")).get_json())["totp_required"] is True
 
+    # The code that confirmed the enrollment is spent too.
+    confirming = totp.code_at(secret, clock.now - 30)
+    assert (await client.post(f"/api/approvals/{first}/approve", json={"totp_code": confirming})).status_code == 400
     missing = await client.post(f"/api/approvals/{first}/approve", json={})
     assert missing.status_code == 400 and (await missing.get_json())["code"] == "totp_code_required"
     code = totp.code_at(secret, clock.now)
