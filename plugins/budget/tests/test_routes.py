@@ -191,3 +191,17 @@ async def test_budget_alone_serves_its_api(make_kernel: Any) -> None:
     assert response.status_code == 503 and (await response.get_json())["code"] == "agents_unavailable"
     report = {s["name"]: s for s in (await (await client.get("/api/security")).get_json())["systems"]}["budget"]
     assert report["active"] is False  # nothing offers before_llm_call: no call is capped
+
+
+async def test_provider_put_into_inline_tables_and_a_hand_broken_file(start: Any) -> None:
+    kernel, client = await start('[budget]\nproviders = { groq = { max_cost_per_day_usd = 1.0 } }\n')
+    response = await client.put("/api/budget/providers/openai", json={"max_cost_per_hour_usd": 2})
+    assert response.status_code == 200, await response.get_json()
+    response = await client.put("/api/budget/providers/groq", json={"max_tokens_per_hour": 9})
+    assert response.status_code == 200, await response.get_json()
+    saved = tomllib.loads(kernel.config.path.read_text())["budget"]["providers"]
+    assert saved == {"groq": {"max_cost_per_day_usd": 1.0, "max_tokens_per_hour": 9},
+                     "openai": {"max_cost_per_hour_usd": 2.0}}
+    kernel.config.path.write_text(kernel.config.path.read_text() + "\n[broken\n")
+    response = await client.put("/api/budget", json={"max_daily_usd": 1})
+    assert response.status_code == 409 and (await response.get_json())["code"] == "config_unparsable"

@@ -14,6 +14,7 @@ SECTION = "budget"
 
 def _render(text: str, updates: dict[str, Any], provider: str | None) -> str:
     import tomlkit
+    from tomlkit.items import InlineTable
 
     try:
         tomllib.loads(text)
@@ -27,12 +28,18 @@ def _render(text: str, updates: dict[str, Any], provider: str | None) -> str:
         raise Conflict("config.toml: budget is not a table", code="config_unparsable")
     if provider is not None:
         providers = table.get("providers")
+        if providers is not None and not hasattr(providers, "keys"):
+            raise Conflict("config.toml: budget.providers is not a table; fix it by hand", code="config_unparsable")
         if providers is None:
             providers = table["providers"] = tomlkit.table(is_super_table=True)
         entry = providers.get(provider)
         if entry is None:
-            entry = providers[provider] = tomlkit.table()
+            # inside an inline table (providers = {...}) the new entry must be inline too
+            entry = providers[provider] = tomlkit.inline_table() if isinstance(providers, InlineTable) else tomlkit.table()
         table = entry
+    if not hasattr(table, "keys"):
+        raise Conflict("config.toml: the [budget] entry to change is not a table; fix it by hand",
+                       code="config_unparsable")
     for key, value in updates.items():
         table[key] = value
     return tomlkit.dumps(doc)
