@@ -3,6 +3,7 @@ approving twice is 409, unknown ids 404, bad input 400; bus events, audit chain 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -43,24 +44,37 @@ async def test_create_get_list_count_and_decide(start: Any, spawn: Any) -> None:
     assert (await client.post(f"/api/approvals/{first['id']}/modify", json={"feedback": "x"})).status_code == 409
     assert (await (await client.get(f"/api/approvals/{first['id']}")).get_json())["status"] == "approved"
 
+    # Reviewers racing on one request: exactly one decision wins, the others get 409.
+    raced = await create(client, agent)
+    attempts = [client.post(f"/api/approvals/{raced['id']}/approve", json={}) for _ in range(4)]
+    attempts += [client.post(f"/api/approvals/{raced['id']}/reject") for _ in range(4)]
+    outcomes = sorted(r.status_code for r in await asyncio.gather(*attempts))
+    assert outcomes == [200] + [409] * 7
+    resolved_events = [e for e in kernel.bus.history if e.topic == "approval.resolved" and e.data["id"] == raced["id"]]
+    assert len(resolved_events) == 1
+    await client.post("/api/approvals/batch", json={"ids": [raced["id"]], "decision": "reject"})  # 409, ignored
+
     modified = await client.post(f"/api/approvals/{second['id']}/modify", json={"feedback": "use /tmp instead"})
     assert (await modified.get_json())["status"] == "modified"
     assert (await (await client.get("/api/approvals/count")).get_json()) == {"pending": 0}
 
     listing = await (await client.get("/api/approvals?limit=1")).get_json()
-    assert listing["total"] == 2 and len(listing["approvals"]) == 1 and listing["limit"] == 1
+    assert listing["total"] == 3 and len(listing["approvals"]) == 1 and listing["limit"] == 1
     pending_only = await (await client.get("/api/approvals?status=pending")).get_json()
     assert pending_only["total"] == 0
 
     topics = []
     while not events.queue.empty():
         event = events.queue.get_nowait()
-        topics.append((event.topic, event.data["id"], event.data["status"]))
+        if event.data["id"] != raced["id"]:
+            topics.append((event.topic, event.data["id"], event.data["status"]))
     assert topics == [("approval.requested", first["id"], "pending"), ("approval.requested", second["id"], "pending"),
                       ("approval.resolved", first["id"], "approved"), ("approval.resolved", second["id"], "modified")]
     entries, _ = await kernel.audit.recent(50)
     resolved = [e for e in entries if e["action"] == "ApprovalResolved"]
-    assert {(e["target"], e["outcome"]) for e in resolved} == {(first["id"], "approved"), (second["id"], "modified")}
+    assert {(e["target"], e["outcome"]) for e in resolved if e["target"] != raced["id"]} == \
+        {(first["id"], "approved"), (second["id"], "modified")}
+    assert sum(e["target"] == raced["id"] for e in resolved) == 1
     assert (await kernel.audit.verify()).valid
 
 
