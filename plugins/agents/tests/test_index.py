@@ -137,3 +137,19 @@ def test_random_operations_match_a_brute_force_listing():
                 got, total = index.page(q=q, state=state, sort=sort, descending=desc, limit=limit, offset=offset)
                 assert ([e.id for e in got], total) == brute(index, q, state, sort, desc, limit, offset)
     assert index.counts() == (len(index.entries), sum(e.state == "Running" for e in index.entries.values()))
+
+
+async def test_old_tombstones_are_forgotten_at_start(start_agents, spawn):
+    import sqlalchemy as sa
+
+    from librefang_agents.models import tombstones
+
+    kernel, client = await start_agents()
+    agent_id = await spawn(client, "ancient")
+    await client.delete(f"/api/agents/{agent_id}")
+    async with kernel.db.begin() as conn:
+        await conn.execute(sa.update(tombstones).values(killed_at=time.time() - 31 * 86400))
+    await kernel.stop()
+    _kernel, again = await start_agents()
+    response = await again.delete(f"/api/agents/{agent_id}")
+    assert response.status_code == 404

@@ -27,6 +27,8 @@ from librefang_agents.views import detail, summary, summary_json
 
 SOURCE = "agents"
 MAX_RETRIES = 5
+# How long a killed agent's id answers "already-deleted" (afterwards: 404, like an unknown id).
+TOMBSTONE_RETENTION_SECONDS = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,9 @@ class AgentService:
         self.store = AgentStore(kernel.db, shared=not kernel.db.is_sqlite)
 
     async def open(self) -> None:
-        """Load the list index from the database."""
+        """Load the list index from the database; forget tombstones older than the retention."""
         await self.store.load()
+        await self.store.trim_tombstones(time.time() - TOMBSTONE_RETENTION_SECONDS)
 
     # -- helpers ------------------------------------------------------------------------------
     def default_model(self) -> dict[str, str]:

@@ -170,11 +170,9 @@ class AgentStore:
 
     @staticmethod
     async def _read_version(conn: Any) -> int:
+        # The row is created by migration agents_0003, so concurrent daemons never race to insert it.
         value = (await conn.execute(sa.select(meta.c.value).where(meta.c.name == VERSION_KEY))).scalar()
-        if value is None:
-            await conn.execute(meta.insert().values(name=VERSION_KEY, value="0"))
-            return 0
-        return int(value)
+        return int(value) if value is not None else 0
 
     async def _bump(self, conn: Any) -> None:
         """Count a write (shared databases only): other processes see the index is stale."""
@@ -304,6 +302,12 @@ class AgentStore:
         async with self.db.begin() as conn:
             row = (await conn.execute(sa.select(agents).where(sa.func.lower(agents.c.name) == name.lower()))).first()
         return _record(row) if row is not None else None
+
+    async def trim_tombstones(self, older_than: float) -> int:
+        """Forget killed agents older than ``older_than`` (epoch): a DELETE of them is then a 404."""
+        async with self._writing() as conn:
+            result = await conn.execute(tombstones.delete().where(tombstones.c.killed_at < older_than))
+        return int(result.rowcount or 0)
 
     async def was_killed(self, agent_id: str) -> bool:
         async with self.db.begin() as conn:
