@@ -104,6 +104,12 @@ async def test_unknown_and_invalid_ids_and_bad_bodies(start: Any, spawn: Any) ->
         (f"/api/approvals/{unknown}/modify", {"feedback": ""}),
         (f"/api/approvals/{unknown}/approve", {"totp_code": 123456}),
         ("/api/approvals/session/s1/approve_all", {"expected_count": -1}),
+        ("/api/approvals/session/s1/approve_all", {"expected_ids": "all"}),
+        ("/api/approvals/session/" + "s" * 65 + "/approve_all", {}),
+        ("/api/approvals/session/" + "s" * 65 + "/reject_all", None),
+        ("/api/approvals/totp/confirm", {"code": ""}),
+        ("/api/approvals/totp/confirm", {}),
+        ("/api/approvals/totp/setup", {"current_code": "x" * 65}),
     ]
     for path, body in bad:
         response = await client.post(path, json=body)
@@ -111,6 +117,8 @@ async def test_unknown_and_invalid_ids_and_bad_bodies(start: Any, spawn: Any) ->
         assert response.status_code == 400, (path, body, data)
         assert data["error"] and data["code"] and data["request_id"]
     assert (await client.get("/api/approvals?limit=100000")).status_code == 400
+    assert (await client.get("/api/approvals?status=maybe")).status_code == 400
+    assert (await client.get("/api/approvals/session/" + "s" * 65)).status_code == 400
     assert (await client.get("/api/approvals/audit?bogus=1")).status_code == 400
     missing_agent = await client.post("/api/approvals", json={"agent_id": str(uuid.uuid4()), "tool_name": "shell_exec"})
     assert missing_agent.status_code == 404
