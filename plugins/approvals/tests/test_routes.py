@@ -210,6 +210,8 @@ async def test_security_report_shows_the_real_config(start: Any) -> None:
     assert config["require_approval"] == ["shell_*", "file_write"] and config["timeout_secs"] == 42
     assert config["timeout_fallback"] == "deny" and config["second_factor"] == "totp"
     assert config["totp_tools"] == ["shell_*"] and config["totp_confirmed"] is False
+    status = await (await client.get("/api/status")).get_json()
+    assert status["pending_approvals"] == 0
 
 
 async def test_routes_need_a_key_when_one_is_set(start: Any, monkeypatch: Any) -> None:

@@ -43,6 +43,12 @@ def register_commands(cli: Any) -> None:
 
 
 @librefang.hookimpl
+async def status_info(kernel: Any) -> dict[str, int] | None:
+    service = kernel.services.get("approvals")
+    return {"pending_approvals": await service.count_pending()} if service is not None else None
+
+
+@librefang.hookimpl
 def security_checks(register: Any) -> None:
     register("tool_approvals", approvals_security)
 
