@@ -148,3 +148,15 @@ async def test_an_unreadable_spend_fails_closed_with_503(start: Any, spawn: Any,
     status, body, _ = await send(client, agent_id)
     assert status == 503 and body["code"] == "budget_check_failed", body
     assert len(fake_llm.requests) == 0
+
+
+async def test_the_openai_compatible_api_answers_429_budget_exceeded(start: Any, spawn: Any, fake_llm: Any) -> None:
+    kernel, client = await start('[budget]\nmax_monthly_usd = 0.01\n')
+    await spawn(kernel, "compat")
+    fake_llm.script(Script(text="first", usage={"input": 20_000, "output": 0}))
+    body = {"model": "librefang:compat", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    response = await client.post("/v1/chat/completions", json=body)
+    error = (await response.get_json())["error"]
+    assert response.status_code == 429 and error["code"] == "budget_exceeded" and "monthly cap" in error["message"]
+    assert len(fake_llm.requests) == 1
