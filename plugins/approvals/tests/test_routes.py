@@ -208,6 +208,7 @@ async def test_security_report_shows_the_real_config(start: Any) -> None:
     assert gate["active"] is True and gate["plugin"] == "approvals"
     config = gate["config"]
     assert config["require_approval"] == ["shell_*", "file_write"] and config["timeout_secs"] == 42
+    assert config["hooked_into_runtime"] is True
     assert config["timeout_fallback"] == "deny" and config["second_factor"] == "totp"
     assert config["totp_tools"] == ["shell_*"] and config["totp_confirmed"] is False
     status = await (await client.get("/api/status")).get_json()

@@ -68,3 +68,6 @@ async def test_the_plugin_runs_without_runtime_and_agents(make_kernel: Any) -> N
     response = await client.post("/api/approvals", json={"agent_id": "x", "tool_name": "shell_exec"})
     assert response.status_code == 503 and (await response.get_json())["code"] == "agents_unavailable"
     assert (await client.get("/api/approvals/totp/status")).status_code == 200
+    systems = {s["name"]: s for s in (await (await client.get("/api/security")).get_json())["systems"]}
+    assert systems["tool_approvals"]["active"] is False  # nothing calls the gate without the runtime
+    assert systems["tool_approvals"]["config"]["hooked_into_runtime"] is False

@@ -58,8 +58,12 @@ async def approvals_security(kernel: Any) -> dict[str, Any]:
     service = kernel.services["approvals"]
     config = service.config()
     totp = await service.totp.status()
+    # The gate only protects anything when a loaded plugin (the runtime) offers and calls before_tool_call.
+    caller = getattr(kernel.plugins.pm.hook, "before_tool_call", None)
+    hooked = caller is not None and caller.spec is not None
     return {
-        "active": bool(config.require_approval) and not config.auto_approve,
+        "active": hooked and bool(config.require_approval) and not config.auto_approve,
+        "hooked_into_runtime": hooked,
         "require_approval": config.require_approval,
         "auto_approve": config.auto_approve,
         "timeout_secs": config.timeout_secs,
