@@ -205,3 +205,11 @@ async def test_provider_put_into_inline_tables_and_a_hand_broken_file(start: Any
     kernel.config.path.write_text(kernel.config.path.read_text() + "\n[broken\n")
     response = await client.put("/api/budget", json={"max_daily_usd": 1})
     assert response.status_code == 409 and (await response.get_json())["code"] == "config_unparsable"
+
+
+async def test_api_module_gives_other_plugins_the_service(start: Any) -> None:
+    from librefang_budget.api import service
+
+    kernel, _ = await start('[budget]\nmax_hourly_usd = 3\n')
+    status = await service(kernel).global_status()
+    assert status["hourly_limit"] == 3.0 and status["hourly_spend"] == 0.0

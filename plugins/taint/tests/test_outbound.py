@@ -169,3 +169,13 @@ async def test_taint_alone_loads_and_reports_inactive(make_kernel: Any) -> None:
     report = {s["name"]: s for s in (await (await client.get("/api/security")).get_json())["systems"]}["taint"]
     assert report["active"] is False and report["config"]["enabled"] is True
     assert report["config"]["hooked_into_runtime"] is False
+
+
+async def test_other_plugins_check_their_own_outbound_text(start: Any) -> None:
+    from librefang_taint.api import check_outbound
+
+    kernel, _ = await start('[taint]\nsinks = { channel_send = ["text"] }\n')
+    assert check_outbound(kernel, "channel_send", {"text": "see you at 5"}) is None
+    problem = check_outbound(kernel, "channel_send", {"text": f"key {KEY}"})
+    assert problem == "the outbound text in 'text' contains a sk- API key" and KEY not in problem
+    assert check_outbound(kernel, "agent_send", {"message": KEY}) is None  # the sinks were replaced
