@@ -40,6 +40,7 @@ log = logging.getLogger("librefang.runtime.routes")
 
 router = Router("runtime", tags=("agents",))
 QUEUE_SIZE = 10_000  # events of one stream buffered for a slow client; beyond it the turn waits
+BATCH_FRAMES = 256
 
 
 def service() -> RuntimeService:
@@ -115,7 +116,16 @@ async def send_message_stream(agent_id: str, body: MessageRequest) -> Response:
                     continue
                 if frame is None:
                     return
-                yield frame
+                # Frames that queued up while the last write was in flight go out in one write:
+                # a fast model does not pay the server's per-write cost for every token.
+                batch = [frame]
+                while not queue.empty() and len(batch) < BATCH_FRAMES:
+                    more = queue.get_nowait()
+                    if more is None:
+                        yield b"".join(batch)
+                        return
+                    batch.append(more)
+                yield b"".join(batch)
         finally:
             if not task.done():  # the client went away mid-turn: stop the run
                 task.cancel()

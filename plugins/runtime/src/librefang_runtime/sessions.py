@@ -8,6 +8,7 @@ call left without a result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -57,6 +58,12 @@ class SessionStore:
     def __init__(self, db: Any, max_messages: int = 2000) -> None:
         self.db = db
         self.max_messages = max_messages
+        # SQLite has one writer at a time: queueing our writes here (FIFO) costs less than hundreds of
+        # concurrent transactions polling its busy handler, and never runs into its lock timeout.
+        self._write_lock = asyncio.Lock()
+
+    def _writing(self) -> Any:
+        return self._write_lock if self.db.is_sqlite else contextlib.nullcontext()
 
     async def get(self, session_id: str) -> SessionInfo | None:
         async with self.db.begin() as conn:
@@ -70,7 +77,7 @@ class SessionStore:
             return found
         now = time.time()
         try:
-            async with self.db.begin() as conn:
+            async with self._writing(), self.db.begin() as conn:
                 await conn.execute(sessions.insert().values(
                     id=session_id, agent_id=agent_id, label=None, message_count=0, created_at=now, updated_at=now))
         except IntegrityError:  # created concurrently: read the winner's row
@@ -89,7 +96,7 @@ class SessionStore:
         if not items and usage_row is None:
             return
         now = time.time()
-        async with self.db.begin() as conn:
+        async with self._writing(), self.db.begin() as conn:
             if items:
                 await conn.execute(messages.insert(), [
                     {"session_id": session_id, "role": m.role, "created_at": now, "text": text_of(m),
@@ -109,39 +116,20 @@ class SessionStore:
                 await conn.execute(usage.insert().values(**usage_row))
 
     async def open_turn(self, session_id: str, agent_id: str, limit: int | None) -> tuple[SessionInfo, list[StoredMessage]]:
-        """The session (created for ``agent_id`` when new) and its most recent messages, in one transaction."""
-        query = sa.select(messages.c.role, messages.c.content, messages.c.created_at) \
-            .where(messages.c.session_id == session_id).order_by(messages.c.id.desc())
-        if limit is not None:
-            query = query.limit(limit)
-        try:
-            async with self.db.begin() as conn:
-                row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
-                if row is None:
-                    now = time.time()
-                    await conn.execute(sessions.insert().values(
-                        id=session_id, agent_id=agent_id, label=None, message_count=0, created_at=now, updated_at=now))
-                    row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
-                    rows: list[Any] = []
-                else:
-                    rows = (await conn.execute(query)).all()
-        except IntegrityError:  # created concurrently by another process: read the winner's row
-            return await self.ensure(session_id, agent_id), await self.load(session_id, limit)
-        stored = [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
-        return _info(row), stored
-
-    async def load(self, session_id: str, limit: int | None = None) -> list[StoredMessage]:
-        """The session's messages in order; with ``limit``, only the most recent ones."""
+        """The session (created for ``agent_id`` when new) and its most recent messages. An existing
+        session costs one read-only transaction (a read that turned into a write could fail under
+        SQLite's snapshot rules when another writer went first)."""
         query = sa.select(messages.c.role, messages.c.content, messages.c.created_at) \
             .where(messages.c.session_id == session_id).order_by(messages.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
         async with self.db.begin() as conn:
-            rows = (await conn.execute(query)).all()
-        out = []
-        for row in reversed(rows):
-            out.append(StoredMessage(message_from_json(row.role, json.loads(row.content)), row.created_at))
-        return out
+            row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
+            rows = (await conn.execute(query)).all() if row is not None else []
+        if row is None:
+            return await self.ensure(session_id, agent_id), []
+        stored = [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
+        return _info(row), stored
 
     # -- session management ---------------------------------------------------------------------------
     async def create(self, agent_id: str, label: str | None = None, session_id: str | None = None) -> SessionInfo:

@@ -1,0 +1,292 @@
+"""Benchmark of the agent runtime against a real daemon process and a zero-latency fake provider.
+
+Measures, in one run:
+1. turn latency, request to last byte, sequential: ``POST /api/agents/{id}/message`` with no tool
+   call and with one tool call (``system_time``), p50/p99, next to the fake provider answering the
+   same streamed call directly (the part of a turn that is not the daemon's);
+2. turns/s with ``--sessions`` concurrent sessions (default 32, one agent each);
+3. SSE relay throughput: one ``/message/stream`` of ``--tokens`` text deltas, tokens/s at the client;
+4. ``--streams`` concurrent SSE streams held open (default 500, one pinned session each): the
+   daemon's RSS while all are open, against its RSS before.
+
+The daemon runs as ``python -m librefang start --foreground`` with the providers, agents and runtime
+plugins on a fresh temporary home; the fake provider (``tests/fakes/llm_server.py``) runs as its own
+process. Run: ``uv run python bench/bench_runtime.py`` (``--quick`` for a short look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-bench-0123456789abcdef"
+MANIFEST = 'name = "{name}"\n[model]\nprovider = "openai"\nmodel = "fake-model"\nsystem_prompt = "Be brief."\n'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer within 60 s")
+
+
+class Processes:
+    """The fake provider and the daemon, each its own process."""
+
+    def __init__(self, home: Path, keepalive: float) -> None:
+        self.fake_port, self.port = free_port(), free_port()
+        self.fake_url = f"http://127.0.0.1:{self.fake_port}"
+        self.url = f"http://127.0.0.1:{self.port}"
+        (home / "config.toml").write_text(
+            "[agents]\nspawn_default_agent = false\n"
+            f'[providers]\nprovider_urls = {{ openai = "{self.fake_url}/v1" }}\n'
+            "max_connections = 2000\n"  # 500 concurrent streams need 500 provider connections
+            "[compaction]\nthreshold_messages = 0\n"
+            f"[runtime]\nsse_keepalive_secs = {keepalive}\n"
+        )
+        env = dict(os.environ, LIBREFANG_HOME=str(home), LIBREFANG_VAULT_KEY="00" * 32, OPENAI_API_KEY=KEY,
+                   LIBREFANG_LOAD_PLUGINS="providers,agents,runtime")
+        env.pop("LIBREFANG_API_KEY", None)
+        self.log = open(home / "bench.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.fake = subprocess.Popen([sys.executable, "-m", "tests.fakes.llm_server", "--port", str(self.fake_port)],
+                                     cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(self.fake_url + "/v1/models", self.fake, "fake provider")
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "librefang", "start", "--foreground", "--home", str(home), "--host", "127.0.0.1",
+             "--port", str(self.port)], env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        wait_http(self.url + "/api/health", self.daemon, "daemon")
+
+    def stop(self) -> None:
+        for proc in (self.daemon, self.fake):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.log.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50_ms": round(percentile(values, 0.5) * 1000, 3),
+            "p99_ms": round(percentile(values, 0.99) * 1000, 3), "mean_ms": round(statistics.fmean(values) * 1000, 3)}
+
+
+async def spawn(http: httpx.AsyncClient, name: str) -> str:
+    response = await http.post("/api/agents", json={"manifest_toml": MANIFEST.format(name=name)})
+    response.raise_for_status()
+    return response.json()["agent_id"]
+
+
+async def script(fake: httpx.AsyncClient, *scripts: dict[str, Any]) -> None:
+    (await fake.post("/_fake/scripts", json=list(scripts))).raise_for_status()
+
+
+async def turn_latency(procs: Processes, turns: int, with_tool: bool) -> dict[str, float]:
+    limits = httpx.Limits(max_connections=4)
+    async with httpx.AsyncClient(base_url=procs.url, timeout=60, limits=limits) as http, \
+            httpx.AsyncClient(base_url=procs.fake_url, timeout=60) as fake:
+        agent = await spawn(http, f"latency-{'tool' if with_tool else 'text'}")
+        times = []
+        for i in range(turns + 10):
+            if with_tool:
+                await script(fake, {"tool_calls": [{"name": "system_time", "arguments": {}, "id": f"t{i}"}]},
+                             {"text": "It is now."})
+            started = time.perf_counter()
+            response = await http.post(f"/api/agents/{agent}/message", json={"message": f"hello {i}"})
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            if i >= 10:  # the first turns warm caches and connections
+                times.append(elapsed)
+        return summary(times)
+
+
+async def provider_alone(procs: Processes, calls: int) -> dict[str, float]:
+    """The fake provider answering one streamed chat completion directly (what a turn cannot avoid)."""
+    body = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
+    async with httpx.AsyncClient(base_url=procs.fake_url, timeout=60) as fake:
+        times = []
+        for i in range(calls + 10):
+            started = time.perf_counter()
+            async with fake.stream("POST", "/v1/chat/completions", json=body) as response:
+                async for _ in response.aiter_bytes():
+                    pass
+            if i >= 10:
+                times.append(time.perf_counter() - started)
+        return summary(times)
+
+
+async def throughput(procs: Processes, sessions: int, turns_each: int) -> dict[str, float]:
+    limits = httpx.Limits(max_connections=sessions + 4)
+    async with httpx.AsyncClient(base_url=procs.url, timeout=120, limits=limits) as http:
+        agents = [await spawn(http, f"tp-{i}") for i in range(sessions)]
+
+        async def worker(agent: str) -> int:
+            done = 0
+            for i in range(turns_each):
+                response = await http.post(f"/api/agents/{agent}/message", json={"message": f"turn {i}"})
+                done += response.status_code == 200
+            return done
+
+        started = time.perf_counter()
+        done = sum(await asyncio.gather(*(worker(a) for a in agents)))
+        elapsed = time.perf_counter() - started
+        return {"sessions": sessions, "turns": done, "seconds": round(elapsed, 3), "turns_per_s": round(done / elapsed, 1)}
+
+
+async def sse_relay(procs: Processes, tokens: int) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=procs.url, timeout=300) as http, \
+            httpx.AsyncClient(base_url=procs.fake_url, timeout=60) as fake:
+        agent = await spawn(http, "relay")
+        await script(fake, {"text": "abcd" * tokens, "chunk_size": 4})
+        chunks = 0
+        started = first = time.perf_counter()
+        async with http.stream("POST", f"/api/agents/{agent}/message/stream", json={"message": "go"}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("event: chunk"):
+                    if chunks == 0:
+                        first = time.perf_counter()
+                    chunks += 1
+        elapsed = time.perf_counter() - first
+        return {"tokens": chunks, "seconds": round(elapsed, 3), "tokens_per_s": round(chunks / elapsed, 1),
+                "first_token_ms": round((first - started) * 1000, 3)}
+
+
+async def held_streams(procs: Processes, streams: int, hold: float) -> dict[str, float]:
+    limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=streams + 10)
+    async with httpx.AsyncClient(base_url=procs.url, timeout=300, limits=limits) as http, \
+            httpx.AsyncClient(base_url=procs.fake_url, timeout=60) as fake:
+        agent = await spawn(http, "held")
+        await asyncio.sleep(1)
+        before = rss_mb(procs.daemon.pid)
+        # Each reply: 10 deltas spread over ``hold`` seconds, so every stream stays open meanwhile.
+        await script(fake, *[{"text": "x" * 40, "chunk_size": 4, "delay": hold / 10} for _ in range(streams)])
+        opened = asyncio.Event()
+        started = 0
+        errors: dict[str, int] = {}
+
+        async def one() -> int:
+            nonlocal started
+            chunks = 0
+            body = {"message": "hold", "session_id": str(uuid.uuid4())}
+            async with http.stream("POST", f"/api/agents/{agent}/message/stream", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {\"error\""):
+                        errors[line[6:][:200]] = errors.get(line[6:][:200], 0) + 1
+                    if line.startswith("event: chunk"):
+                        if chunks == 0:
+                            started += 1
+                            if started == streams:
+                                opened.set()
+                        chunks += 1
+            return chunks
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(streams)]
+        try:
+            await asyncio.wait_for(opened.wait(), timeout=max(60.0, hold * 4))
+            peak = rss_mb(procs.daemon.pid)
+            all_open = True
+        except TimeoutError:
+            peak, all_open = rss_mb(procs.daemon.pid), False
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        complete = sum(1 for r in results if r == 10)
+        failures: dict[str, int] = {}
+        for r in results:
+            if isinstance(r, BaseException):
+                failures[type(r).__name__] = failures.get(type(r).__name__, 0) + 1
+            elif r != 10:
+                failures[f"{r} chunks"] = failures.get(f"{r} chunks", 0) + 1
+        return {"failures": failures, "errors": errors, "streams": streams, "all_open_at_once": all_open, "streamed_first_token": started,
+                "completed": complete, "rss_before_mb": round(before, 1), "rss_held_mb": round(peak, 1)}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="lf-bench-runtime-"))
+    procs = Processes(home, keepalive=15)
+    try:
+        report: dict[str, Any] = {"idle_rss_mb": round(rss_mb(procs.daemon.pid), 1)}
+        parts = set(args.only.split(",")) if args.only else {"latency", "throughput", "sse", "streams"}
+        if "latency" in parts:
+            report["provider_alone"] = await provider_alone(procs, args.turns)
+            report["turn_no_tool"] = await turn_latency(procs, args.turns, with_tool=False)
+            report["turn_one_tool"] = await turn_latency(procs, args.turns, with_tool=True)
+        if "throughput" in parts:
+            report["throughput"] = await throughput(procs, args.sessions, args.turns_each)
+        if "sse" in parts:
+            report["sse_relay"] = await sse_relay(procs, args.tokens)
+        if "streams" in parts:
+            report["held_streams"] = await held_streams(procs, args.streams, args.hold)
+        report["load_average"] = os.getloadavg()
+        return report
+    finally:
+        procs.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--turns", type=int, default=300, help="sequential turns per latency measurement")
+    parser.add_argument("--sessions", type=int, default=32)
+    parser.add_argument("--turns-each", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=20_000)
+    parser.add_argument("--streams", type=int, default=500)
+    parser.add_argument("--hold", type=float, default=10.0, help="seconds each held stream lasts")
+    parser.add_argument("--quick", action="store_true", help="small numbers for a fast look")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--only", default="", help="comma list of latency,throughput,sse,streams")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.turns, args.turns_each, args.tokens, args.streams, args.hold = 50, 5, 2000, 50, 3.0
+    report = asyncio.run(main_async(args))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
