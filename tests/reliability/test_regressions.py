@@ -94,3 +94,24 @@ async def test_same_named_models_of_two_plugins_keep_their_own_schemas(make_kern
             "schema"]["$ref"]
         component = schemas[ref.rsplit("/", 1)[1]]
         assert list(component["properties"]) == [f"{name}_total"], (name, ref, component)
+
+
+# -- test_fuzz_openapi: PATCH /api/agents/{id}/config accepted base_url "ht\x1dtp://x"; every later
+#    message to the agent was a 502 (httpx InvalidURL) instead of the change being a 400.
+
+
+@pytest.mark.parametrize("url", ["ht\x1dtp://x", "ftp://host/v1", "http://", "http://a b/v1", "localhost:11434"])
+def test_manifest_refuses_unusable_base_url(url: str) -> None:
+    from librefang_agents.manifest import FallbackModel, ModelConfig
+    from pydantic import ValidationError
+
+    for model in (ModelConfig, FallbackModel):
+        with pytest.raises(ValidationError, match="base_url"):
+            model(provider="openai", model="m", base_url=url)
+
+
+def test_manifest_keeps_usable_base_urls() -> None:
+    from librefang_agents.manifest import ModelConfig
+
+    for url in ["http://127.0.0.1:11434", "https://user:pw@llm.example.com/v1", "HTTPS://api.example.com/v1?x=1"]:
+        assert ModelConfig(provider="openai", model="m", base_url=url).base_url == url

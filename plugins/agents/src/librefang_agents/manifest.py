@@ -55,6 +55,17 @@ def _check_patterns(values: list[str]) -> list[str]:
     return values
 
 
+BASE_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+
+
+def _check_base_url(value: str | None) -> str | None:
+    # An unusable URL must be refused when it is set (400), not found by the first message (502);
+    # found by the reliability fuzzing harness: a control character in base_url.
+    if value is not None and (not BASE_URL.match(value) or not value.isprintable()):
+        raise ValueError("base_url must be an http:// or https:// URL without spaces or control characters")
+    return value
+
+
 class ModelConfig(Table):
     """``[model]``: provider and model (``default`` resolves to ``[default_model]``), sampling, prompt.
 
@@ -70,6 +81,8 @@ class ModelConfig(Table):
     base_url: str | None = Field(None, max_length=2000)
     context_window: int | None = Field(None, ge=1, le=100_000_000)
     max_output_tokens: int | None = Field(None, ge=1, le=10_000_000)
+
+    _base_url = field_validator("base_url")(_check_base_url)
 
     @model_validator(mode="before")
     @classmethod
@@ -88,6 +101,8 @@ class FallbackModel(Table):
     model: str = Field(..., min_length=1, max_length=200)
     api_key_env: str | None = Field(None, max_length=200)
     base_url: str | None = Field(None, max_length=2000)
+
+    _base_url = field_validator("base_url")(_check_base_url)
 
 
 class ResourceQuota(Table):
