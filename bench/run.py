@@ -76,9 +76,14 @@ ROWS = [
 ]
 
 
-def build_targets(workdir: Path) -> dict[str, Target]:
-    """The bare app and the three daemon variants, each with its own home under ``workdir``."""
+def build_targets(workdir: Path, core_path: Path | None = None) -> dict[str, Target]:
+    """The bare app and the three daemon variants, each with its own home under ``workdir``.
+    ``core_path`` (a ``src`` folder holding ``librefang``) makes the daemons import that copy of
+    the core instead of the installed one, to compare two versions against the same baseline."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("LIBREFANG_")}
+    daemon_base = dict(base)
+    if core_path is not None:
+        daemon_base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(core_path), base.get("PYTHONPATH", "")]))
     logs = workdir / "logs"
     py = sys.executable
     bare = [py, str(ROOT / "bench" / "bare_app.py")]
@@ -91,7 +96,7 @@ def build_targets(workdir: Path) -> dict[str, Target]:
         home.mkdir(parents=True)
         if limiter:
             (home / "config.toml").write_text(LIMITER_CONFIG)
-        env = dict(base, LIBREFANG_HOME=str(home))
+        env = dict(daemon_base, LIBREFANG_HOME=str(home))
         if plugins is not None:
             env["LIBREFANG_LOAD_PLUGINS"] = plugins
         argv = [py, "-m", "librefang", "start", "--foreground", "--home", str(home)]
@@ -297,6 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--write-docs", action="store_true", help=f"rewrite the results block of {DOCS.name}")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--core-path", type=Path, help="run the daemons on this copy of core/src (before/after)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.launches = args.launches or (1 if quick else 7)
@@ -317,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command.strip()}
     results["machine"] = machine_facts()
     loadgen = pick_loadgen(args.loadgen)
+    results["core_path"] = str(args.core_path) if args.core_path else "installed"
     results["params"] = {"launches": args.launches, "rounds": args.rounds, "duration": args.duration,
                          "connections": args.connections, "loadgen": loadgen, "warmup": args.warmup,
                          "settle": args.settle}
@@ -326,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         log("compiling bytecode ...")
         results["compile"] = compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="librefang-bench-") as tmp:
-        targets = build_targets(Path(tmp))
+        targets = build_targets(Path(tmp), args.core_path.resolve() if args.core_path else None)
         log("cold start and idle RSS ...")
         results["cold"] = measure_cold(targets, args.launches, args.settle, prepare=not args.quick)
         log(f"throughput ({loadgen}) ...")

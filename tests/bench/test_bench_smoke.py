@@ -58,3 +58,18 @@ def test_quick_benchmark_run_measures_every_figure(tmp_path: Path) -> None:
     assert any(f.startswith("/api/health req/s") for f in figures)
     assert all(row["ratio"] > 0 for row in results["table"])
     assert "PASS" in proc.stdout or "FAIL" in proc.stdout  # the table was printed
+
+
+def test_in_process_micro_benchmark_counts_calls_and_cpu() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "asgi_micro.py"), "--requests", "50", "--repeat", "1", "--plugins", "none"],
+        capture_output=True, text=True, timeout=90, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for figure in ("cpu_us_per_request", "calls_per_request"):
+        for key in ("bare", "ours", "ours_limiter"):
+            assert result[figure][key] > 0
+    calls = result["calls_per_request"]
+    # The edge does real work on every request, and the limiter path does more than the exempt one.
+    assert calls["bare"] < calls["ours"] < calls["ours_limiter"]
