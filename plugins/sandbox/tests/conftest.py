@@ -24,9 +24,9 @@ agent_message = ["*"]
 def start_sandbox(make_kernel: Any) -> Any:
     """``await start_sandbox(config_toml)`` → a kernel running providers, agents, runtime and sandbox."""
 
-    async def factory(config: str = "") -> Any:
+    async def factory(config: str = "", extra_plugins: dict[str, Any] | None = None) -> Any:
         plugins = {"providers": providers_plugin, "agents": agents_plugin, "runtime": runtime_plugin,
-                   "sandbox": sandbox_plugin}
+                   "sandbox": sandbox_plugin, **(extra_plugins or {})}
         kernel = await make_kernel(plugins=plugins, load_entry_points=False,
                                    config="[agents]\nspawn_default_agent = false\n" + config)
         for name in plugins:

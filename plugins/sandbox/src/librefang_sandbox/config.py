@@ -16,7 +16,7 @@ DEFAULT_SAFE_BINS = [
 DEFAULT_READ_ONLY_PATHS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"]
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 BIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\-]{0,127}$")
-HOST_METHODS = ("time_now", "fs_read", "fs_write", "fs_list", "agent_send")
+HOST_METHODS = ("time_now", "fs_read", "fs_write", "fs_list", "kv_get", "kv_set", "agent_send")
 
 
 def secret_name(name: str) -> bool:

@@ -37,7 +37,10 @@ class SandboxService:
         return {**self.wasm.describe(), "active": True, "tools": list(self.wasm_tools),
                 "tool_errors": dict(self.wasm_tool_errors),
                 "host_calls": {"time_now": "always", "fs_read": "needs file_read", "fs_write": "needs file_write",
-                               "fs_list": "needs file_list", "agent_send": "needs agent_send + agent_message"}}
+                               "fs_list": "needs file_list", "kv_get": "needs memory_recall (+ memory_read scope)",
+                               "kv_set": "needs memory_store (+ memory_write scope)",
+                               "agent_send": "needs agent_send (+ agent_message)"},
+                "tool_backed_host_calls_pass_before_tool_call": True}
 
 
 def describe_exec(kernel: Any) -> dict[str, Any]:

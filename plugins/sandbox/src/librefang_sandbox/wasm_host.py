@@ -2,10 +2,14 @@
 
 A method is granted when the tool declares it (``host_calls``) *and* the agent may do the same thing
 with its ordinary tools: ``fs_read`` needs ``file_read`` among the agent's visible tools, ``fs_write``
-``file_write``, ``fs_list`` ``file_list``, ``agent_send`` the ``agent_send`` tool (whose own check of
-``capabilities.agent_message`` then applies to the target). ``time_now`` is always granted. Without an
-agent (a direct invocation) only ``time_now`` is. File paths stay inside the agent's workspace, as for
-the built-in file tools. KV get/set is not offered: no memory plugin API exists yet.
+``file_write``, ``fs_list`` ``file_list``, ``kv_get`` ``memory_recall``, ``kv_set`` ``memory_store``,
+``agent_send`` ``agent_send``. ``time_now`` is always granted. Without an agent (a direct invocation)
+only ``time_now`` is. File paths stay inside the agent's workspace, as for the built-in file tools.
+
+``kv_get``, ``kv_set`` and ``agent_send`` run the runtime's tool of the same right (the memory plugin's
+``memory_recall`` / ``memory_store``, the runtime's ``agent_send``) *through the ``before_tool_call``
+policy* (approvals, taint, budgets), so their own checks apply too: KV namespaces against
+``capabilities.memory_read`` / ``memory_write``, the target agent against ``capabilities.agent_message``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from librefang_sandbox.config import HOST_METHODS
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_LIST_ENTRIES = 1000
-NEEDS_TOOL = {"fs_read": "file_read", "fs_write": "file_write", "fs_list": "file_list", "agent_send": "agent_send"}
+NEEDS_TOOL = {"fs_read": "file_read", "fs_write": "file_write", "fs_list": "file_list", "kv_get": "memory_recall",
+              "kv_set": "memory_store", "agent_send": "agent_send"}
 
 
 class HostDenied(Exception):
@@ -76,7 +81,7 @@ class HostContext:
     max_calls: int
     workspace: Path | None = None
     loop: asyncio.AbstractEventLoop | None = None
-    agent_send: Any = None  # async (target, message) -> reply, bound to the calling agent
+    run_tool: Any = None  # async (tool name, input) -> result text, as the calling agent, policy applied
     deadline: float = field(default_factory=lambda: time.monotonic() + 30)
     calls: int = 0
     denied: list[tuple[str, str]] = field(default_factory=list)
@@ -160,20 +165,43 @@ class HostContext:
                 names.append(entry.name + ("/" if entry.is_dir() else ""))
         return names
 
-    def _agent_send(self, params: dict[str, Any]) -> str:
-        target, message = params.get("agent"), params.get("message")
-        if not isinstance(target, str) or not isinstance(message, str) or not target or len(message) > 100_000:
-            raise HostFailed("params.agent and params.message must be strings")
-        if self.loop is None or self.agent_send is None:
-            raise HostDenied("agent_send is only available to an agent")
+    def _tool(self, name: str, tool_input: dict[str, Any]) -> str:
+        """Run a runtime tool from the WASM worker thread, on the daemon's loop, within the deadline."""
+        if self.loop is None or self.run_tool is None:
+            raise HostDenied(f"{name} is only available to an agent")
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise HostFailed("no time left for agent_send")
-        future = asyncio.run_coroutine_threadsafe(self.agent_send(target, message), self.loop)
+            raise HostFailed(f"no time left for {name}")
+        future = asyncio.run_coroutine_threadsafe(self.run_tool(name, tool_input), self.loop)
         try:
             return future.result(timeout=remaining)
         except TimeoutError:
             future.cancel()
-            raise HostFailed("agent_send did not finish before the WASM deadline") from None
-        except Exception as exc:  # the tool's refusal (ToolError) reaches the guest as its message
+            raise HostFailed(f"{name} did not finish before the WASM deadline") from None
+        except Exception as exc:  # the tool's or the policy's refusal reaches the guest as its message
             raise HostFailed(str(exc)[:500]) from None
+
+    @staticmethod
+    def _namespace(params: dict[str, Any]) -> dict[str, Any]:
+        namespace = params.get("namespace")
+        if namespace is not None and not isinstance(namespace, str):
+            raise HostFailed("params.namespace must be a string")
+        return {"namespace": namespace} if namespace else {}
+
+    def _kv_get(self, params: dict[str, Any]) -> str:
+        key = params.get("key")
+        if not isinstance(key, str):
+            raise HostFailed("params.key must be a string")
+        return self._tool("memory_recall", {"key": key, **self._namespace(params)})
+
+    def _kv_set(self, params: dict[str, Any]) -> str:
+        key = params.get("key")
+        if not isinstance(key, str) or "value" not in params:
+            raise HostFailed("params.key (string) and params.value are required")
+        return self._tool("memory_store", {"key": key, "value": params["value"], **self._namespace(params)})
+
+    def _agent_send(self, params: dict[str, Any]) -> str:
+        target, message = params.get("agent"), params.get("message")
+        if not isinstance(target, str) or not isinstance(message, str) or not target or len(message) > 100_000:
+            raise HostFailed("params.agent and params.message must be strings")
+        return self._tool("agent_send", {"agent": target, "message": message})

@@ -7,13 +7,16 @@ receives no kernel, so it cannot read this plugin's configuration) and removed w
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from librefang_agents import api as agents_api
+from librefang_providers.api import ToolUseBlock
 from librefang_runtime.api import Tool, ToolContext, ToolError
 from librefang_runtime.api import runtime as runtime_of
 
@@ -25,34 +28,41 @@ log = logging.getLogger("librefang.sandbox.wasm")
 
 
 async def host_context(kernel: Any, sandbox: WasmSandbox, declared: list[str], agent_id: str,
-                       workspace: Path | None) -> HostContext:
+                       workspace: Path | None, session_id: str = "") -> HostContext:
     """The host calls a run may make: the module's declared methods narrowed by the agent's rights."""
     visible = None
-    send = None
+    run_tool = None
     if agent_id:
         record = await agents_api.registry(kernel).get(agent_id)
         runtime = runtime_of(kernel)
         visible = agents_api.visible_tools(record.parsed(), record.mode, runtime.tools.names())
-        send_tool = runtime.tools.get("agent_send")
-        if send_tool is not None:
-            caller = ToolContext(kernel=kernel, agent_id=record.id, agent_name=record.name, session_id="",
-                                 workspace=workspace, tool_name="agent_send")
 
-            async def send(target: str, message: str) -> str:
-                return await send_tool.handler({"agent": target, "message": message}, caller)
+        async def run_tool(name: str, tool_input: dict[str, Any]) -> str:
+            tool = runtime.tools.get(name)
+            if tool is None:
+                raise ToolError(f"{name} is not available (the plugin offering it is not running)")
+            context = ToolContext(kernel=kernel, agent_id=record.id, agent_name=record.name, session_id=session_id,
+                                  workspace=workspace, call_id=f"wasm-{uuid.uuid4().hex[:12]}", tool_name=name)
+            verdict = await runtime.policy(ToolUseBlock(context.call_id, name, tool_input), context)
+            if verdict is not None:
+                raise ToolError(f"the call to {name} was refused: {verdict.reason}")
+            value = tool.handler(dict(tool_input), context)
+            if inspect.isawaitable(value):
+                value = await value
+            return value if isinstance(value, str) else str(value)
 
     if workspace is not None:
         await asyncio.to_thread(workspace.mkdir, parents=True, exist_ok=True)
     config = sandbox.config
     return HostContext(granted=grants(declared, visible, workspace is not None), max_calls=config.max_host_calls,
-                       workspace=workspace, loop=asyncio.get_running_loop(), agent_send=send,
+                       workspace=workspace, loop=asyncio.get_running_loop(), run_tool=run_tool,
                        deadline=time.monotonic() + config.timeout_secs)
 
 
 async def run_module(kernel: Any, sandbox: WasmSandbox, path: Path, payload: Any, *, declared: list[str],
-                     agent_id: str, workspace: Path | None, actor: str) -> str:
+                     agent_id: str, workspace: Path | None, actor: str, session_id: str = "") -> str:
     """Run one module with the host calls it may make; denied calls are audited."""
-    host = await host_context(kernel, sandbox, declared, agent_id, workspace)
+    host = await host_context(kernel, sandbox, declared, agent_id, workspace, session_id)
     data = json.dumps(payload).encode()
     try:
         return await sandbox.run(path, data, host)
@@ -75,7 +85,8 @@ def make_tool(service: Any, spec: WasmToolConfig) -> Tool:
     async def handler(data: dict[str, Any], context: ToolContext) -> str:
         try:
             return await run_module(context.kernel, service.wasm, path, data, declared=spec.host_calls,
-                                    agent_id=context.agent_id, workspace=context.workspace, actor=spec.name)
+                                    agent_id=context.agent_id, workspace=context.workspace, actor=spec.name,
+                                    session_id=context.session_id)
         except WasmError as exc:
             raise ToolError(f"{spec.name}: {exc}") from None
 
