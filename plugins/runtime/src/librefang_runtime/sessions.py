@@ -131,6 +131,16 @@ class SessionStore:
         stored = [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
         return _info(row), stored
 
+    async def load(self, session_id: str, limit: int | None = None) -> list[StoredMessage]:
+        """The session's messages in order; with ``limit``, only the most recent ones."""
+        query = sa.select(messages.c.role, messages.c.content, messages.c.created_at) \
+            .where(messages.c.session_id == session_id).order_by(messages.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(query)).all()
+        return [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
+
     # -- session management ---------------------------------------------------------------------------
     async def create(self, agent_id: str, label: str | None = None, session_id: str | None = None) -> SessionInfo:
         """A new empty session of ``agent_id`` (``Conflict`` when the label is taken for this agent)."""
