@@ -126,3 +126,30 @@ async def test_anonymous_call_has_no_workspace(start_sandbox, call):
     ctx = ToolContext(kernel=kernel, agent_id="", agent_name="", session_id="", workspace=None)
     with pytest.raises(ToolError, match="agent"):
         await call(ctx, "shell_exec", command="echo hi")
+
+
+async def test_landlock_scopes_signals_and_network(start_sandbox, agent, call):
+    import os
+    import socket
+
+    kernel = await start_sandbox(FULL + "allow_network = false\n")
+    service = kernel.services["sandbox"].exec
+    if service.landlock_abi < 6:
+        pytest.skip("needs Landlock ABI 6 (signal scoping) and 4 (network)")
+    ctx = await agent(kernel, "contained")
+    # The command cannot signal the daemon (even as root) ...
+    with pytest.raises(ToolError, match="not permitted"):
+        await call(ctx, "shell_exec", command=f"kill -0 {os.getpid()}")
+    # ... but can signal what it started itself.
+    assert "exit code 0" in await call(ctx, "shell_exec", command="sleep 5 & kill $!")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        port = listener.getsockname()[1]
+        script = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        with pytest.raises(ToolError, match="PermissionError"):
+            await call(ctx, "shell_exec", argv=["python3", "-c", script])
+    finally:
+        listener.close()
+    assert service.describe()["network"]["enforced"] is True

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 SECRET_NAME_PARTS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "PRIVATE")
 DEFAULT_SAFE_BINS = [
     "sleep", "true", "false", "cat", "sort", "uniq", "cut", "tr", "head", "tail", "wc", "date", "echo",
-    "printf", "basename", "dirname", "pwd", "env", "ls", "grep",
+    "printf", "basename", "dirname", "pwd", "ls", "grep",
 ]
 DEFAULT_READ_ONLY_PATHS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc"]
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -65,6 +65,8 @@ class ExecPolicyConfig(BaseModel):
     filesystem_confinement: bool = Field(
         True, description="Confine children with Landlock (read/write the workspace, read-only system folders) "
                           "when the kernel supports it")
+    allow_network: bool = Field(True, description="Let commands open TCP connections and listen (refused by "
+                                                   "Landlock when false and the kernel's Landlock ABI is 4 or later)")
     read_only_paths: list[str] = Field(default_factory=lambda: list(DEFAULT_READ_ONLY_PATHS), max_length=100,
                                        description="Absolute folders children may read and execute from")
     max_command_chars: int = Field(16_384, ge=64, le=1024 * 1024, description="Longest command line accepted")

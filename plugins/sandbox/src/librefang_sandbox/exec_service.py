@@ -93,7 +93,8 @@ class ExecService:
         ruleset = None
         if self.confined:
             ruleset = await asyncio.to_thread(landlock.build_ruleset, [str(workspace)],
-                                              list(self.config.read_only_paths), self.landlock_abi)
+                                              list(self.config.read_only_paths), self.landlock_abi,
+                                              allow_network=self.config.allow_network)
         return checked, policy, env, ruleset
 
     async def shell_exec(self, data: dict[str, Any], context: ToolContext) -> str:
@@ -245,7 +246,10 @@ class ExecService:
                          "seen in the tree" + (" + every task of the command's pids cgroup" if self.cgroup_root else ""),
             "filesystem_confinement": {"enabled": self.confined, "mechanism": "landlock",
                                        "abi": self.landlock_abi, "read_only_paths": list(c.read_only_paths),
-                                       "writable": "agent workspace"},
+                                       "writable": "agent workspace",
+                                       "signals_and_abstract_sockets_scoped": self.confined and self.landlock_abi >= 6},
+            "network": {"allowed": c.allow_network,
+                        "enforced": not c.allow_network and self.confined and self.landlock_abi >= 4},
             "background_processes": {"running": sum(1 for p in self.processes.values()
                                                     if not p.child.finished.is_set()),
                                      "limit": c.max_background_processes},

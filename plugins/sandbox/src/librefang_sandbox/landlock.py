@@ -46,8 +46,15 @@ READ_EXECUTE = EXECUTE | READ_FILE | READ_DIR
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/full")
 
 
+NET_BIND_TCP = 1 << 0  # ABI 4
+NET_CONNECT_TCP = 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1
+
+
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
 
 
 class _PathBeneath(ctypes.Structure):
@@ -122,15 +129,25 @@ def _add(ruleset_fd: int, path: str, rights: int) -> None:
         os.close(fd)
 
 
-def build_ruleset(writable: list[str], read_only: list[str], abi: int | None = None) -> Ruleset | None:
+def build_ruleset(writable: list[str], read_only: list[str], abi: int | None = None, *,
+                  allow_network: bool = True) -> Ruleset | None:
     """A ruleset granting everything under ``writable``, read+execute under ``read_only`` and the
-    harmless devices; ``None`` when the kernel has no Landlock."""
+    harmless devices; ``None`` when the kernel has no Landlock. From ABI 4 TCP bind/connect are
+    refused unless ``allow_network``; from ABI 6 the confined process can neither signal processes
+    outside its domain (the daemon, other commands) nor reach their abstract unix sockets."""
     abi = abi_version() if abi is None else abi
     if abi <= 0:
         return None
     handled = handled_rights(abi)
     attr = _RulesetAttr(handled_access_fs=handled)
-    fd = _syscall(ctypes.c_long(SYS_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+    size = 8  # the kernel reads only the fields its ABI knows: pass no more than it expects
+    if abi >= 4:
+        attr.handled_access_net = 0 if allow_network else NET_BIND_TCP | NET_CONNECT_TCP
+        size = 16
+    if abi >= 6:
+        attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+        size = 24
+    fd = _syscall(ctypes.c_long(SYS_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(size),
                   ctypes.c_uint32(0))
     if fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
