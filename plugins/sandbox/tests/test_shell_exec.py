@@ -153,3 +153,21 @@ async def test_landlock_scopes_signals_and_network(start_sandbox, agent, call):
     finally:
         listener.close()
     assert service.describe()["network"]["enforced"] is True
+
+
+async def test_children_of_a_root_daemon_hold_no_capabilities(start_sandbox, agent, call):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("the daemon is not root")
+    kernel = await start_sandbox(FULL)
+    assert kernel.services["sandbox"].exec.describe()["capabilities_dropped"] is True
+    ctx = await agent(kernel, "rootless")
+    (ctx.workspace / "mine.txt").write_text("x")
+    # chown needs CAP_CHOWN; harmless if it ever succeeded (a file of the agent's own workspace).
+    with pytest.raises(ToolError, match="not permitted"):
+        await call(ctx, "shell_exec", command="chown 12345 mine.txt")
+    script = ("import ctypes; libc = ctypes.CDLL(None); "
+              "print('bset', [c for c in range(41) if libc.prctl(23, c, 0, 0, 0) == 1])")
+    out = await call(ctx, "shell_exec", argv=["python3", "-c", script])
+    assert "bset []" in out

@@ -65,6 +65,8 @@ class ExecPolicyConfig(BaseModel):
     filesystem_confinement: bool = Field(
         True, description="Confine children with Landlock (read/write the workspace, read-only system folders) "
                           "when the kernel supports it")
+    drop_capabilities: bool = Field(True, description="When the daemon holds Linux capabilities (root), children "
+                                                      "drop all of them (bounding set included)")
     allow_network: bool = Field(True, description="Let commands open TCP connections and listen (refused by "
                                                    "Landlock when false and the kernel's Landlock ABI is 4 or later)")
     read_only_paths: list[str] = Field(default_factory=lambda: list(DEFAULT_READ_ONLY_PATHS), max_length=100,

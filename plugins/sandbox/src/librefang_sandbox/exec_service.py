@@ -19,7 +19,7 @@ from typing import Any
 from librefang_agents import api as agents_api
 from librefang_runtime.api import ToolContext, ToolError
 
-from librefang_sandbox import landlock
+from librefang_sandbox import landlock, privileges
 from librefang_sandbox.cgroup import find_pids_root, sweep_stale
 from librefang_sandbox.commands import Plan, Policy, child_environment, effective_policy, plan
 from librefang_sandbox.config import ExecPolicyConfig
@@ -48,6 +48,8 @@ class ExecService:
         self.supervisor = Supervisor(config.supervise_interval_ms / 1000)
         self.landlock_abi = landlock.abi_version() if config.filesystem_confinement else 0
         self.cgroup_root: Path | None = None
+        self.drop_capabilities = privileges.dropper() if config.drop_capabilities and privileges.has_capabilities() \
+            else None
 
     async def start(self) -> None:
         """Find a pids cgroup hierarchy to use (and sweep cgroups a crashed daemon left behind)."""
@@ -107,7 +109,7 @@ class ExecService:
         try:
             child = await start_child(checked.argv, cwd=str(checked.cwd), env=env, limits=self.limits(),
                                       ruleset=ruleset, max_output=self.config.max_output_bytes, overflow="kill",
-                                      cgroup_root=self.cgroup_root)
+                                      cgroup_root=self.cgroup_root, drop_capabilities=self.drop_capabilities)
         except OSError as exc:
             raise ToolError(f"could not start {checked.program!r}: {exc.strerror or exc}") from None
         finally:
@@ -151,7 +153,8 @@ class ExecService:
                                 f"{self.config.max_background_processes} (kill one first)")
             child = await start_child(checked.argv, cwd=str(checked.cwd), env=env, limits=self.limits(),
                                       ruleset=ruleset, max_output=self.config.max_output_bytes, overflow="drop",
-                                      stdin=True, cgroup_root=self.cgroup_root)
+                                      stdin=True, cgroup_root=self.cgroup_root,
+                                      drop_capabilities=self.drop_capabilities)
         except OSError as exc:
             raise ToolError(f"could not start {checked.program!r}: {exc.strerror or exc}") from None
         finally:
@@ -248,6 +251,8 @@ class ExecService:
                                        "abi": self.landlock_abi, "read_only_paths": list(c.read_only_paths),
                                        "writable": "agent workspace",
                                        "signals_and_abstract_sockets_scoped": self.confined and self.landlock_abi >= 6},
+            "capabilities_dropped": self.drop_capabilities is not None,
+            "daemon_is_root": _is_root(),
             "network": {"allowed": c.allow_network,
                         "enforced": not c.allow_network and self.confined and self.landlock_abi >= 4},
             "background_processes": {"running": sum(1 for p in self.processes.values()

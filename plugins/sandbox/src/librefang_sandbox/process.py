@@ -123,7 +123,8 @@ def kill_tree(session: int, known: dict[int, int] | None = None, cgroup: Any = N
     return hit
 
 
-def preexec(limits: Limits, ruleset: Ruleset | None, nproc: int | None, cgroup: Any = None) -> Callable[[], None]:
+def preexec(limits: Limits, ruleset: Ruleset | None, nproc: int | None, cgroup: Any = None,
+            drop_capabilities: Callable[[], None] | None = None) -> Callable[[], None]:
     """The function run in the child between fork and exec (keep it to system calls)."""
     cpu = limits.cpu_time_secs
     procs_file = cgroup.procs_file if cgroup is not None else None
@@ -146,6 +147,8 @@ def preexec(limits: Limits, ruleset: Ruleset | None, nproc: int | None, cgroup: 
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         if ruleset is not None:
             ruleset.restrict_self()
+        if drop_capabilities is not None:
+            drop_capabilities()
 
     return apply
 
@@ -160,14 +163,15 @@ def nproc_limit(max_processes: int) -> int | None:
 
 
 async def spawn(argv: list[str], *, cwd: str, env: dict[str, str], limits: Limits, ruleset: Ruleset | None,
-                stdin: bool = False, cgroup: Any = None) -> asyncio.subprocess.Process:
+                stdin: bool = False, cgroup: Any = None,
+                drop_capabilities: Callable[[], None] | None = None) -> asyncio.subprocess.Process:
     """Start ``argv`` in a new session under ``limits`` (stdout and stderr piped)."""
     nproc = await asyncio.to_thread(nproc_limit, limits.max_processes)
     return await asyncio.create_subprocess_exec(
         *argv, cwd=cwd, env=env,
         stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True, preexec_fn=preexec(limits, ruleset, nproc, cgroup), close_fds=True,
+        start_new_session=True, preexec_fn=preexec(limits, ruleset, nproc, cgroup, drop_capabilities), close_fds=True,
     )
 
 

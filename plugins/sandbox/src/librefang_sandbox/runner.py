@@ -171,14 +171,15 @@ class Child:
 
 async def start_child(argv: list[str], *, cwd: str, env: dict[str, str], limits: Limits,
                       ruleset: Ruleset | None, max_output: int, overflow: str, stdin: bool = False,
-                      cgroup_root: Path | None = None) -> Child:
+                      cgroup_root: Path | None = None, drop_capabilities: Any = None) -> Child:
     """Spawn ``argv`` (see :func:`librefang_sandbox.process.spawn`), in a fresh pids cgroup under
     ``cgroup_root`` when given, and wrap it in a :class:`Child`."""
     cgroup = None
     if cgroup_root is not None:
         cgroup = await asyncio.to_thread(PidsCgroup.create, cgroup_root, limits.max_processes)
     try:
-        proc = await spawn(argv, cwd=cwd, env=env, limits=limits, ruleset=ruleset, stdin=stdin, cgroup=cgroup)
+        proc = await spawn(argv, cwd=cwd, env=env, limits=limits, ruleset=ruleset, stdin=stdin, cgroup=cgroup,
+                           drop_capabilities=drop_capabilities)
     except BaseException:
         if cgroup is not None:
             cgroup.remove()
