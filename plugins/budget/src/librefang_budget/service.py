@@ -42,9 +42,9 @@ class Cap:
     window: str
     limit: float
 
-    def describe(self, spend: float) -> str:
-        who = {"global": "the daemon", "provider": f"provider {self.scope_id!r}",
-               "agent": f"agent {self.scope_id!r}"}[self.scope]
+    def describe(self, spend: float, agent_name: str = "") -> str:
+        agent = f"agent {agent_name!r} ({self.scope_id})" if agent_name else f"agent {self.scope_id!r}"
+        who = {"global": "the daemon", "provider": f"provider {self.scope_id!r}", "agent": agent}[self.scope]
         if self.window == "tokens_hour":
             return f"{who} used {int(spend)} LLM tokens in the last hour; the cap is {int(self.limit)}"
         return f"{who} spent ${spend:.4f} {self._span()}; the {WINDOW_WORDS[self.window]} cap is ${self.limit:.4f}"
@@ -163,7 +163,8 @@ class BudgetService:
         retry = w.resets_in(cap.window)
         if retry is None:
             retry = await self.store.hourly_retry_after(w, cap.limit, tokens=cap.window == "tokens_hour", **where)
-        message = f"budget exceeded: {cap.describe(used)}. Calls resume in about {retry} s, or raise the cap."
+        message = (f"budget exceeded: {cap.describe(used, str(call.get('agent_name') or ''))}. "
+                   f"Calls resume in about {retry} s, or raise the cap.")
         details = {"scope": cap.scope, "scope_id": cap.scope_id, "window": cap.window, "spend": round(used, 6),
                    "limit": cap.limit, "retry_after_secs": retry}
         if await self.store.claim_alert("exceeded", cap.scope, cap.scope_id, cap.window, w.period(cap.window),
@@ -195,11 +196,11 @@ class BudgetService:
         groups = await self.caps_for(row["agent_id"], row["provider"]) if threshold > 0 else []  # 0: no alerts
         spends = await self.store.spends(w, [where for _, where in groups], add=row)
         self.metered += 1
-        await self._alerts(w, threshold, groups, spends)
+        await self._alerts(w, threshold, groups, spends, row["agent_name"])
         return row
 
     async def _alerts(self, w: Windows, threshold: float, groups: list[tuple[list[Cap], dict[str, str]]],
-                      spends: list[Spend]) -> None:
+                      spends: list[Spend], agent_name: str = "") -> None:
         for (caps, _where), spend in zip(groups, spends, strict=True):
             for cap in caps:
                 used = spend.of(cap.window)
@@ -211,7 +212,7 @@ class BudgetService:
                 self.alerts_raised += 1
                 data = {"scope": cap.scope, "scope_id": cap.scope_id, "window": cap.window, "spend": round(used, 6),
                         "limit": cap.limit, "threshold": threshold, "fraction": fraction(used, cap.limit),
-                        "message": f"budget alert: {cap.describe(used)} ({threshold:.0%} alert threshold)"}
+                        "message": f"budget alert: {cap.describe(used, agent_name)} ({threshold:.0%} alert threshold)"}
                 self.kernel.bus.publish("budget.alert", data, source=SOURCE)
                 await self.kernel.audit.record("BudgetAlert", target=f"{cap.scope}:{cap.scope_id or '*'}", detail=data)
                 log.warning("%s", data["message"])

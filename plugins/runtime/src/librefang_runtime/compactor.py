@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,8 +109,18 @@ def fallback_summary(messages: list[Message]) -> str:
 async def _summarise(llm: Any, target: dict[str, Any], text: str, max_tokens: int) -> str:
     request = CompletionRequest(model=target["model"], system=SYSTEM, max_tokens=max_tokens,
                                 messages=[Message("user", "Summarise this conversation:\n\n" + text)])
+    # before_llm_call / after_llm_call as in the agent loop (budgets, metering); a refusal raises and
+    # the caller falls back to the plain summary.
+    kernel, call = target.get("kernel"), target.get("call")
+    if kernel is not None and call is not None:
+        await kernel.plugins.acall("before_llm_call", isolate=False, kernel=kernel, call=call)
+    started = time.perf_counter()
     response = await collect(llm.stream(request, provider=target["provider"], base_url=target.get("base_url"),
                                         api_key_env=target.get("api_key_env")))
+    if kernel is not None and call is not None:
+        await kernel.plugins.acall("after_llm_call", kernel=kernel, call={
+            **call, "provider": response.provider, "model": response.model, "usage": response.usage,
+            "latency_ms": (time.perf_counter() - started) * 1000, "tool_calls": 0})
     summary = response.text.strip()
     if not summary:
         raise ValueError("the summary came back empty")
@@ -153,6 +164,10 @@ async def compact(runtime: Any, session_id: str, provider: str, model: str, conf
     from librefang_providers.api import get_registry
 
     target = {"provider": provider, "model": model, "base_url": base_url, "api_key_env": api_key_env}
+    info = await runtime.store.get(session_id)
+    target["kernel"], target["call"] = runtime.kernel, {
+        "agent_id": info.agent_id if info is not None else "", "agent_name": "", "session_id": session_id,
+        "provider": provider, "model": model, "iteration": 0, "purpose": "compaction"}
     summary, chunks, used_fallback = await summarise(get_registry(runtime.kernel), target, older, config)
     await runtime.store.compact_prefix(session_id, cut, Message("user", f"{SUMMARY_PREFIX}\n{summary}"), summary)
     return CompactionResult(summary, len(kept), len(older), chunks, used_fallback)

@@ -52,8 +52,10 @@ def after_turn(kernel: Any, turn: dict[str, Any]) -> Any:
 
 @hookspec
 def before_llm_call(kernel: Any, call: dict[str, Any]) -> Any:
-    """Called before every model call of an agent turn (budgets, quotas), with ``call``: ``agent_id``,
-    ``agent_name``, ``session_id``, ``provider``, ``model`` (the slot asked for) and ``iteration``.
+    """Called before every model call of an agent turn and of a session compaction (budgets, quotas),
+    with ``call``: ``agent_id``, ``agent_name``, ``session_id``, ``provider``, ``model`` (the slot asked
+    for) and ``iteration`` (0 and ``purpose = "compaction"`` for a compaction summary, whose refusal
+    makes the compaction use its plain summary instead).
 
     Return ``None`` to let the call go. Raise a :class:`librefang.errors.ApiError` (for example 429
     ``budget_exceeded``) to refuse it: nothing is sent to the provider and the turn fails with that
@@ -63,7 +65,7 @@ def before_llm_call(kernel: Any, call: dict[str, Any]) -> Any:
 
 @hookspec
 def after_llm_call(kernel: Any, call: dict[str, Any]) -> Any:
-    """Called after every successful model call of an agent turn (metering), with ``call``: the keys of
+    """Called after every successful model call of an agent turn or a compaction (metering), with ``call``: the keys of
     ``before_llm_call`` where ``provider``/``model`` name the slot that actually served, plus ``usage``
     (:class:`librefang_providers.api.Usage`), ``latency_ms`` and ``tool_calls`` (how many the model asked
     for). The return value is ignored; an exception is logged. May be ``async def``.
