@@ -3,6 +3,7 @@ relations store/query, export/import of proactive memories, the per-agent limit 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -82,6 +83,11 @@ async def test_decay_formula(agent: tuple[Any, Any, str]) -> None:
     assert conf[never] == pytest.approx(0.8 * math.exp(-0.01 * 10), rel=1e-3)
     assert conf[often] == pytest.approx(0.8 * math.exp(-(0.01 / 4) * 10), rel=1e-3)  # boost min(1+log2(8), 4) = 4
     assert conf[recent] == 0.8
+    # a second run right away changes (almost) nothing: runs never compound
+    await client.post("/api/memory/decay")
+    async with kernel.db.begin() as conn:
+        again = dict((await conn.execute(sa.select(items.c.id, items.c.confidence))).all())
+    assert again[never] == pytest.approx(conf[never], rel=1e-5)
 
 
 async def test_relations(agent: tuple[Any, Any, str]) -> None:
@@ -149,3 +155,31 @@ async def test_limit_evicts_lowest_confidence_then_oldest(start_memory: Any, spa
     await add(client, agent_id, "one more", confidence=0.9)
     ids = {m["id"] for m in (await (await client.get(f"/api/memory/agents/{agent_id}")).get_json())["memories"]}
     assert oldest not in ids and len(ids) == 3
+
+
+async def test_destructive_operations_are_audited(agent: tuple[Any, Any, str]) -> None:
+    _, client, agent_id = agent
+    memory_id = await add(client, agent_id, "to be deleted")
+    await add(client, agent_id, "to be cleared")
+    await client.delete(f"/api/memory/items/{memory_id}")
+    await client.delete(f"/api/memory/agents/{agent_id}")
+    await client.patch("/api/memory/config", json={"max_retrieve": 3})
+    await client.post(f"/api/agents/{agent_id}/memory/import", json={"kv": {"a": 1}, "clear_existing": True})
+    body = await (await client.get("/api/audit/recent?n=20")).get_json()
+    actions = {(e["action"], e["target"]) for e in body["items"]}
+    assert {("MemoryDelete", memory_id), ("MemoryClear", agent_id), ("MemoryConfigChange", "proactive_memory"),
+            ("MemoryKvImport", agent_id)} <= actions
+
+
+async def test_background_maintenance_decays(start_memory: Any, spawn: Any) -> None:
+    kernel, client = await start_memory("[memory]\nembeddings = \"off\"\n"
+                                        "[proactive_memory]\nmaintenance_interval_hours = 0.0001\n")
+    agent_id = await spawn(kernel, "maintained")
+    memory_id = await add(client, agent_id, "an old fact", confidence=0.9)
+    await age(kernel, memory_id, accessed_at=time.time() - 30 * DAY)
+    for _ in range(50):  # a round every 0.36 s
+        item = await kernel.services["memory"].store.get(memory_id)
+        if item.confidence < 0.9:
+            break
+        await asyncio.sleep(0.1)
+    assert item.confidence == pytest.approx(0.9 * math.exp(-0.01 * 30), rel=1e-2)

@@ -55,6 +55,8 @@ class ProactiveMemoryConfig(BaseModel):
     update_threshold_cross_category: float = Field(
         0.85, gt=0.0, le=1.0, description="Similarity above which a new fact updates one of another category")
     soft_delete_retention_days: int = Field(30, ge=0, le=100_000)
+    maintenance_interval_hours: float = Field(
+        1.0, ge=0.0, le=8760, description="Decay and cleanup run this often in the background (0 = never)")
 
 
 AGENT_OVERRIDES = ("enabled", "auto_memorize", "auto_retrieve", "max_retrieve")

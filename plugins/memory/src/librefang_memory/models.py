@@ -34,6 +34,7 @@ items = sa.Table(
     sa.Column("access_count", sa.Integer, nullable=False),
     sa.Column("deleted", sa.Boolean, nullable=False),
     sa.Column("deleted_at", sa.Float),
+    sa.Column("decayed_at", sa.Float),
 )
 
 history = sa.Table(

@@ -56,6 +56,7 @@ async def startup(kernel: Any) -> None:
     memory.pipeline = Pipeline(memory)
     kernel.services["memory"] = memory
     kernel.tasks.spawn("memory", memory.access.run(), name="memory:access-flush")
+    kernel.tasks.spawn("memory", memory.run_maintenance(), name="memory:maintenance")
     _RUNNING.add(kernel)
 
 

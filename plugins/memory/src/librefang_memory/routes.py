@@ -9,7 +9,7 @@ from librefang import Router, current_kernel
 from librefang.errors import BadRequest
 
 from librefang_memory.kv import SHARED_NAMESPACE
-from librefang_memory.routes_kv import namespace
+from librefang_memory.routes_kv import audit, namespace
 from librefang_memory.schemas import (
     AddBody,
     Added,
@@ -117,7 +117,9 @@ async def decay() -> dict[str, Any]:
 @router.post("/api/memory/bulk-delete", cost=10, body=BulkDelete)
 async def bulk_delete(body: BulkDelete) -> dict[str, Any]:
     """Delete memories by id; unknown ids are listed in ``not_found``."""
-    return await service().bulk_delete(body.ids)
+    result = await service().bulk_delete(body.ids)
+    await audit("MemoryBulkDelete", "", {"deleted": result["deleted"]})
+    return result
 
 
 @router.put("/api/memory/items/<memory_id>", cost=5, body=UpdateBody, response=MemoryItem)
@@ -131,6 +133,7 @@ async def update_item(memory_id: str, body: UpdateBody) -> MemoryItem:
 async def delete_item(memory_id: str) -> dict[str, Any]:
     """Delete one memory."""
     await service().delete(memory_id)
+    await audit("MemoryDelete", memory_id, "")
     return {"status": "deleted", "id": memory_id}
 
 
@@ -165,7 +168,9 @@ async def patch_config(body: Any) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
     if not changes:
         raise BadRequest("no configuration keys given", code="invalid_config")
-    return (await service().patch_config(changes)).model_dump()
+    updated = (await service().patch_config(changes)).model_dump()
+    await audit("MemoryConfigChange", "proactive_memory", {"changed": sorted(changes)})
+    return updated
 
 
 # -- per agent -----------------------------------------------------------------------------------------
@@ -179,7 +184,9 @@ async def agent_memories(agent_id: str, query: ListQuery) -> MemoryList:
 async def reset_agent(agent_id: str) -> dict[str, Any]:
     """Delete every memory of the agent."""
     ns = await namespace(agent_id)
-    return {"status": "cleared", "agent_id": ns, "deleted": await service().clear(ns)}
+    deleted = await service().clear(ns)
+    await audit("MemoryClear", ns, {"deleted": deleted})
+    return {"status": "cleared", "agent_id": ns, "deleted": deleted}
 
 
 @router.get("/api/memory/agents/<agent_id>/search", cost=2, query=SearchQuery, response=SearchResults)
@@ -202,7 +209,9 @@ async def clear_level(agent_id: str, level: str) -> dict[str, Any]:
     """Delete the agent's memories of one level (user, session or agent)."""
     check_level(level)
     ns = await namespace(agent_id)
-    return {"status": "cleared", "agent_id": ns, "level": level, "deleted": await service().clear(ns, level)}
+    deleted = await service().clear(ns, level)
+    await audit("MemoryClear", ns, {"level": level, "deleted": deleted})
+    return {"status": "cleared", "agent_id": ns, "level": level, "deleted": deleted}
 
 
 @router.get("/api/memory/agents/<agent_id>/duplicates", cost=5)
@@ -270,4 +279,5 @@ async def import_memories(agent_id: str, body: MemoryImport) -> dict[str, Any]:
         memory.check_metadata(entry["metadata"])
     cleared = await memory.clear(ns) if body.clear_existing else 0
     added = await memory.add_many(ns, entries, source="import")
+    await audit("MemoryImport", ns, {"imported": len(added), "cleared": cleared})
     return {"status": "imported", "agent_id": ns, "imported": len(added), "cleared": cleared}

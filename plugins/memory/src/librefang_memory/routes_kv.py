@@ -17,6 +17,15 @@ def service() -> MemoryService:
     return current_kernel().services["memory"]
 
 
+async def audit(action: str, target: str, detail: Any) -> None:
+    """Record a destructive memory operation in the audit chain (who, which request)."""
+    from quart import g
+
+    await current_kernel().audit.record(
+        action, actor=str(getattr(g, "principal", None) or "api"), target=target, detail=detail,
+        request_id=getattr(g, "request_id", "") or "")
+
+
 async def namespace(agent_id: str) -> str:
     """The canonical id of an existing agent (or the shared namespace); 400 malformed, 404 unknown."""
     from librefang_agents.api import parse_agent_id, registry
@@ -51,7 +60,9 @@ async def put_kv(agent_id: str, key: str, body: KvPut) -> KvStored:
 @router.delete("/api/memory/agents/<agent_id>/kv/<key>", cost=2)
 async def delete_kv(agent_id: str, key: str) -> dict[str, Any]:
     """Remove a key (404 when it is not set)."""
-    await service().kv.delete(await namespace(agent_id), key)
+    ns = await namespace(agent_id)
+    await service().kv.delete(ns, key)
+    await audit("MemoryKvDelete", ns, {"key": key})
     return {"status": "deleted", "key": key}
 
 
@@ -67,5 +78,6 @@ async def import_kv(agent_id: str, body: KvImport) -> KvImported:
     """Write ``kv`` into the agent's memory, all or nothing (``clear_existing`` wipes it first)."""
     ns = await namespace(agent_id)
     count = await service().kv.import_(ns, body.kv, clear_existing=body.clear_existing)
+    await audit("MemoryKvImport", ns, {"keys": count, "clear_existing": body.clear_existing})
     return KvImported(status="imported", agent_id=ns, imported=count, keys_imported=count,
                       cleared=body.clear_existing)

@@ -277,22 +277,41 @@ class MemoryService:
     async def decay(self, now: float | None = None) -> dict[str, Any]:
         """For memories not accessed for more than a day:
         ``confidence · e^(−(rate/boost)·days_since_access)``, ``boost = min(1 + log2(access_count), 4)``
-        (an item never accessed has boost 1)."""
+        (an item never accessed has boost 1). A run covers only the days since the later of the last
+        access and the last run, so running it hourly gives the same result as running it once."""
         now = time.time() if now is None else now
         rate = self.proactive.confidence_decay_rate
         async with self.kernel.db.begin() as conn:
             rows = (await conn.execute(sa.select(items.c.seq, items.c.confidence, items.c.accessed_at,
-                                                 items.c.access_count)
+                                                 items.c.access_count, items.c.decayed_at)
                                        .where(items.c.deleted.is_(False), items.c.accessed_at < now - DAY))).all()
             changes = []
             for row in rows:
                 boost = min(1.0 + math.log2(row.access_count), 4.0) if row.access_count >= 1 else 1.0
-                days = (now - row.accessed_at) / DAY
-                changes.append({"s": row.seq, "c": row.confidence * math.exp(-(rate / boost) * days)})
+                since = max(row.accessed_at, row.decayed_at or 0.0)
+                days = max(0.0, now - since) / DAY
+                changes.append({"s": row.seq, "c": row.confidence * math.exp(-(rate / boost) * days), "t": now})
             if changes:
                 await conn.execute(items.update().where(items.c.seq == sa.bindparam("s"))
-                                   .values(confidence=sa.bindparam("c")), changes)
+                                   .values(confidence=sa.bindparam("c"), decayed_at=sa.bindparam("t")), changes)
         return {"decayed": len(changes), "rate": rate}
+
+    async def run_maintenance(self) -> None:
+        """Decay and cleanup every ``maintenance_interval_hours`` (read each round: PATCH applies)."""
+        import asyncio
+
+        while True:
+            hours = self.proactive.maintenance_interval_hours
+            await asyncio.sleep(hours * 3600 if hours > 0 else 3600)
+            if self.proactive.maintenance_interval_hours <= 0 or not self.proactive.enabled:
+                continue
+            try:
+                decayed = await self.decay()
+                cleaned = await self.cleanup()
+                log.info("memory maintenance: %s memories decayed, %s expired, %s purged", decayed["decayed"],
+                         cleaned["removed"], cleaned["purged"])
+            except Exception as exc:  # noqa: BLE001 - retried next round
+                log.warning("memory maintenance failed: %s: %s", type(exc).__name__, exc)
 
     async def duplicates(self, agent_id: str) -> list[list[Item]]:
         """Groups of near-duplicate memories (similarity ≥ ``duplicate_threshold``), newest first
