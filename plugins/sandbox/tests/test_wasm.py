@@ -162,3 +162,15 @@ async def test_wasm_tool_errors_and_a_wasm_agent(start_sandbox, agent, call, lib
     escaping = await agent(kernel, "escaper", extra='module = "wasm:../echo-agent/echo.wat"\n')
     with pytest.raises(ToolError, match="not found"):
         await sandbox_api.run_wasm_agent(kernel, escaping.agent_id, "ping")
+
+
+async def test_concurrent_runs_are_bounded(tmp_path):
+    import asyncio
+
+    sandbox = WasmSandbox(WasmSandboxConfig(fuel=10**13, timeout_secs=0.3, max_concurrent=1))
+    path = module(tmp_path, "spin", SPIN)
+    started = time.monotonic()
+    results = await asyncio.gather(*(sandbox.run(path, b"{}") for _ in range(2)), return_exceptions=True)
+    assert all(isinstance(r, WasmError) and r.kind == "deadline" for r in results)
+    assert time.monotonic() - started >= 0.55  # one after the other, each with its own full deadline
+    sandbox.close()

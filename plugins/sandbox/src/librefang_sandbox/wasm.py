@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,8 @@ class WasmSandbox:
         self.modules: OrderedDict[tuple[str, int, int], wasmtime.Module] = OrderedDict()
         self.modules_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="librefang-wasm")
+        self.slots = asyncio.Semaphore(config.max_concurrent)
 
     def load(self, path: Path) -> wasmtime.Module:
         """Compile ``path`` (``.wat`` text or binary ``.wasm``), cached by path, size and mtime. Blocks."""
@@ -224,13 +227,18 @@ class WasmSandbox:
         return host_call
 
     async def run(self, path: Path, payload: bytes, host: Callable[[bytes], bytes] | None = None) -> str:
-        """Compile (cached) and run ``path`` in a worker thread."""
-        module = await asyncio.to_thread(self.load, path)
-        return await asyncio.to_thread(self.run_sync, module, payload, host)
+        """Compile (cached) and run ``path`` in one of the sandbox's own worker threads. Runs beyond
+        ``max_concurrent`` wait their turn, so long guests never starve the default thread pool the
+        rest of the daemon uses."""
+        loop = asyncio.get_running_loop()
+        async with self.slots:
+            module = await loop.run_in_executor(self.executor, self.load, path)
+            return await loop.run_in_executor(self.executor, self.run_sync, module, payload, host)
 
     def close(self) -> None:
-        """Stop the epoch timer."""
+        """Stop the epoch timer and the worker threads."""
         self.ticker.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def describe(self) -> dict[str, Any]:
         """Live limits and counters for ``/api/security``."""
@@ -244,6 +252,7 @@ class WasmSandbox:
             "max_input_bytes": c.max_input_bytes,
             "max_output_bytes": c.max_output_bytes,
             "max_host_calls": c.max_host_calls,
+            "max_concurrent": c.max_concurrent,
             "fresh_store_per_call": True,
             "wasi": False,
             "runs": self.counts["runs"],

@@ -98,7 +98,14 @@ def make_tool(service: Any, spec: WasmToolConfig) -> Tool:
 async def register_configured(service: Any) -> list[str]:
     """Compile every configured WASM tool and add it to the runtime; a module that does not compile
     or a name already taken is logged and reported, the others are added."""
-    registry = runtime_of(service.kernel).tools
+    if not service.wasm.config.tools:
+        return []
+    try:
+        registry = runtime_of(service.kernel).tools
+    except KeyError:  # the runtime failed to start: the sandbox still serves commands and its API
+        for spec in service.wasm.config.tools:
+            service.wasm_tool_errors[spec.name] = "the runtime plugin is not running"
+        return []
     added = []
     for spec in service.wasm.config.tools:
         path = resolve_module(service.kernel.home, spec.path)
