@@ -213,3 +213,15 @@ async def test_api_module_gives_other_plugins_the_service(start: Any) -> None:
     kernel, _ = await start('[budget]\nmax_hourly_usd = 3\n')
     status = await service(kernel).global_status()
     assert status["hourly_limit"] == 3.0 and status["hourly_spend"] == 0.0
+
+
+async def test_status_shows_the_budget(start: Any, spawn: Any, fake_llm: Any) -> None:
+    kernel, client = await start('[budget]\nmax_daily_usd = 2\n')
+    agent_id = await spawn(kernel, "status")
+    fake_llm.script(Script(text="x", usage={"input": 500_000, "output": 0}))
+    assert (await client.post(f"/api/agents/{agent_id}/message", json={"message": "hi"})).status_code == 200
+    budget = (await (await client.get("/api/status")).get_json())["budget"]
+    assert budget == {"alert_threshold": 0.8, "hourly_spend_usd": 0.5, "hourly_limit_usd": None,
+                      "hourly_spend_percent": None, "daily_spend_usd": 0.5, "daily_limit_usd": 2.0,
+                      "daily_spend_percent": 25.0, "monthly_spend_usd": 0.5, "monthly_limit_usd": None,
+                      "monthly_spend_percent": None}

@@ -88,6 +88,22 @@ async def after_llm_call(kernel: Any, call: dict[str, Any]) -> None:
 
 
 @librefang.hookimpl
+async def status_info(kernel: Any) -> dict[str, Any] | None:
+    """``budget`` in ``GET /api/status``: spend, cap and share of the cap per window (null when uncapped)."""
+    service = kernel.services.get("budget")
+    if service is None:
+        return None
+    status = await service.global_status()
+    block: dict[str, Any] = {"alert_threshold": status["alert_threshold"]}
+    for window in ("hourly", "daily", "monthly"):
+        limit = status[f"{window}_limit"]
+        block[f"{window}_spend_usd"] = status[f"{window}_spend"]
+        block[f"{window}_limit_usd"] = limit if limit > 0 else None
+        block[f"{window}_spend_percent"] = round(status[f"{window}_pct"] * 100, 3) if limit > 0 else None
+    return {"budget": block}
+
+
+@librefang.hookimpl
 def security_checks(register: Any) -> None:
     register("budget", _security)
 
