@@ -52,14 +52,16 @@ async def test_namespaces_are_separate(env: Any, spawn: Any) -> None:
     assert (await (await client.get(f"/api/memory/agents/{b}/kv")).get_json()) == {"kv_pairs": []}
 
 
-@pytest.mark.parametrize("key", ["bad key", "a/b", ".hidden", "x" * 257, "ключ", "semi;colon"])
-async def test_bad_keys_are_400(agent: tuple[Any, str], key: str) -> None:
+async def test_bad_keys_are_400(agent: tuple[Any, str]) -> None:
     client, agent_id = agent
-    r = await client.put(f"/api/memory/agents/{agent_id}/kv/{key}", json={"value": 1})
-    assert r.status_code in (400, 404)  # a slash never reaches the route: 404
-    if "/" not in key:
+    for key in ["bad key", ".hidden", "x" * 257, "ключ", "semi;colon"]:
+        r = await client.put(f"/api/memory/agents/{agent_id}/kv/{key}", json={"value": 1})
         body = await r.get_json()
-        assert body["code"] == "invalid_key" and body["request_id"]
+        assert r.status_code == 400 and body["code"] == "invalid_key" and body["request_id"], key
+        r = await client.get(f"/api/memory/agents/{agent_id}/kv/{key}")
+        assert r.status_code == 400, key
+    r = await client.put(f"/api/memory/agents/{agent_id}/kv/a/b", json={"value": 1})
+    assert r.status_code == 404  # a slash never reaches the route
 
 
 async def test_bad_input(agent: tuple[Any, str]) -> None:
