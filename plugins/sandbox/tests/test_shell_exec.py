@@ -46,11 +46,12 @@ async def test_allowlist_refusals(start_sandbox, agent, call):
     kernel = await start_sandbox(ALLOWLIST)
     ctx = await agent(kernel, "strict")
     (ctx.workspace / "notes.txt").write_text("x")
-    for command, message in REFUSALS:
+    (ctx.workspace / "sneaky").symlink_to(ctx.kernel.home / "config.toml")
+    for command, message in [*REFUSALS, ("cat sneaky", "outside the agent workspace")]:
         with pytest.raises(ToolError, match=message):
             await call(ctx, "shell_exec", command=command)
     assert (ctx.workspace / "notes.txt").exists()
-    assert kernel.services["sandbox"].exec.counts["refused"] == len(REFUSALS)
+    assert kernel.services["sandbox"].exec.counts["refused"] == len(REFUSALS) + 1
 
 
 async def test_cwd_cannot_leave_the_workspace(start_sandbox, agent, call):

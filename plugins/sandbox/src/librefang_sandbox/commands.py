@@ -91,8 +91,12 @@ def _check_path_argument(arg: str, cwd: Path, root: Path) -> None:
     value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
     if value.startswith("~"):
         raise ToolError(f"argument {arg[:100]!r}: '~' paths are not allowed")
-    if value.startswith("/") or ".." in value.replace("\\", "/").split("/"):
-        target = Path(os.path.normpath(cwd / value)).resolve()
+    candidate = cwd / value
+    # A path-like argument, or any argument naming an existing entry (a symlink in the workspace
+    # may point anywhere), must resolve inside the workspace.
+    if value.startswith("/") or ".." in value.replace("\\", "/").split("/") or (
+            value and not value.startswith("-") and os.path.lexists(candidate)):
+        target = Path(os.path.normpath(candidate)).resolve()
         if target != root and not target.is_relative_to(root):
             raise ToolError(f"argument {arg[:100]!r} points outside the agent workspace")
 
