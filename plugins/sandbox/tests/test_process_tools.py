@@ -79,3 +79,25 @@ async def test_background_output_keeps_the_newest_bytes(start_sandbox, agent, ca
     out = await call(ctx, "process_poll", process_id=process_id)
     assert "exit code 0" in out and "END" in out and "older output were dropped" in out
     assert len(out.split("--- stdout ---\n", 1)[1]) <= 2048 + 2
+
+
+async def test_killing_the_agent_kills_its_processes(start_sandbox, agent, call):
+    import os
+
+    from librefang_agents import api as agents_api
+
+    kernel = await start_sandbox(FULL)
+    ctx = await agent(kernel, "doomed")
+    survivor = await agent(kernel, "survivor")
+    pid = int(re.search(r"\(pid (\d+)\)", await call(ctx, "process_start", argv=["sleep", "60"])).group(1))
+    other = int(re.search(r"\(pid (\d+)\)", await call(survivor, "process_start", argv=["sleep", "60"])).group(1))
+    await agents_api.registry(kernel).kill(ctx.agent_id)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the killed agent's process is still running")
+    os.kill(other, 0)  # the other agent's process is untouched

@@ -216,6 +216,15 @@ class ExecService:
                          f"{' (' + entry.child.killed + ')' if entry.child.killed else ''}: {entry.command[:200]}")
         return "\n".join(lines) or "(no processes)"
 
+    async def kill_agent(self, agent_id: str, reason: str) -> int:
+        """Kill every running background process of one agent; returns how many."""
+        killed = 0
+        for entry in list(self.processes.values()):
+            if entry.agent_id == agent_id and not entry.child.finished.is_set():
+                await entry.child.kill(reason)
+                killed += 1
+        return killed
+
     async def aclose(self) -> None:
         """Kill every background process (plugin shutdown)."""
         for entry in list(self.processes.values()):

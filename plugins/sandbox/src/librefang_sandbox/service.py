@@ -17,6 +17,7 @@ class SandboxService:
         self.wasm = WasmSandbox(kernel.config.section("wasm_sandbox"))
         self.wasm_tools: list[str] = []
         self.wasm_tool_errors: dict[str, str] = {}
+        self.subscription: Any = None
 
     async def start(self) -> None:
         """Probe the kernel features the exec sandbox can use; add the configured WASM tools."""
@@ -24,11 +25,22 @@ class SandboxService:
 
         await self.exec.start()
         self.wasm_tools = await register_configured(self)
+        # A killed agent's background processes die with it.
+        self.subscription = self.kernel.bus.subscribe("agent.killed", maxsize=1000, name="sandbox:agent-killed")
+        self.kernel.tasks.spawn("sandbox", self._reap_killed_agents(self.subscription), name="sandbox:agent-killed")
+
+    async def _reap_killed_agents(self, subscription: Any) -> None:
+        async for event in subscription:
+            agent_id = event.data.get("agent_id")
+            if agent_id:
+                await self.exec.kill_agent(str(agent_id), "the agent was killed")
 
     async def aclose(self) -> None:
         """Kill every process this plugin started, take its WASM tools out, stop the epoch timer."""
         from librefang_sandbox.wasm_tools import unregister
 
+        if self.subscription is not None:
+            self.subscription.close()
         await self.exec.aclose()
         unregister(self, self.wasm_tools)
         self.wasm.close()
