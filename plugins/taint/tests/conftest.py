@@ -24,6 +24,7 @@ model = "fake-model"
 [capabilities]
 tools = ["*"]
 agent_message = ["*"]
+network = ["*"]
 """
 
 
