@@ -69,7 +69,8 @@ class PidsCgroup:
     @classmethod
     def create(cls, root: Path, max_processes: int) -> PidsCgroup:
         """Make a fresh cgroup under ``root`` limited to ``max_processes`` tasks."""
-        path = root / f"{PREFIX}{uuid.uuid4().hex}"
+        # The daemon's pid in the name lets a later daemon sweep only the leftovers of dead ones.
+        path = root / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
         path.mkdir()
         (path / "pids.max").write_text(str(max_processes))
         return cls(path)
@@ -107,10 +108,26 @@ class PidsCgroup:
             log.warning("could not remove cgroup %s: %s", self.path, exc)
 
 
+def _owner_alive(name: str) -> bool:
+    owner = name[len(PREFIX):].split("-", 1)[0]
+    if not owner.isdigit():
+        return False
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_stale(root: Path) -> int:
-    """Remove empty cgroups left behind by a previous daemon (start-up); returns how many."""
+    """Remove empty cgroups left behind by daemons that are gone (start-up); returns how many. The
+    cgroups of a daemon still running (another instance, a test) are left alone."""
     removed = 0
     for entry in root.glob(f"{PREFIX}*"):
+        if _owner_alive(entry.name):
+            continue
         try:
             os.rmdir(entry)
             removed += 1
