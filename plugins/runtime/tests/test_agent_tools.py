@@ -99,5 +99,7 @@ async def test_agent_spawn_never_exceeds_the_parent(runtime_env: Any, spawn: Any
     assert kid is not None and kid.parent_id == parent
     assert await registry.find("rogue") is None
     await say(client, lonely, "try")
-    assert "may not spawn agents" in tool_results(fake_llm, 3)[0]
+    # an agent without capabilities.agent_spawn is not even offered the tool
+    assert "agent_spawn" not in [t["function"]["name"] for t in fake_llm.requests[2].body["tools"]]
+    assert "unknown tool 'agent_spawn'" in tool_results(fake_llm, 3)[0]
     assert await registry.find("orphan") is None

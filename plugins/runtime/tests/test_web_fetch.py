@@ -52,9 +52,9 @@ def site() -> Iterator[str]:
     server.server_close()
 
 
-async def fetch(kernel: Any, url: str) -> Any:
+async def fetch(kernel: Any, url: str, agent_id: str = "") -> Any:
     runtime = kernel.services["runtime"]
-    context = ToolContext(kernel=kernel, agent_id="", agent_name="", session_id="", workspace=None)
+    context = ToolContext(kernel=kernel, agent_id=agent_id, agent_name="", session_id="", workspace=None)
     outcome = await execute(runtime.tools, ToolUseBlock("w", "web_fetch", {"url": url}), context,
                             allowed={"web_fetch"}, policy=None, time_limit=10, max_chars=100_000)
     return outcome.result
@@ -107,3 +107,13 @@ async def test_ssrf_rules_by_default(runtime_env: Any) -> None:
     for url, reason in REFUSED:
         result = await fetch(kernel, url)
         assert result.is_error and result.content.startswith("refused:") and reason in result.content, (url, result.content)
+
+
+async def test_an_agent_fetches_only_hosts_of_its_network_capability(start_runtime: Any, spawn: Any, site: str) -> None:
+    kernel, _ = await start_runtime('[runtime]\nweb_fetch_allowed_hosts = ["127.0.0.1/32"]\n')
+    base = 'name = "{name}"\n[model]\nprovider = "openai"\nmodel = "fake-model"\n[capabilities]\nnetwork = {network}\n'
+    local = await spawn(kernel, "local", base.format(name="local", network='["127.0.0.1"]'))
+    remote = await spawn(kernel, "remote", base.format(name="remote", network='["*.example.com"]'))
+    assert not (await fetch(kernel, site + "/plain", local)).is_error
+    refused = await fetch(kernel, site + "/plain", remote)
+    assert refused.is_error and "not in this agent's capabilities.network" in refused.content

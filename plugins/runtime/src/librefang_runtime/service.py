@@ -52,7 +52,7 @@ log = logging.getLogger("librefang.runtime")
 SOURCE = "runtime"
 CATALOG_SERVICE = "providers.catalog"
 BTW_PREFIX = "/btw "
-TOUCH_INTERVAL = 2.0  # seconds between two last_active writes for one agent and session
+TOUCH_INTERVAL = 10.0  # seconds between two last_active writes for one agent and session
 MAX_TOUCHED = 10_000
 
 
@@ -98,6 +98,20 @@ def llm_error(exc: LLMError) -> ApiError:
     return ApiError(f"the model call failed: {exc.message}", status=502, code=exc.code, details=details)
 
 
+def usable_tools(manifest: Any, visible: list[str]) -> list[str]:
+    """``visible`` without the tools the agent's capabilities would refuse anyway (no point offering
+    ``agent_send`` to an agent that may message nobody)."""
+    caps = agents_api.effective_capabilities(manifest)
+    refused = set()
+    if not caps.agent_message:
+        refused.add("agent_send")
+    if not caps.agent_spawn:
+        refused.add("agent_spawn")
+    if not caps.network:
+        refused.add("web_fetch")
+    return [name for name in visible if name not in refused]
+
+
 def parse_session_id(value: str) -> str:
     try:
         return str(uuid.UUID(value))
@@ -135,6 +149,7 @@ class RuntimeService:
         if self._web_client is not None:
             await self._web_client.aclose()
             self._web_client = None
+        await self.store.aclose()
 
     @property
     def agents(self) -> Any:
@@ -191,10 +206,13 @@ class RuntimeService:
         ephemeral = body.ephemeral
         if text.startswith(BTW_PREFIX):  # a side question: answered without touching the conversation
             ephemeral, text = True, text[len(BTW_PREFIX):]
-        session_id, pinned = await self.resolve_session(record, None if ephemeral else body.session_id)
+        if ephemeral:  # a session of its own that is never stored: it waits for no other turn
+            session_id, pinned = str(uuid.uuid4()), True
+        else:
+            session_id, pinned = await self.resolve_session(record, body.session_id)
         if body.is_group and body.sender_name:
             text = f"[{body.sender_name}]: {text}"
-        allowed = agents_api.visible_tools(manifest, record.mode, self.tools.names())
+        allowed = usable_tools(manifest, agents_api.visible_tools(manifest, record.mode, self.tools.names()))
         cfg = self.config
         max_iterations = manifest.autonomous.max_iterations if manifest.autonomous else cfg.max_iterations
         settings = LoopSettings(
@@ -401,7 +419,10 @@ class RuntimeService:
             self._touched.clear()
         self._touched[key] = now
         try:
-            await self.agents.touch(turn.agent_id, key[1])
+            # In line with this plugin's own writes: SQLite serves one writer at a time, and a write
+            # that waits in SQLite's busy handler costs every other turn far more than one queued here.
+            async with self.store.writing():
+                await self.agents.touch(turn.agent_id, key[1])
         except ApiError:  # the agent was killed during the turn: nothing to touch
             pass
 

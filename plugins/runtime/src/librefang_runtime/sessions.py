@@ -40,6 +40,17 @@ class SessionInfo:
 
 
 @dataclass
+class _Write:
+    """Messages (and a usage row) waiting for the next group commit."""
+
+    session_id: str
+    items: list[Message]
+    usage_row: dict[str, Any] | None
+    at: float
+    done: asyncio.Future[None]
+
+
+@dataclass
 class StoredMessage:
     """A message with its storage time."""
 
@@ -61,8 +72,11 @@ class SessionStore:
         # SQLite has one writer at a time: queueing our writes here (FIFO) costs less than hundreds of
         # concurrent transactions polling its busy handler, and never runs into its lock timeout.
         self._write_lock = asyncio.Lock()
+        self._pending: list[_Write] = []
+        self._flusher: asyncio.Task[None] | None = None
 
-    def _writing(self) -> Any:
+    def writing(self) -> Any:
+        """Hold this while writing to SQLite (a no-op for other databases)."""
         return self._write_lock if self.db.is_sqlite else contextlib.nullcontext()
 
     async def get(self, session_id: str) -> SessionInfo | None:
@@ -77,7 +91,7 @@ class SessionStore:
             return found
         now = time.time()
         try:
-            async with self._writing(), self.db.begin() as conn:
+            async with self.writing(), self.db.begin() as conn:
                 await conn.execute(sessions.insert().values(
                     id=session_id, agent_id=agent_id, label=None, message_count=0, created_at=now, updated_at=now))
         except IntegrityError:  # created concurrently: read the winner's row
@@ -91,29 +105,72 @@ class SessionStore:
         await self.write(session_id, [message])
 
     async def write(self, session_id: str, items: list[Message], usage_row: dict[str, Any] | None = None) -> None:
-        """Append ``items`` (and record a turn's usage) in one transaction; the oldest messages go
-        beyond ``max_messages``. One transaction per flush keeps a turn's database cost low."""
+        """Append ``items`` (and record a turn's usage); returns once they are committed. The oldest
+        messages go beyond ``max_messages``.
+
+        Group commit: writes that arrive while a transaction is in flight are committed together in
+        the next one, so concurrent turns share the per-transaction cost instead of queueing one by
+        one behind SQLite's single writer."""
         if not items and usage_row is None:
             return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Write(session_id, list(items), usage_row, time.time(), done))
+        if self._flusher is None or self._flusher.done():
+            # Its own task: a caller that is cancelled must not strand the writes of the others.
+            self._flusher = asyncio.ensure_future(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._commit(batch)
+            except Exception:
+                # One bad write must not fail the others: retry them one by one.
+                for entry in batch:
+                    try:
+                        await self._commit([entry])
+                    except Exception as exc:
+                        if not entry.done.done():
+                            entry.done.set_exception(exc)
+                    else:
+                        if not entry.done.done():
+                            entry.done.set_result(None)
+            else:
+                for entry in batch:
+                    if not entry.done.done():
+                        entry.done.set_result(None)
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        rows = [{"session_id": e.session_id, "role": m.role, "created_at": e.at, "text": text_of(m),
+                 "content": json.dumps(content_to_json(m), ensure_ascii=False, separators=(",", ":"))}
+                for e in batch for m in e.items]
+        added: dict[str, int] = {}
+        for entry in batch:
+            if entry.items:
+                added[entry.session_id] = added.get(entry.session_id, 0) + len(entry.items)
+        usage_rows = [e.usage_row for e in batch if e.usage_row is not None]
         now = time.time()
-        async with self._writing(), self.db.begin() as conn:
-            if items:
-                await conn.execute(messages.insert(), [
-                    {"session_id": session_id, "role": m.role, "created_at": now, "text": text_of(m),
-                     "content": json.dumps(content_to_json(m), ensure_ascii=False, separators=(",", ":"))}
-                    for m in items])
-                count = (await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
-                    message_count=sessions.c.message_count + len(items), updated_at=now)
+        async with self.writing(), self.db.begin() as conn:
+            if rows:
+                await conn.execute(messages.insert(), rows)
+            for session_id, count in added.items():
+                total = (await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                    message_count=sessions.c.message_count + count, updated_at=now)
                     .returning(sessions.c.message_count))).scalar_one_or_none()
-                if count is not None and count > self.max_messages:
-                    excess = count - self.max_messages
+                if total is not None and total > self.max_messages:
                     oldest = sa.select(messages.c.id).where(messages.c.session_id == session_id) \
-                        .order_by(messages.c.id).limit(excess).scalar_subquery()
+                        .order_by(messages.c.id).limit(total - self.max_messages).scalar_subquery()
                     await conn.execute(messages.delete().where(messages.c.id.in_(oldest)))
                     await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
                         message_count=self.max_messages))
-            if usage_row is not None:
-                await conn.execute(usage.insert().values(**usage_row))
+            if usage_rows:
+                await conn.execute(usage.insert(), usage_rows)
+
+    async def aclose(self) -> None:
+        """Wait for writes in flight (plugin shutdown)."""
+        if self._flusher is not None and not self._flusher.done():
+            await self._flusher
 
     async def open_turn(self, session_id: str, agent_id: str, limit: int | None) -> tuple[SessionInfo, list[StoredMessage]]:
         """The session (created for ``agent_id`` when new) and its most recent messages. An existing

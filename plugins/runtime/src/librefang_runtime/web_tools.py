@@ -108,8 +108,29 @@ async def fetch(client: Any, url: str, allowed: AllowList, *, max_bytes: int, ti
     raise ToolError(f"more than {MAX_REDIRECTS} redirects")
 
 
+async def _check_network(context: ToolContext, url: str) -> None:
+    """An agent may fetch only hosts its ``capabilities.network`` patterns name (``*`` = any)."""
+    from fnmatch import fnmatchcase
+    from urllib.parse import urlsplit
+
+    from librefang_agents import api as agents_api
+
+    record = await agents_api.registry(context.kernel).get(context.agent_id)
+    patterns = agents_api.effective_capabilities(record.parsed()).network
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        raise ToolError("refused: URL is malformed") from None
+    if not any(fnmatchcase(host, p.lower()) or fnmatchcase(f"{host}:{port}", p.lower()) for p in patterns):
+        raise ToolError(f"refused: {host!r} is not in this agent's capabilities.network")
+
+
 async def _web_fetch(data: dict[str, Any], context: ToolContext) -> str:
     runtime = context.kernel.services["runtime"]
+    if context.agent_id:
+        await _check_network(context, data["url"])
     cfg = runtime.config
     page = await fetch(runtime.web_client(), data["url"], AllowList(cfg.web_fetch_allowed_hosts),
                        max_bytes=cfg.web_fetch_max_bytes, time_limit=cfg.web_fetch_timeout_secs)
