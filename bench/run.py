@@ -245,7 +245,9 @@ def render_markdown(results: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"- Packages: quart {m['packages']['quart']}, hypercorn {m['packages']['hypercorn']}, "
         f"librefang {m['packages']['librefang']}; `PYTHONDONTWRITEBYTECODE={m['PYTHONDONTWRITEBYTECODE']}`.",
         f"- Bytecode: `compileall` over {', '.join(results['compile']['workspace_sources'])} before measuring; "
-        f"site-packages .py files without a .pyc: {results['compile']['site_packages_missing_pyc_before']}.",
+        f"site-packages modules that had no .pyc and were compiled first: "
+        f"{results['compile']['site_packages_missing_pyc_before']} "
+        f"(left without: {results['compile'].get('site_packages_missing_pyc_after', 'n/a')}).",
         f"- Cold start and RSS: median of {p['launches']} launches per side, alternating; RSS read "
         f"{p['settle']} s after the first 200.",
         f"- Throughput: load generator `{p['loadgen']}`, {p['connections']} keep-alive connections, "
