@@ -46,12 +46,12 @@ async def fake_llm() -> AsyncIterator[FakeLLMServer]:
 
 @pytest.fixture
 def start_memory(make_kernel: Any, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``await start_memory(extra_config="")`` → (kernel, client)."""
+    """``await start_memory(extra_config="", top="")`` → (kernel, client); ``top`` holds top-level keys."""
     monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
 
-    async def factory(extra_config: str = "", home: Any = None) -> tuple[Any, Any]:
+    async def factory(extra_config: str = "", home: Any = None, top: str = "") -> tuple[Any, Any]:
         kernel = await make_kernel(plugins=dict(PLUGINS), load_entry_points=False,
-                                   config=config_for(fake_llm, extra_config), home=home)
+                                   config=top + config_for(fake_llm, extra_config), home=home)
         for name in PLUGINS:
             assert kernel.plugins.records[name].error is None, kernel.plugins.records[name].error
         return kernel, make_client(build_app(kernel))
