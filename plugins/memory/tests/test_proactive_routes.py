@@ -123,6 +123,7 @@ async def test_update_history_delete(agent: tuple[Any, str]) -> None:
     assert (await (await client.get(f"/api/memory/agents/{agent_id}/search?q=Lyon")).get_json())["count"] == 0
     history = await (await client.get(f"{url}/history")).get_json()
     assert [h["event"] for h in history["history"]] == ["ADD", "UPDATE", "DELETE"]
+    assert history["history"][0]["new_content"] == "The user lives in Paris"  # the ADD keeps the first text
     assert history["history"][1]["old_content"] == "The user lives in Paris"
     assert history["history"][1]["new_content"] == "The user lives in Lyon"
     assert (await client.get(f"/api/memory/items/{UNKNOWN}/history")).status_code == 404

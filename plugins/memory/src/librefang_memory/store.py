@@ -152,18 +152,16 @@ class ItemStore:
 
     # -- writing -----------------------------------------------------------------------------
     async def insert(self, rows: list[dict[str, Any]], conn: Any = None, *, read_back: bool = True) -> list[Item]:
-        """Insert rows (one transaction) with an ADD history entry each; returns them with their seq
-        (nothing without ``read_back``)."""
+        """Insert rows (one transaction); returns them with their seq (nothing without ``read_back``).
+
+        The ADD entry of a memory's history is not written: it is the row itself (its creation time,
+        and its first content, which the first UPDATE entry keeps), see :meth:`history_of`."""
         if not rows:
             return []
         if conn is None:
             async with self.db.begin() as conn:
                 return await self.insert(rows, conn, read_back=read_back)
         await conn.execute(items.insert(), rows)
-        now = time.time()
-        await conn.execute(history.insert(), [
-            {"memory_id": r["id"], "event": "ADD", "old_content": None, "new_content": r["content"],
-             "old_metadata": None, "new_metadata": r["metadata"], "created_at": now} for r in rows])
         if not read_back:
             return []
         ids = [r["id"] for r in rows]
@@ -282,13 +280,25 @@ class ItemStore:
         return {r.seq: _item(r) for r in rows}
 
     async def history_of(self, memory_id: str) -> list[dict[str, Any]]:
+        """Every change of a memory, oldest first, starting with its ADD (also of a deleted one)."""
         async with self.db.begin() as conn:
+            item = (await conn.execute(sa.select(items.c.content, items.c.metadata, items.c.created_at)
+                                       .where(items.c.id == memory_id))).first()
             rows = (await conn.execute(sa.select(history).where(history.c.memory_id == memory_id)
                                        .order_by(history.c.id))).all()
-        return [{"event": r.event, "old_content": r.old_content, "new_content": r.new_content,
-                 "old_metadata": json.loads(r.old_metadata) if r.old_metadata else None,
-                 "new_metadata": json.loads(r.new_metadata) if r.new_metadata else None,
-                 "created_at": iso(r.created_at)} for r in rows]
+        if item is None:
+            return []
+        changes = [r for r in rows if r.event != "DELETE"]
+        first = changes[0] if changes else None
+        added = {"event": "ADD", "old_content": None,
+                 "new_content": first.old_content if first is not None else item.content, "old_metadata": None,
+                 "new_metadata": json.loads((first.old_metadata if first is not None else item.metadata) or "{}"),
+                 "created_at": iso(item.created_at)}
+        return [added] + [{
+            "event": r.event, "old_content": r.old_content, "new_content": r.new_content,
+            "old_metadata": json.loads(r.old_metadata) if r.old_metadata else None,
+            "new_metadata": json.loads(r.new_metadata) if r.new_metadata else None,
+            "created_at": iso(r.created_at)} for r in rows]
 
     # -- full-text search -------------------------------------------------------------------
     async def search(self, text: str, *, agent_id: str | None, level: str | None, limit: int,
