@@ -53,6 +53,13 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (all threads)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -131,7 +138,10 @@ async def turn_latency(procs: Processes, turns: int, with_tool: bool) -> dict[st
             httpx.AsyncClient(base_url=procs.fake_url, timeout=60) as fake:
         agent = await spawn(http, f"latency-{'tool' if with_tool else 'text'}")
         times = []
+        cpu_start = 0.0
         for i in range(turns + 10):
+            if i == 10:
+                cpu_start = cpu_seconds(procs.daemon.pid)
             if with_tool:
                 await script(fake, {"tool_calls": [{"name": "system_time", "arguments": {}, "id": f"t{i}"}]},
                              {"text": "It is now."})
@@ -141,7 +151,8 @@ async def turn_latency(procs: Processes, turns: int, with_tool: bool) -> dict[st
             assert response.status_code == 200, response.text
             if i >= 10:  # the first turns warm caches and connections
                 times.append(elapsed)
-        return summary(times)
+        cpu = cpu_seconds(procs.daemon.pid) - cpu_start
+        return {**summary(times), "daemon_cpu_ms_per_turn": round(cpu / turns * 1000, 3)}
 
 
 async def provider_alone(procs: Processes, calls: int) -> dict[str, float]:
@@ -172,9 +183,13 @@ async def throughput(procs: Processes, sessions: int, turns_each: int) -> dict[s
             return done
 
         started = time.perf_counter()
+        cpu_start = cpu_seconds(procs.daemon.pid)
         done = sum(await asyncio.gather(*(worker(a) for a in agents)))
         elapsed = time.perf_counter() - started
-        return {"sessions": sessions, "turns": done, "seconds": round(elapsed, 3), "turns_per_s": round(done / elapsed, 1)}
+        cpu = cpu_seconds(procs.daemon.pid) - cpu_start
+        return {"sessions": sessions, "turns": done, "seconds": round(elapsed, 3), "turns_per_s": round(done / elapsed, 1),
+                "daemon_cpu_ms_per_turn": round(cpu / max(done, 1) * 1000, 3),
+                "turns_per_daemon_cpu_second": round(done / cpu, 1) if cpu else None}
 
 
 async def sse_relay(procs: Processes, tokens: int) -> dict[str, float]:
