@@ -165,7 +165,8 @@ class Database:
         checked_at, ok = self._health
         if time.monotonic() - checked_at < max_age:
             return ok
-        if self._health_task is None:
+        task = self._health_task
+        if task is None or task.get_loop() is not asyncio.get_running_loop():  # none, or left by a closed loop
             self._health_task = asyncio.ensure_future(self._refresh_health())
         # shield: a caller that disconnects must not cancel the ping the others are waiting for
         return await asyncio.shield(self._health_task)
