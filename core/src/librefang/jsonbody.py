@@ -57,10 +57,13 @@ def parse_json_bytes(raw: bytes) -> Any:
 
 async def read_json(request: Any) -> Any:
     """Read and parse the JSON body of a Quart request, checking its content type."""
+    # The body is read before any refusal: a response sent while part of the body is still unread
+    # makes Hypercorn close the keep-alive connection, and the client's next request on it fails
+    # ("server disconnected"; found by the reliability harness, tests/reliability).
+    raw = await request.get_data(cache=True, as_text=False)
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
             f"expected Content-Type application/json, got {mimetype}", code="unsupported_media_type"
         )
-    raw = await request.get_data(cache=True, as_text=False)
     return parse_json_bytes(raw)
