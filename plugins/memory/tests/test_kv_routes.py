@@ -137,3 +137,21 @@ async def test_routes_need_auth(start_memory: Any, monkeypatch: pytest.MonkeyPat
         r = await client.open(path, method=spec.method)
         assert r.status_code == 401, (spec.method, spec.path)
         assert not spec.public
+
+
+async def test_a_killed_agents_memory_is_gone_at_once(agent: tuple[Any, str], env: Any) -> None:
+    import asyncio
+
+    from librefang_agents.api import registry
+
+    client, agent_id = agent
+    kernel, _ = env
+    assert (await client.put(f"/api/memory/agents/{agent_id}/kv/k", json={"value": 1})).status_code == 200
+    await registry(kernel).kill(agent_id)
+    await asyncio.sleep(0)  # the bus delivers the agent.killed event
+    for _ in range(20):
+        r = await client.get(f"/api/memory/agents/{agent_id}/kv/k")
+        if r.status_code == 404:
+            break
+        await asyncio.sleep(0.01)
+    assert r.status_code == 404 and (await r.get_json())["code"] == "agent_not_found"

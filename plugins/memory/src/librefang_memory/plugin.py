@@ -57,6 +57,7 @@ async def startup(kernel: Any) -> None:
     kernel.services["memory"] = memory
     kernel.tasks.spawn("memory", memory.access.run(), name="memory:access-flush")
     kernel.tasks.spawn("memory", memory.run_maintenance(), name="memory:maintenance")
+    kernel.tasks.spawn("memory", memory.known_agents.follow(kernel.bus), name="memory:known-agents")
     _RUNNING.add(kernel)
 
 

@@ -33,7 +33,10 @@ async def namespace(agent_id: str) -> str:
     canonical = parse_agent_id(agent_id)
     if canonical == SHARED_NAMESPACE:
         return canonical
-    return (await registry(current_kernel()).get(canonical)).id
+    known = service().known_agents
+    if canonical not in known:
+        known.add((await registry(current_kernel()).get(canonical)).id)
+    return canonical
 
 
 @router.get("/api/memory/agents/<agent_id>/kv", cost=2, response=KvList)

@@ -17,6 +17,7 @@ from librefang_memory import embeddings
 from librefang_memory.access import AccessRecorder
 from librefang_memory.config import MemoryConfig, ProactiveMemoryConfig
 from librefang_memory.extract import jaccard, tokens
+from librefang_memory.known_agents import KnownAgents
 from librefang_memory.kv import KvStore
 from librefang_memory.models import items, settings, vectors
 from librefang_memory.relations import RelationStore
@@ -45,6 +46,7 @@ class MemoryService:
         self.store = ItemStore(kernel.db)
         self.relations = RelationStore(kernel.db)
         self.access = AccessRecorder(kernel.db)
+        self.known_agents = KnownAgents()
         self.embedder: embeddings.Embedder | None = None
         if config.embeddings != "off" and embeddings.available():
             self.embedder = embeddings.Embedder()
