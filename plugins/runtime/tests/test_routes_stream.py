@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from librefang.testing import start_live_server, write_config
 
 from tests.fakes.llm_server import FakeLLMServer, Script, ToolCall
@@ -157,6 +158,15 @@ async def test_live_client_disconnect_cancels_the_turn(librefang_home: Any, monk
             fake.script(Script(text="short"))
             reply = await http.post(f"/api/agents/{agent_id}/message", json={"message": "short then"})
             assert reply.status_code == 200 and reply.json()["response"] == "short"
+            # a plain (non-streaming) request whose client goes away cancels its turn too
+            fake.script(Script(text="z" * 40, chunk_size=1, delay=0.1))
+            with pytest.raises(httpx.TimeoutException):
+                await http.post(f"/api/agents/{agent_id}/message", json={"message": "slow"}, timeout=0.5)
+            for _ in range(100):
+                if not runtime.running:
+                    break
+                await asyncio.sleep(0.02)
+            assert runtime.running == {} and len(runtime.locks) == 0
     finally:
         server.stop()
         fake.stop_thread()
