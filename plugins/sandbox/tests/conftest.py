@@ -40,9 +40,10 @@ def start_sandbox(make_kernel: Any) -> Any:
 def agent() -> Any:
     """``await agent(kernel, "name", shell='["*"]', extra="", tools='["*"]')`` → a ToolContext for a new agent."""
 
-    async def factory(kernel: Any, name: str, shell: str = '["*"]', extra: str = "", tools: str = '["*"]') -> ToolContext:
+    async def factory(kernel: Any, name: str, shell: str = '["*"]', extra: str = "", tools: str = '["*"]',
+                      tables: str = "") -> ToolContext:
         record = await agents_api.registry(kernel).spawn_request(
-            manifest_toml=extra + AGENT.format(name=name, shell=shell, tools=tools))
+            manifest_toml=extra + AGENT.format(name=name, shell=shell, tools=tools) + tables)
         workspace = agents_api.workspace_of(kernel, record)
         workspace.mkdir(parents=True, exist_ok=True)
         return ToolContext(kernel=kernel, agent_id=record.id, agent_name=record.name, session_id="s",

@@ -136,3 +136,16 @@ async def test_rlimits_cpu_file_size_and_memory(start_sandbox, agent, call):
     assert (ctx.workspace / "big").stat().st_size <= 1048576
     with pytest.raises(ToolError, match="MemoryError"):
         await call(ctx, "shell_exec", argv=["python3", "-c", "b = bytearray(600 * 1024 * 1024)"])
+
+
+async def test_agent_resource_quotas_narrow_the_rlimits(start_sandbox, agent, call):
+    kernel = await start_sandbox(FULL)
+    ctx = await agent(kernel, "quota", tables="[resources]\nmax_cpu_time_ms = 1000\nmax_memory_bytes = 67108864\n")
+    started = time.monotonic()
+    with pytest.raises(ToolError, match="killed by SIG(XCPU|KILL)"):
+        await call(ctx, "shell_exec", argv=["python3", "-c", "while True: pass"])
+    assert time.monotonic() - started < 10  # the policy's own CPU limit is 30 s
+    with pytest.raises(ToolError, match="MemoryError"):
+        await call(ctx, "shell_exec", argv=["python3", "-c", "b = bytearray(100 * 1024 * 1024)"])
+    other = await agent(kernel, "roomy")
+    assert "exit code 0" in await call(other, "shell_exec", argv=["python3", "-c", "b = bytearray(100 * 1024 * 1024)"])

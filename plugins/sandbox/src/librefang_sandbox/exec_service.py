@@ -64,22 +64,31 @@ class ExecService:
     def confined(self) -> bool:
         return self.landlock_abi > 0
 
-    def limits(self) -> Limits:
+    def limits(self, resources: Any = None) -> Limits:
+        """The rlimits of a child: ``[exec_policy]``, narrowed by the agent's ``[resources]`` quotas
+        (``max_cpu_time_ms``, ``max_memory_bytes``; 0 there means no narrowing)."""
         c = self.config
-        return Limits(cpu_time_secs=c.cpu_time_secs, memory_bytes=c.memory_bytes, file_size_bytes=c.file_size_bytes,
+        cpu, memory = c.cpu_time_secs, c.memory_bytes
+        if resources is not None:
+            if resources.max_cpu_time_ms > 0:
+                cpu = min(cpu, max(1, -(-resources.max_cpu_time_ms // 1000)))
+            if resources.max_memory_bytes > 0:
+                memory = min(memory, max(16 * 1024 * 1024, resources.max_memory_bytes))
+        return Limits(cpu_time_secs=cpu, memory_bytes=memory, file_size_bytes=c.file_size_bytes,
                       open_files=c.open_files, max_processes=c.max_processes)
 
-    async def _agent(self, context: ToolContext) -> tuple[Policy, list[str]]:
+    async def _agent(self, context: ToolContext) -> tuple[Policy, list[str], Limits]:
         if not context.agent_id or context.workspace is None:
             raise ToolError("commands run in an agent's workspace: call this tool for an agent")
         record = await agents_api.registry(context.kernel).get(context.agent_id)
         manifest = record.parsed()
         caps = agents_api.effective_capabilities(manifest)
-        return effective_policy(self.config, manifest.exec_policy), list(caps.shell)
+        return (effective_policy(self.config, manifest.exec_policy), list(caps.shell),
+                self.limits(getattr(manifest, "resources", None)))
 
     async def _prepare(self, data: dict[str, Any], context: ToolContext) -> tuple[Plan, Policy, dict[str, str],
-                                                                                   landlock.Ruleset | None]:
-        policy, patterns = await self._agent(context)
+                                                                                   landlock.Ruleset | None, Limits]:
+        policy, patterns, limits = await self._agent(context)
         try:
             checked = await asyncio.to_thread(plan, policy, command=data.get("command"), argv=data.get("argv"),
                                               cwd=data.get("cwd"), workspace=context.workspace,
@@ -97,17 +106,17 @@ class ExecService:
             ruleset = await asyncio.to_thread(landlock.build_ruleset, [str(workspace)],
                                               list(self.config.read_only_paths), self.landlock_abi,
                                               allow_network=self.config.allow_network)
-        return checked, policy, env, ruleset
+        return checked, policy, env, ruleset, limits
 
     async def shell_exec(self, data: dict[str, Any], context: ToolContext) -> str:
         """Run one command to completion and return its exit status and output."""
-        checked, policy, env, ruleset = await self._prepare(data, context)
+        checked, policy, env, ruleset, limits = await self._prepare(data, context)
         timeout = policy.timeout_secs
         asked = data.get("timeout_secs")
         if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
             timeout = min(timeout, float(asked))
         try:
-            child = await start_child(checked.argv, cwd=str(checked.cwd), env=env, limits=self.limits(),
+            child = await start_child(checked.argv, cwd=str(checked.cwd), env=env, limits=limits,
                                       ruleset=ruleset, max_output=self.config.max_output_bytes, overflow="kill",
                                       cgroup_root=self.cgroup_root, drop_capabilities=self.drop_capabilities)
         except OSError as exc:
@@ -145,13 +154,13 @@ class ExecService:
 
     async def process_start(self, data: dict[str, Any], context: ToolContext) -> str:
         """Start a long-running process; returns its id for the other process tools."""
-        checked, _policy, env, ruleset = await self._prepare(data, context)
+        checked, _policy, env, ruleset, limits = await self._prepare(data, context)
         try:
             running = sum(1 for p in self.processes.values() if not p.child.finished.is_set())
             if running >= self.config.max_background_processes:
                 raise ToolError(f"{running} background processes are running; the limit is "
                                 f"{self.config.max_background_processes} (kill one first)")
-            child = await start_child(checked.argv, cwd=str(checked.cwd), env=env, limits=self.limits(),
+            child = await start_child(checked.argv, cwd=str(checked.cwd), env=env, limits=limits,
                                       ruleset=ruleset, max_output=self.config.max_output_bytes, overflow="drop",
                                       stdin=True, cgroup_root=self.cgroup_root,
                                       drop_capabilities=self.drop_capabilities)
