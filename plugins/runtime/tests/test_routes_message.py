@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from librefang.app import build_app
 from librefang.testing import make_client
+from librefang_agents import api as agents_api
 from librefang_runtime.models import usage as usage_table
 
 from tests.fakes.llm_server import Script, ToolCall
@@ -168,6 +169,9 @@ async def test_bad_input(runtime_env: Any, spawn: Any, fake_llm: Any, monkeypatc
     assert status == 400
     status, body = await post(client, agent_id, {"message": 42})
     assert status == 400
+    for empty in ("", "   \n", "/btw "):
+        status, body = await post(client, agent_id, {"message": empty})
+        assert status == 400 and body["code"] == "empty_message", empty
     status, body = await post(client, agent_id, {"message": "x" * 100_001})
     assert status == 413 and body["code"] == "message_too_large"
     status, body = await post(client, agent_id, {"message": "é" * 140_000})  # 280 KB in fewer characters
@@ -179,6 +183,10 @@ async def test_bad_input(runtime_env: Any, spawn: Any, fake_llm: Any, monkeypatc
     response = await client.get(f"/api/agents/{uuid.uuid4()}/session")
     assert response.status_code == 404
     assert fake_llm.requests == []  # nothing reached the provider
+    await agents_api.registry(kernel).set_state(agent_id, "Suspended")
+    status, body = await post(client, agent_id, {"message": "hi"})
+    assert status == 409 and body["code"] == "agent_suspended"
+    await agents_api.registry(kernel).set_state(agent_id, "Running")
     monkeypatch.delenv("OPENAI_API_KEY")
     status, body = await post(client, agent_id, {"message": "hi"})
     assert status == 412 and body["code"] == "provider_auth_missing" and "OPENAI_API_KEY" in body["error"]

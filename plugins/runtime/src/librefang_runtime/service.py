@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from librefang.errors import ApiError, BadRequest, PayloadTooLarge, PreconditionFailed
+from librefang.errors import ApiError, BadRequest, Conflict, PayloadTooLarge, PreconditionFailed
 from librefang_agents import api as agents_api
 from librefang_providers.api import (
     AllProvidersExhausted,
@@ -206,6 +206,10 @@ class RuntimeService:
         ephemeral = body.ephemeral
         if text.startswith(BTW_PREFIX):  # a side question: answered without touching the conversation
             ephemeral, text = True, text[len(BTW_PREFIX):]
+        if not text.strip():
+            raise BadRequest("the message is empty", code="empty_message")
+        if record.state == "Suspended":
+            raise Conflict(f"agent {record.name!r} is suspended: resume it first", code="agent_suspended")
         if ephemeral:  # a session of its own that is never stored: it waits for no other turn
             session_id, pinned = str(uuid.uuid4()), True
         else:
