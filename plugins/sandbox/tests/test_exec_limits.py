@@ -52,7 +52,7 @@ async def test_fork_bomb_is_killed_even_as_root(start_sandbox, agent, call, cgro
     started = time.monotonic()
     with pytest.raises(ToolError, match="process limit exceeded") as info:
         await call(ctx, "shell_exec", argv=["python3", "-c", script])
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20  # the bomb would sleep 30 s (generous bounds: CI machines are busy)
     assert "limit 10" in str(info.value)
     await asyncio.sleep(0.2)
     assert live_with(marker) == []
@@ -66,7 +66,7 @@ async def test_runaway_output_is_capped_and_stopped(start_sandbox, agent, call):
     started = time.monotonic()
     with pytest.raises(ToolError, match="output limit exceeded") as info:
         await call(ctx, "shell_exec", argv=["yes", "spam"])
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # not the 30 s timeout
     text = str(info.value)
     assert 4000 <= text.count("spam") * 5 <= 4096 + 10
 
@@ -77,7 +77,7 @@ async def test_timeout_kills_the_whole_tree(start_sandbox, agent, call):
     started = time.monotonic()
     with pytest.raises(ToolError, match="timeout") as info:
         await call(ctx, "shell_exec", command="sleep 60 & echo $!; sleep 61 & echo $!; sleep 62", timeout_secs=1)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15
     pids = [int(p) for p in re.findall(r"^(\d+)$", str(info.value), re.M)]
     assert len(pids) == 2
     await asyncio.sleep(0.1)
@@ -105,7 +105,7 @@ async def test_no_output_timeout(start_sandbox, agent, call):
     started = time.monotonic()
     with pytest.raises(ToolError, match="no output for 0.5 seconds"):
         await call(ctx, "shell_exec", argv=["sleep", "30"])
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 15
 
 
 async def test_cancelling_the_call_kills_the_tree(start_sandbox, agent, call):
@@ -144,7 +144,7 @@ async def test_agent_resource_quotas_narrow_the_rlimits(start_sandbox, agent, ca
     started = time.monotonic()
     with pytest.raises(ToolError, match="killed by SIG(XCPU|KILL)"):
         await call(ctx, "shell_exec", argv=["python3", "-c", "while True: pass"])
-    assert time.monotonic() - started < 10  # the policy's own CPU limit is 30 s
+    assert time.monotonic() - started < 20  # the policy's own CPU limit is 30 s
     with pytest.raises(ToolError, match="MemoryError"):
         await call(ctx, "shell_exec", argv=["python3", "-c", "b = bytearray(100 * 1024 * 1024)"])
     other = await agent(kernel, "roomy")

@@ -56,7 +56,7 @@ async def test_infinite_loop_is_stopped_by_the_deadline(tmp_path):
     with pytest.raises(WasmError, match="deadline exceeded") as info:
         await sandbox.run(module(tmp_path, "spin", SPIN), b"{}")
     elapsed = time.monotonic() - started
-    assert info.value.kind == "deadline" and 0.4 < elapsed < 2.0
+    assert info.value.kind == "deadline" and 0.4 < elapsed < 5.0
     sandbox.close()
 
 
@@ -65,7 +65,7 @@ async def test_fuel_limit_stops_a_long_computation(tmp_path):
     started = time.monotonic()
     with pytest.raises(WasmError, match="fuel exhausted") as info:
         await sandbox.run(module(tmp_path, "spin", SPIN), b"{}")
-    assert info.value.kind == "fuel" and time.monotonic() - started < 2
+    assert info.value.kind == "fuel" and time.monotonic() - started < 10
     assert sandbox.describe()["fuel_exhausted"] == 1
     sandbox.close()
 
