@@ -115,3 +115,45 @@ def test_manifest_keeps_usable_base_urls() -> None:
 
     for url in ["http://127.0.0.1:11434", "https://user:pw@llm.example.com/v1", "HTTPS://api.example.com/v1?x=1"]:
         assert ModelConfig(provider="openai", model="m", base_url=url).base_url == url
+
+
+# -- bench/soak.py: a WebSocket client that hung up while its turn ran left the handler waiting
+#    forever (asyncio.wait_for swallowed Quart's cancellation on Python 3.11): the per-IP slot and
+#    the tasks leaked, and after 5 such disconnects every WebSocket from that IP was refused.
+
+
+async def test_websocket_disconnects_mid_turn_release_their_slot(librefang_home, monkeypatch) -> None:
+    import websockets
+    from librefang.testing import start_live_server, write_config
+
+    from tests.fakes.llm_server import FakeLLMServer
+    from tests.reliability.daemon import API_KEY, PROVIDER_KEY, agent_manifest, daemon_config
+
+    monkeypatch.setenv("OPENAI_API_KEY", PROVIDER_KEY)
+    monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", "providers,agents,runtime")
+    fake = FakeLLMServer().start_in_thread()
+    write_config(librefang_home, daemon_config(fake.url))
+    server = await asyncio.to_thread(start_live_server, librefang_home)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        import httpx
+
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
+            created = await http.post("/api/agents", json={"manifest_toml": agent_manifest("ws-slots")})
+            agent_id = created.json()["agent_id"]
+        url = server.url.replace("http://", "ws://") + f"/api/agents/{agent_id}/ws"
+        for _ in range(8):  # more than ws_max_connections_per_ip (5)
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                assert json.loads(await ws.recv())["type"] == "connected"
+                await ws.send(json.dumps({"type": "message", "content": "hang up now"}))
+        runtime = server.kernel.services["runtime"]
+        for _ in range(50):
+            if not runtime.ws_connections:
+                break
+            await asyncio.sleep(0.1)
+        assert runtime.ws_connections == {}
+        async with websockets.connect(url, additional_headers=headers) as ws:  # still admitted
+            assert json.loads(await ws.recv())["type"] == "connected"
+    finally:
+        await asyncio.to_thread(server.stop)
+        fake.stop_thread()

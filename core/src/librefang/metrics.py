@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,12 @@ class _KernelCollector:
         yield GaugeMetricFamily("librefang_process_rss_bytes", "Resident memory of the daemon", value=process_rss_bytes())
         yield GaugeMetricFamily("librefang_event_bus_dropped_events", "Events dropped by slow subscribers",
                                 value=k.bus.dropped_total)
+        # Read by the soak test (bench/soak.py): tasks must return to their baseline after load.
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped outside the event loop's thread
+            tasks = 0
+        yield GaugeMetricFamily("librefang_asyncio_tasks", "Asyncio tasks alive in the daemon's event loop", value=tasks)
         info = GaugeMetricFamily("librefang_info", "Build information", labels=["version"])
         info.add_metric([k.version], 1)
         yield info

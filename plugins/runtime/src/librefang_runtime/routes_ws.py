@@ -177,7 +177,13 @@ async def agent_ws(agent_id: str) -> Any:
     peer = (websocket.scope.get("client") or ("",))[0] or "unknown"
     limit = runtime.config.ws_max_connections_per_ip
     if runtime.ws_connections.get(peer, 0) >= limit:
-        raise TooManyRequests(f"at most {limit} WebSocket connections per client", code="too_many_connections")
+        message = f"at most {limit} WebSocket connections per client"
+        if getattr(g, "websocket_subprotocol", None) is not None:
+            # The edge already accepted (bearer sub-protocol): refuse in-band, then close.
+            await websocket.send(json.dumps({"type": "error", "content": message, "code": "too_many_connections"}))
+            await websocket.close(1013, "too many connections")
+            return None
+        raise TooManyRequests(message, code="too_many_connections")
     runtime.ws_connections[peer] = runtime.ws_connections.get(peer, 0) + 1
     connection = Connection(runtime, record)
     try:
@@ -186,7 +192,12 @@ async def agent_ws(agent_id: str) -> Any:
         await connection.send({"type": "connected", "agent_id": record.id})
         while True:
             try:
-                raw = await asyncio.wait_for(websocket.receive(), timeout=runtime.config.ws_idle_timeout_secs)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows the cancellation
+                # Quart sends when the client disconnects if receive() completes at the same moment,
+                # and the handler then waits forever, holding its per-IP connection slot (found
+                # by the reliability soak: after 5 mid-turn disconnects every WebSocket was refused).
+                async with asyncio.timeout(runtime.config.ws_idle_timeout_secs):
+                    raw = await websocket.receive()
             except TimeoutError:
                 await websocket.close(1000, "idle timeout")
                 return
