@@ -92,7 +92,7 @@ async def test_background_children_do_not_outlive_the_command(start_sandbox, age
     ctx = await agent(kernel, "detacher")
     # A child that leaves the session and whose parent exits at once is only traceable through the
     # cgroup; without one it is found if the supervision saw it while its parent lived.
-    pause = "" if cgroup == "true" else "sleep 0.3; "
+    pause = "" if cgroup == "true" else "sleep 1; "
     out = await call(ctx, "shell_exec", command=f"setsid sleep 60 & {pause}echo $!")
     pid = int(re.findall(r"^(\d+)$", out, re.M)[0])
     await asyncio.sleep(0.1)
@@ -114,7 +114,7 @@ async def test_cancelling_the_call_kills_the_tree(start_sandbox, agent, call):
     marker = f"cancel-{uuid.uuid4().hex}"
     script = f"import os, time\nos.fork()\ntime.sleep(60)  # {marker}"
     task = asyncio.ensure_future(call(ctx, "shell_exec", argv=["python3", "-c", script]))
-    for _ in range(100):
+    for _ in range(400):
         if len(live_with(marker)) == 2:
             break
         await asyncio.sleep(0.05)

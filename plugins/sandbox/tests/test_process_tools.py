@@ -13,7 +13,7 @@ FULL = '[exec_policy]\nmode = "full"\nmax_background_processes = 2\n'
 
 async def poll_until(call, ctx, process_id: str, needle: str) -> str:
     seen = ""
-    for _ in range(100):
+    for _ in range(300):
         seen += await call(ctx, "process_poll", process_id=process_id)
         if needle in seen:
             return seen

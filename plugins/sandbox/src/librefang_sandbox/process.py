@@ -159,7 +159,8 @@ def nproc_limit(max_processes: int) -> int | None:
     uid = os.getuid()
     if uid == 0:
         return None
-    return sum(1 for p in scan_processes(with_uid=True) if p.uid == uid) + max_processes
+    # One more than the allowance: the supervisor, which names the violation, must see the tree pass it.
+    return sum(1 for p in scan_processes(with_uid=True) if p.uid == uid) + max_processes + 1
 
 
 async def spawn(argv: list[str], *, cwd: str, env: dict[str, str], limits: Limits, ruleset: Ruleset | None,
