@@ -146,7 +146,7 @@ async def test_live_server_with_a_real_websocket_client_and_bearer_subprotocol(l
     monkeypatch.setenv("OPENAI_API_KEY", TEST_KEY)
     monkeypatch.setenv("LIBREFANG_API_KEY", key)
     monkeypatch.setenv("LIBREFANG_LOAD_PLUGINS", "providers,agents,runtime")
-    write_config(librefang_home, config_for(fake))
+    write_config(librefang_home, config_for(fake, "[runtime]\nws_max_connections_per_ip = 1\n"))
     server = start_live_server(librefang_home)
     try:
         async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as http:
@@ -161,6 +161,12 @@ async def test_live_server_with_a_real_websocket_client_and_bearer_subprotocol(l
         async with websockets.connect(url, subprotocols=[f"bearer.{key}"]) as ws:
             assert ws.subprotocol == f"bearer.{key}"
             assert json.loads(await ws.recv())["type"] == "connected"
+            # a second connection from the same client is over the limit: refused in-band, then closed
+            async with websockets.connect(url, subprotocols=[f"bearer.{key}"]) as extra:
+                refusal = json.loads(await asyncio.wait_for(extra.recv(), timeout=10))
+                assert refusal["code"] == "too_many_connections"
+                with pytest.raises(websockets.ConnectionClosed):
+                    await asyncio.wait_for(extra.recv(), timeout=10)
             await ws.send(json.dumps({"type": "message", "content": "hello", "message_id": "live-1"}))
             frames = []
             while not frames or frames[-1]["type"] not in ("response", "error"):
