@@ -96,3 +96,19 @@ async def test_duplicate_tool_names_are_refused(start_runtime: Any) -> None:
     tools = kernel.services["runtime"].tools
     assert tools.get("file_read").owner == "runtime"  # the built-in kept its name
     assert "file_read" in (kernel.plugins.records["clash"].error or "")
+
+
+async def test_send_message_from_another_plugin(runtime_env: Any, spawn: Any, fake_llm: Any) -> None:
+    import pytest
+    from librefang.errors import ApiError
+    from librefang_runtime.api import send_message
+
+    kernel, _ = runtime_env
+    agent_id = await spawn(kernel, "channel-target")
+    fake_llm.script(Script(text="hello from the agent"))
+    result = await send_message(kernel, agent_id, "hi from a channel", sender_name="ann", is_group=True)
+    assert result.response == "hello from the agent"
+    assert fake_llm.requests[-1].body["messages"][-1]["content"] == "[ann]: hi from a channel"
+    with pytest.raises(ApiError) as info:
+        await send_message(kernel, "not-an-id", "x")
+    assert info.value.status == 400
