@@ -149,3 +149,19 @@ async def test_agent_resource_quotas_narrow_the_rlimits(start_sandbox, agent, ca
         await call(ctx, "shell_exec", argv=["python3", "-c", "b = bytearray(100 * 1024 * 1024)"])
     other = await agent(kernel, "roomy")
     assert "exit code 0" in await call(other, "shell_exec", argv=["python3", "-c", "b = bytearray(100 * 1024 * 1024)"])
+
+
+async def test_a_process_escaping_the_tree_cannot_hang_the_call(start_sandbox, agent, call):
+    # Without a cgroup a grandchild that calls setsid while its parent exits at once may escape the
+    # tree kill; it still holds the output pipe. The call must come back anyway.
+    kernel = await start_sandbox(FULL + "cgroup_pids = false\n")
+    ctx = await agent(kernel, "escaper")
+    marker = f"{40 + uuid.uuid4().int % 1000 / 1000:.3f}"
+    started = time.monotonic()
+    try:
+        out = await call(ctx, "shell_exec", command=f"(setsid sleep {marker} &); echo done")
+        assert "done" in out
+        assert time.monotonic() - started < 20
+    finally:
+        for pid in live_with(f"sleep\x00{marker}"):
+            os.kill(pid, 9)

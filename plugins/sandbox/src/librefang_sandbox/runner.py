@@ -135,12 +135,18 @@ class Child:
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             await asyncio.to_thread(kill_tree, session, watch.known, self.cgroup)
-            await self.proc.wait()
+            # Not Process.wait(): it also waits for the pipes, which a process that escaped the kill
+            # would hold open forever. The return code is known as soon as the first process exits.
+            for _ in range(200):
+                if self.proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.025)
             try:
                 # Pipes close once every holder is dead; the kill above made sure of that.
-                await asyncio.wait_for(pumps, 5)
+                await asyncio.wait_for(asyncio.shield(pumps), 5)
             except TimeoutError:
                 pumps.cancel()
+                self._close_transport()
         except asyncio.CancelledError:
             # A cancelled tool call (turn stopped, tool timeout) must not leave its processes behind.
             kill_tree(session, watch.known, self.cgroup)
@@ -155,6 +161,13 @@ class Child:
             if self.cgroup is not None:
                 self.cgroup.remove()
             self.finished.set()
+
+    def _close_transport(self) -> None:
+        # Someone outside the tree still holds our pipes: stop reading and release them, or the
+        # transport (and its file descriptors) would live as long as that process.
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            transport.close()
 
     def start(self, supervisor: Supervisor, limit: float, idle_limit: float | None) -> asyncio.Task[None]:
         """Supervise in a task (background processes)."""
