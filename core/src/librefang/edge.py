@@ -72,6 +72,7 @@ SECURITY_HEADERS = {
 }
 NO_KEY_PRINCIPALS = frozenset({"local", "anonymous"})  # admitted without a credential (no api_key)
 EDGE_HEADER_NAMES = frozenset({"x-request-id", *(name.lower() for name in SECURITY_HEADERS)})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-Id, Accept"
 CORS_EXPOSE_HEADERS = "x-request-id, Retry-After"
@@ -227,10 +228,11 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
             rule = req.url_rule
             route = rule.rule if rule is not None else "<unmatched>"
             metrics.observe(req.method, route, status, time.perf_counter() - started)
-        if status >= 500:
-            access_log.error("%s %s %s rid=%s", req.method, req.path, status, request_id)
-        elif status >= 400:
-            access_log.warning("%s %s %s rid=%s", req.method, req.path, status, request_id)
+        if status >= 400:
+            if status != 413 and req.method in BODY_METHODS:
+                await _drain_body(req)
+            log_at = access_log.error if status >= 500 else access_log.warning
+            log_at("%s %s %s rid=%s", req.method, req.path, status, request_id)
         return response
 
     async def before_ws() -> Any:
@@ -300,6 +302,18 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)
+
+
+async def _drain_body(req: Any) -> None:
+    """Read a body the handler never consumed (an error answered early), so the keep-alive
+    connection stays usable: with unread bytes left, Hypercorn drops it and a client's next
+    request on it fails with "server disconnected"."""
+    if not req.content_length and "chunked" not in req.headers.get("transfer-encoding", ""):
+        return
+    try:
+        await req.get_data(cache=True)
+    except Exception:  # noqa: BLE001 - too large or cut off: closing the connection is right then
+        return
 
 
 async def _charge(state: EdgeState, client: str, cost: int) -> None:
