@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from quart import Quart
 
-from librefang.edge import EdgeState, install_edge
+from librefang.edge import EDGE_HEADER_BYTES, REQUEST_ID_KEY, SECURITY_HEADER_BYTES, EdgeState, install_edge
 
 if TYPE_CHECKING:  # pragma: no cover
     from librefang.kernel import Kernel
@@ -14,8 +15,11 @@ if TYPE_CHECKING:  # pragma: no cover
 API_V1 = "/api/v1/"
 
 
-def _versioned_paths(asgi_app: Any) -> Any:
-    """Serve every ``/api/...`` route at ``/api/v1/...`` too, by rewriting the path."""
+def _asgi_edge(asgi_app: Any) -> Any:
+    """The ASGI part of the edge: serve ``/api/...`` at ``/api/v1/...`` too (path rewrite), give
+    every HTTP request its id, and stamp the request id and the static security headers on every
+    response start as pre-encoded bytes. Doing this below Quart covers errors, streams and early
+    refusals alike, and costs far less than editing Quart's header objects per response."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
@@ -25,7 +29,21 @@ def _versioned_paths(asgi_app: Any) -> Any:
             raw = scope.get("raw_path")
             if raw:
                 scope["raw_path"] = b"/api/" + raw[len(API_V1) :]
-        await asgi_app(scope, receive, send)
+        if scope["type"] != "http":
+            await asgi_app(scope, receive, send)
+            return
+        request_id = str(uuid.uuid4())
+        scope[REQUEST_ID_KEY] = request_id
+        stamp = [(b"x-request-id", request_id.encode()), *SECURITY_HEADER_BYTES]
+
+        async def send_stamped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() not in EDGE_HEADER_BYTES]
+                headers.extend(stamp)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await asgi_app(scope, receive, send_stamped)
 
     return app
 
@@ -44,5 +62,5 @@ def build_app(kernel: Kernel) -> Quart:
         for router in routers:
             app.register_blueprint(router.blueprint)
     install_edge(app, kernel)
-    app.asgi_app = _versioned_paths(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = _asgi_edge(app.asgi_app)  # type: ignore[method-assign]
     return app

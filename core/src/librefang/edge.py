@@ -72,6 +72,9 @@ SECURITY_HEADERS = {
 }
 NO_KEY_PRINCIPALS = frozenset({"local", "anonymous"})  # admitted without a credential (no api_key)
 EDGE_HEADER_NAMES = frozenset({"x-request-id", *(name.lower() for name in SECURITY_HEADERS)})
+EDGE_HEADER_BYTES = frozenset(name.encode() for name in EDGE_HEADER_NAMES)
+SECURITY_HEADER_BYTES = tuple((name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items())
+REQUEST_ID_KEY = "librefang.request_id"  # ASGI scope key: the id the ASGI edge gave this request
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-Id, Accept"
@@ -162,7 +165,7 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
         # Proxies resolved once: every attribute read through quart's LocalProxy costs a lookup.
         req = request._get_current_object()
         ctx = g._get_current_object()
-        request_id = ctx.request_id = str(uuid.uuid4())
+        request_id = ctx.request_id = req.scope.get(REQUEST_ID_KEY) or str(uuid.uuid4())
         ctx.started = time.perf_counter()
         state.in_flight += 1
         headers = req.headers
@@ -205,17 +208,8 @@ def install_edge(app: Quart, kernel: Kernel) -> None:
     async def after(response: Response) -> Response:
         req = request._get_current_object()
         ctx = g._get_current_object()
-        request_id = getattr(ctx, "request_id", None) or str(uuid.uuid4())
-        headers = response.headers
-        present = set(headers.keys(lower=True))
-        if present.isdisjoint(EDGE_HEADER_NAMES):
-            # Usual case: nothing to replace, so append (Headers.set rescans the list per header).
-            headers.add("x-request-id", request_id)
-            headers.extend(security_headers)
-        else:
-            headers["x-request-id"] = request_id
-            for name, value in security_headers:
-                headers[name] = value
+        request_id = getattr(ctx, "request_id", None)
+        headers = response.headers  # x-request-id and security headers are stamped by the ASGI edge (app.py)
         origin = req.headers.get("origin")
         if origin and origin in state.cors_origins:
             headers["Access-Control-Allow-Origin"] = origin
