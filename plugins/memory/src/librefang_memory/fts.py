@@ -19,7 +19,7 @@ from typing import Any
 
 COLUMNS = ("seq, id, agent_id, peer_id, level, category, content, metadata, source, confidence, created_at, "
            "updated_at, accessed_at, access_count, deleted")
-MAX_CONNECTIONS = 4
+MAX_CONNECTIONS = 2  # opened at startup, so the daemon's file descriptors stay constant
 # A word in more than this share of all memories (and more than COMMON_MIN_DOCS) says little about
 # which memory is meant; when the query has a rarer word, ranking skips it. Ranking every row that
 # holds a near-universal word is what makes a full-text query slow.
@@ -71,11 +71,18 @@ class ReadPool:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.closed = False
 
+    def open(self) -> None:
+        """Open every connection now (blocking, cheap: no I/O until the first query)."""
+        for _ in range(MAX_CONNECTIONS - len(self._all)):
+            self._idle.put(self._new_connection())
+
     def _connection(self) -> sqlite3.Connection:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
-            pass
+            return self._new_connection()
+
+    def _new_connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout=5000")

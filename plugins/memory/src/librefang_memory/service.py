@@ -56,7 +56,10 @@ class MemoryService:
         self.pipeline: Any = None  # librefang_memory.pipeline.Pipeline, set at startup
 
     async def open(self) -> None:
-        """Apply the configuration saved by ``PATCH /api/memory/config`` over the file's values."""
+        """Open the search connections; apply the configuration saved by ``PATCH /api/memory/config``
+        over the file's values."""
+        if self.store.reader is not None:
+            self.store.reader.open()
         async with self.kernel.db.begin() as conn:
             row = (await conn.execute(sa.select(settings.c.value).where(settings.c.name == CONFIG_SETTING))).first()
         if row is not None:
