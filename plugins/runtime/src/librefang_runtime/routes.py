@@ -110,7 +110,10 @@ async def send_message_stream(agent_id: str, body: MessageRequest) -> Response:
         try:
             while True:
                 try:
-                    frame = await asyncio.wait_for(queue.get(), timeout=keepalive)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                    # cancellation that arrives when the client disconnects (see routes_ws.py).
+                    async with asyncio.timeout(keepalive):
+                        frame = await queue.get()
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
