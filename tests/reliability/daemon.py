@@ -63,7 +63,11 @@ class Daemon:
                     OPENAI_API_KEY=PROVIDER_KEY, ANTHROPIC_API_KEY=PROVIDER_KEY)
         base.update(env or {})
         self.env = base
-        self.headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The API key header (a fresh dict: some clients add their own headers to the one passed)."""
+        return {"Authorization": f"Bearer {API_KEY}"}
 
     @property
     def log_path(self) -> Path:
@@ -145,6 +149,19 @@ class Daemon:
     def open_fds(self) -> int:
         """Open file descriptors of the daemon process."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def fd_kinds(self) -> dict[str, int]:
+        """Open descriptors by kind: socket, pipe, anon_inode, or the file's name (db, wal, log...)."""
+        kinds: dict[str, int] = {}
+        folder = f"/proc/{self.pid}/fd"
+        for fd in os.listdir(folder):
+            try:
+                target = os.readlink(f"{folder}/{fd}")
+            except OSError:
+                continue
+            kind = target.split(":", 1)[0] if ":" in target and not target.startswith("/") else Path(target).name
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
 
     def threads(self) -> int:
         with open(f"/proc/{self.pid}/status") as fh:

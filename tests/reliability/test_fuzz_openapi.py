@@ -93,7 +93,7 @@ def fuzz_operation(operation: Any, daemon: Daemon, session: requests.Session, mo
     def run(case: Any) -> None:
         t0 = time.monotonic()
         try:
-            response = case.call(base_url=daemon.url, session=session, headers=daemon.headers, timeout=30)
+            response = case.call(base_url=daemon.url, session=session, headers=dict(daemon.headers), timeout=30)
         except requests.RequestException as exc:
             findings.append(f"{case.method} {case.formatted_path}: transport error {exc!r}")
             return
@@ -103,7 +103,7 @@ def fuzz_operation(operation: Any, daemon: Daemon, session: requests.Session, mo
         # parses them); their error bodies are checked by openai_error_shape instead of the schema.
         checks = [not_a_server_error] if case.path.startswith("/v1/") and response.status_code >= 400 else CHECKS
         try:
-            case.validate_response(response, checks=checks, headers=daemon.headers)
+            case.validate_response(response, checks=checks, headers=dict(daemon.headers))
         except (Exception, BaseExceptionGroup) as exc:  # a FailureGroup names every failed check
             findings.append(f"{label}: {str(exc)[:600]}")
         broken = error_shape(response)
