@@ -140,6 +140,9 @@ async def test_export_import(agent: tuple[Any, Any, str], spawn: Any) -> None:
                 {"memories": [{"content": "x", "created_at": "yesterday"}]}, {"memories": "x"}):
         r = await client.post(url, json=bad)
         assert r.status_code == 400, (bad, await r.get_json())
+    too_many = {"memories": [{"content": f"m{n}"} for n in range(1001)], "clear_existing": True}
+    r = await client.post(url, json=too_many)
+    assert r.status_code == 413 and (await r.get_json())["code"] == "too_many_items"
     assert (await (await client.get(f"/api/memory/agents/{other}/count")).get_json())["count"] == 2  # unchanged
 
 

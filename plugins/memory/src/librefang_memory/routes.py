@@ -274,6 +274,10 @@ async def import_memories(agent_id: str, body: MemoryImport) -> dict[str, Any]:
         entry["created_at"] = _timestamp(item.created_at, f"memories.{position}.created_at")
         entry["updated_at"] = _timestamp(item.updated_at, f"memories.{position}.updated_at")
         entries.append(entry)
+    if len(entries) > memory.config.max_batch_items:  # checked before anything is deleted
+        from librefang.errors import PayloadTooLarge
+
+        raise PayloadTooLarge(f"at most {memory.config.max_batch_items} memories per import", code="too_many_items")
     for entry in entries:  # validate everything before anything is deleted
         memory.check_content(entry["content"])
         memory.check_metadata(entry["metadata"])
