@@ -57,7 +57,7 @@ def percentile(values: list[float], q: float) -> float:
 def summary(label: str, samples_ms: list[float]) -> dict[str, Any]:
     row = {"case": label, "n": len(samples_ms), "p50_ms": round(statistics.median(samples_ms), 3),
            "p99_ms": round(percentile(samples_ms, 0.99), 3), "max_ms": round(max(samples_ms), 3)}
-    print(f"  {label:<44} p50 {row['p50_ms']:>8.3f} ms   p99 {row['p99_ms']:>8.3f} ms   (n={row['n']})")
+    print(f"  {label:<46} p50 {row['p50_ms']:>8.3f} ms   p99 {row['p99_ms']:>8.3f} ms   (n={row['n']})")
     return row
 
 
@@ -92,7 +92,8 @@ async def run(args: argparse.Namespace) -> None:
             record = await registry(kernel).spawn_request(
                 manifest_toml=f'name = "bench-{i}"\n[model]\nprovider = "openai"\nmodel = "m"\n')
             agents.append(record.id)
-        print(f"memory benchmark: {args.memories:,} memories, {args.agents} agents, batches of {args.batch}")
+        print(f"memory benchmark: {args.memories:,} memories, {args.agents} agents, batches of {args.batch}; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
         rows = [new_row(agent_id=agents[n % len(agents)], content=sentence(words, weights, rng), level="user",
                         category="preference", metadata={}, source="bench", confidence=0.9, peer_id=None)
                 for n in range(args.memories)]
@@ -101,7 +102,7 @@ async def run(args: argparse.Namespace) -> None:
             await service.insert_batch(rows[start:start + args.batch])
         elapsed = time.perf_counter() - started
         rate = args.memories / elapsed
-        print(f"  insert: {rate:,.0f} items/s ({elapsed:.2f} s for {args.memories:,})")
+        print(f"  insert: {rate:,.0f} items/s ({elapsed:.2f} s for {args.memories:,})", flush=True)
 
         queries = [" ".join(rng.choices(content_words, weights=content_weights, k=rng.randint(1, 3)))
                    for _ in range(args.queries)]
@@ -124,13 +125,42 @@ async def run(args: argparse.Namespace) -> None:
         results.append(summary("FTS per agent (service)", samples))
         client = make_client(build_app(kernel))
         samples = []
-        for n, q in enumerate(queries[: min(len(queries), 500)]):
+        for n, q in enumerate(queries[: min(len(queries), 300)]):
             t = time.perf_counter()
             response = await client.get(f"/api/memory/agents/{agents[n % len(agents)]}/search",
                                         query_string={"q": q, "limit": "10"})
             samples.append((time.perf_counter() - t) * 1000)
             assert response.status_code == 200
         results.append(summary("FTS per agent (HTTP route, in-process)", samples))
+
+        # Floors measured in the same run on the same file with plain sqlite3 (no SQLAlchemy, no
+        # threads, no history rows, no pruning): what the machine gives at this moment.
+        import sqlite3
+        import uuid
+
+        from librefang_memory.fts import match_expression, search_sql
+        from librefang_memory.store import query_terms
+
+        raw = sqlite3.connect(str(home / "data" / "librefang.db"))
+        raw.execute("PRAGMA synchronous=NORMAL")
+        extra = [dict(r, id=str(uuid.uuid4())) for r in rows[:10_000]]
+        columns = list(extra[0])
+        insert_sql = (f"INSERT INTO memory_items ({', '.join(columns)}) "
+                      f"VALUES ({', '.join(':' + c for c in columns)})")
+        t = time.perf_counter()
+        for start in range(0, len(extra), args.batch):
+            with raw:
+                raw.executemany(insert_sql, extra[start:start + args.batch])
+        print(f"  floor insert (plain sqlite3, same table and FTS triggers): "
+              f"{len(extra) / (time.perf_counter() - t):,.0f} items/s")
+        samples = []
+        for q in queries:
+            params = {"match": match_expression(query_terms(q), None), "fetch": 10, "limit": 10}
+            t = time.perf_counter()
+            raw.execute(search_sql(False, False), params).fetchall()
+            samples.append((time.perf_counter() - t) * 1000)
+        results.append(summary("floor FTS global (plain sqlite3, no pruning)", samples))
+        raw.close()
 
         if args.semantic and service.embedder is not None:
             from librefang_memory.embeddings import to_blob
@@ -153,7 +183,7 @@ async def run(args: argparse.Namespace) -> None:
                 samples.append((time.perf_counter() - t) * 1000)
             results.append(summary("hybrid per agent (service)", samples))
             samples = []
-            for q in queries[:20]:
+            for q in queries[:5]:
                 t = time.perf_counter()
                 await service.search(q, limit=10, touch=False)
                 samples.append((time.perf_counter() - t) * 1000)
