@@ -12,6 +12,21 @@ from librefang_memory.embeddings import reciprocal_rank_fusion
 SEMANTIC = "[memory]\nembeddings = \"wordllama\"\n"
 
 
+def test_vector_cache_is_bounded() -> None:
+    from librefang_memory.embeddings import VectorCache
+
+    cache = VectorCache(max_items=3)
+    cache.put("a", [(1, b"x"), (2, b"y")])
+    cache.put("b", [(3, b"z")])
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("c", [(4, b"w")])  # 4 vectors > 3: b (least recent) goes
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    cache.put("big", [(n, b"v") for n in range(4)])  # larger than the whole cache: not kept
+    assert cache.get("big") is None
+    cache.drop("a")
+    assert cache.get("a") is None
+
+
 def test_reciprocal_rank_fusion() -> None:
     fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1]], k=60)
     assert [key for key, _ in fused] == [1, 3, 2]
@@ -35,9 +50,14 @@ async def test_hybrid_search_finds_meaning_without_shared_words(start_memory: An
     assert stats["semantic_search"] is True
     # an updated memory is re-embedded; a deleted one is no longer found
     memory_id = body["memories"][0]["id"]
+    body = await (await client.get(f"/api/memory/agents/{agent_id}/search?q=musical instrument&limit=1")).get_json()
+    assert memory_id not in [m["id"] for m in body["memories"]]  # (the agent's vectors are now cached)
+    assert kernel.services["memory"].vector_cache.get(agent_id) is not None
     await client.put(f"/api/memory/items/{memory_id}", json={"content": "The user plays the violin"})
     body = await (await client.get("/api/memory/search?q=musical instrument&limit=1")).get_json()
     assert body["memories"][0]["id"] == memory_id
+    body = await (await client.get(f"/api/memory/agents/{agent_id}/search?q=musical instrument&limit=1")).get_json()
+    assert body["memories"][0]["id"] == memory_id  # the cache followed the update
     await client.delete(f"/api/memory/items/{memory_id}")
     body = await (await client.get("/api/memory/search?q=musical instrument&limit=3")).get_json()
     assert memory_id not in [m["id"] for m in body["memories"]]

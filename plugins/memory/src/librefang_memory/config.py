@@ -25,6 +25,8 @@ class MemoryConfig(BaseModel):
     max_batch_items: int = Field(1000, ge=1, le=100_000, description="Items per import / bulk request")
     embeddings: Literal["auto", "off", "wordllama"] = Field(
         "auto", description="Semantic search: wordllama when installed (auto), or off")
+    vector_cache_items: int = Field(
+        50_000, ge=0, le=10_000_000, description="Vectors kept in memory for per-agent semantic search (~1 KiB each)")
     semantic_min_similarity: float = Field(
         0.1, ge=-1.0, le=1.0, description="Cosine below which a memory is no semantic match")
 

@@ -14,6 +14,7 @@ import asyncio
 import importlib.util
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,37 @@ class Embedder:
     async def encode(self, texts: list[str]) -> Any:
         """:meth:`encode_sync` in a worker thread."""
         return await asyncio.to_thread(self.encode_sync, texts)
+
+
+class VectorCache:
+    """One agent's stored vectors as a ready matrix, for the agents searched most recently (LRU,
+    at most ``max_items`` vectors in all). Writes of an agent's vectors drop its entry."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._agents: OrderedDict[str, list[tuple[int, bytes]]] = OrderedDict()
+        self._size = 0
+
+    def get(self, agent_id: str) -> list[tuple[int, bytes]] | None:
+        found = self._agents.get(agent_id)
+        if found is not None:
+            self._agents.move_to_end(agent_id)
+        return found
+
+    def put(self, agent_id: str, blobs: list[tuple[int, bytes]]) -> None:
+        if len(blobs) > self.max_items:
+            return
+        self.drop(agent_id)
+        self._agents[agent_id] = blobs
+        self._size += len(blobs)
+        while self._size > self.max_items:
+            _, evicted = self._agents.popitem(last=False)
+            self._size -= len(evicted)
+
+    def drop(self, agent_id: str) -> None:
+        evicted = self._agents.pop(agent_id, None)
+        if evicted is not None:
+            self._size -= len(evicted)
 
 
 def to_blob(vector: Any) -> bytes:

@@ -47,6 +47,7 @@ class MemoryService:
         self.relations = RelationStore(kernel.db)
         self.access = AccessRecorder(kernel.db)
         self.known_agents = KnownAgents()
+        self.vector_cache = embeddings.VectorCache(config.vector_cache_items)
         self.embedder: embeddings.Embedder | None = None
         if config.embeddings != "off" and embeddings.available():
             self.embedder = embeddings.Embedder()
@@ -230,11 +231,15 @@ class MemoryService:
 
     async def _semantic(self, query: str, agent_id: str | None, limit: int) -> list[tuple[int, float]]:
         assert self.embedder is not None
-        stmt = sa.select(vectors.c.seq, vectors.c.vector).where(vectors.c.model == self.embedder.name)
-        if agent_id is not None:
-            stmt = stmt.where(vectors.c.agent_id == agent_id)
-        async with self.kernel.db.begin() as conn:
-            blobs = [(r.seq, r.vector) for r in (await conn.execute(stmt)).all()]
+        blobs = self.vector_cache.get(agent_id) if agent_id is not None else None
+        if blobs is None:
+            stmt = sa.select(vectors.c.seq, vectors.c.vector).where(vectors.c.model == self.embedder.name)
+            if agent_id is not None:
+                stmt = stmt.where(vectors.c.agent_id == agent_id)
+            async with self.kernel.db.begin() as conn:
+                blobs = [(r.seq, r.vector) for r in (await conn.execute(stmt)).all()]
+            if agent_id is not None:
+                self.vector_cache.put(agent_id, blobs)
         if not blobs:
             return []
         query_vector = (await self.embedder.encode([query]))[0]
@@ -245,11 +250,15 @@ class MemoryService:
         if self.embedder is None or not added:
             return
         matrix = await self.embedder.encode([i.content for i in added])
+        for agent_id in {i.agent_id for i in added}:
+            self.vector_cache.drop(agent_id)
         async with self.kernel.db.begin() as conn:
             await conn.execute(vectors.delete().where(vectors.c.seq.in_([i.seq for i in added])))
             await conn.execute(vectors.insert(), [
                 {"seq": i.seq, "agent_id": i.agent_id, "model": self.embedder.name, "vector": embeddings.to_blob(v)}
                 for i, v in zip(added, matrix, strict=True)])
+        for agent_id in {i.agent_id for i in added}:  # again: a search may have cached the old ones meanwhile
+            self.vector_cache.drop(agent_id)
 
     # -- statistics -------------------------------------------------------------------------
     async def stats(self, agent_id: str | None = None) -> dict[str, Any]:
