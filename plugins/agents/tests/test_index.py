@@ -141,7 +141,6 @@ def test_random_operations_match_a_brute_force_listing():
 
 async def test_old_tombstones_are_forgotten_at_start(start_agents, spawn):
     import sqlalchemy as sa
-
     from librefang_agents.models import tombstones
 
     kernel, client = await start_agents()
