@@ -103,7 +103,7 @@ def kill_tree(session: int, known: dict[int, int] | None = None, cgroup: Any = N
         except (ProcessLookupError, PermissionError):
             pass
         if cgroup is not None:
-            # The cgroup holds every descendant, however it detached; /proc is scanned only once, at the
+            # The cgroup holds every descendant, however it detached; /proc is walked only once, at the
             # end, for anything that left the cgroup.
             members = set(cgroup.pids())
             if not members and round_number < rounds - 1:
