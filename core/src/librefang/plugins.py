@@ -346,13 +346,16 @@ class PluginHost:
 
     # -- hook calls ----------------------------------------------------------------------------
     def impls(self, hook_name: str, plugin: str | None = None) -> list[tuple[str, Callable[..., Any]]]:
-        """(plugin name, function) of every implementation of ``hook_name``, in plugin order."""
+        """(plugin name, function) of every implementation of ``hook_name``, in plugin order, except that
+        ``@hookimpl(tryfirst=True)`` implementations come first and ``trylast=True`` ones last."""
         caller = getattr(self.pm.hook, hook_name, None)
         if caller is None:
             return []
-        found = {impl.plugin_name: impl.function for impl in caller.get_hookimpls()}
+        found = {impl.plugin_name: impl for impl in caller.get_hookimpls()}
         order = [r.name for r in self.loaded()]
-        return [(name, found[name]) for name in order if name in found and (plugin is None or name == plugin)]
+        chosen = [found[name] for name in order if name in found and (plugin is None or name == plugin)]
+        chosen.sort(key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)  # stable: keeps plugin order
+        return [(impl.plugin_name, impl.function) for impl in chosen]
 
     def _trace(self, hook_name: str, plugin: str, started: float, error: BaseException | None) -> None:
         if self.tracing:

@@ -112,3 +112,31 @@ async def test_send_message_from_another_plugin(runtime_env: Any, spawn: Any, fa
     with pytest.raises(ApiError) as info:
         await send_message(kernel, "not-an-id", "x")
     assert info.value.status == 400
+
+
+async def test_first_refusal_stops_the_policy_and_trylast_gates_run_last(
+    start_runtime: Any, spawn: Any, fake_llm: Any
+) -> None:
+    asked: list[str] = []
+
+    def gate(call: Any, context: Any) -> None:  # a human-approval-like gate: must not be asked here
+        asked.append("gate")
+
+    def refuse(call: Any, context: Any) -> Deny:
+        asked.append("refuse")
+        return Deny("looks like a secret")
+
+    # "agate" sorts before "zcheck", so only trylast puts the gate after the automated check.
+    plugins = {
+        "agate": SimpleNamespace(before_tool_call=hookimpl(trylast=True)(gate)),
+        "zcheck": SimpleNamespace(before_tool_call=hookimpl(refuse)),
+    }
+    kernel, client = await start_runtime(plugins=plugins)
+    assert [name for name, _ in kernel.plugins.impls("before_tool_call")][-1] == "agate"
+    agent_id = await spawn(kernel, "strict")
+    fake_llm.script(Script(tool_calls=[ToolCall("system_time", {}, id="t")]), Script(text="ok"))
+    response = await client.post(f"/api/agents/{agent_id}/message", json={"message": "time?"})
+    assert response.status_code == 200
+    assert asked == ["refuse"]
+    result = [m for m in fake_llm.requests[1].body["messages"] if m["role"] == "tool"][0]["content"]
+    assert result.endswith("looks like a secret")

@@ -80,7 +80,8 @@ async def approvals_security(kernel: Any) -> dict[str, Any]:
 
 
 # optionalhook: the spec comes from the runtime plugin; without it there are no tool calls to gate.
-@librefang.hookimpl(optionalhook=True)
+# trylast: a person is asked only about calls every automated check (taint, budget, ...) let through.
+@librefang.hookimpl(optionalhook=True, trylast=True)
 async def before_tool_call(call: Any, context: Any) -> Any:
     from librefang_approvals.gate import check
 

@@ -254,15 +254,19 @@ class RuntimeService:
         return sections
 
     async def policy(self, call: Any, context: ToolContext) -> Deny | None:
-        """Ask every ``before_tool_call`` implementation; the first refusal wins, a failure refuses."""
-        try:
-            verdicts = await self.kernel.plugins.acall("before_tool_call", isolate=False, call=call, context=context)
-        except Exception as exc:
-            log.warning("before_tool_call failed for %s: %s: %s", call.name, type(exc).__name__, exc)
-            return Deny(f"the policy check failed ({type(exc).__name__})")
-        for _, verdict in verdicts:
-            if isinstance(verdict, Deny):
-                return verdict
+        """Ask each ``before_tool_call`` implementation in turn; the first refusal wins and stops the
+        asking (so a human approval gate, marked ``trylast``, is never asked about a call an automated
+        check already refused); a failure refuses."""
+        host = self.kernel.plugins
+        for name, _fn in host.impls("before_tool_call"):
+            try:
+                verdicts = await host.acall("before_tool_call", plugin=name, isolate=False, call=call, context=context)
+            except Exception as exc:
+                log.warning("before_tool_call of %s failed for %s: %s: %s", name, call.name, type(exc).__name__, exc)
+                return Deny(f"the policy check failed ({type(exc).__name__})")
+            for _, verdict in verdicts:
+                if isinstance(verdict, Deny):
+                    return verdict
         return None
 
     async def run(self, turn: Turn, emit: Emit | None = None) -> TurnResult:
