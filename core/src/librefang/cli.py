@@ -13,57 +13,15 @@ from typing import Any
 
 import click
 
+from librefang.client import call_daemon, daemon_url, resolve_home
 from librefang.config import default_home
 
-
-def _home(ctx_home: str | None) -> Path:
-    return Path(ctx_home).expanduser() if ctx_home else default_home()
-
-
-def _client_headers(home: Path) -> dict[str, str]:
-    from librefang.config import Config
-    from librefang.vault import Vault
-
-    key = os.environ.get("LIBREFANG_API_KEY")
-    if not key:
-        try:
-            key = Vault(home).resolve(Config.load(home).core.api_key)
-        except Exception:
-            key = ""
-    if key.startswith("$sha256$"):
-        key = ""  # a hash cannot authenticate; LIBREFANG_API_KEY must hold the key
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def _daemon_url(home: Path) -> str | None:
-    from librefang.home import pid_alive, read_daemon_file
-
-    info = read_daemon_file(home)
-    try:
-        pid = int(info.get("pid", 0)) if isinstance(info, dict) else 0
-    except (TypeError, ValueError):
-        return None
-    if not pid_alive(pid):
-        return None
-    url = info.get("url") if isinstance(info, dict) else None
-    return url if isinstance(url, str) and url.startswith("http://") else None
+_home = resolve_home
+_daemon_url = daemon_url
 
 
 def _api(home: Path, method: str, path: str, **kwargs: Any) -> Any:
-    import httpx
-
-    url = _daemon_url(home)
-    if url is None:
-        raise click.ClickException("no daemon is running for this home (start it with: librefang start)")
-    response = httpx.request(method, url + path, headers=_client_headers(home), timeout=10, **kwargs)
-    try:
-        body = response.json()
-    except ValueError:
-        body = response.text
-    if response.status_code >= 400:
-        message = body.get("error") if isinstance(body, dict) else body
-        raise click.ClickException(f"{response.status_code}: {message}")
-    return body
+    return call_daemon(home, method, path, timeout=10, **kwargs)
 
 
 class PluginCommands(click.Group):

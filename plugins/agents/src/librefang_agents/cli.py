@@ -14,49 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from librefang.client import call_daemon, resolve_home
 
-
-def _home(home: str | None) -> Path:
-    from librefang.config import default_home
-
-    return Path(home).expanduser() if home else default_home()
-
-
-def _headers(home: Path) -> dict[str, str]:
-    key = os.environ.get("LIBREFANG_API_KEY", "")
-    if not key:
-        try:
-            from librefang.config import Config
-            from librefang.vault import Vault
-
-            key = Vault(home).resolve(Config.load(home).core.api_key)
-        except Exception:
-            key = ""
-    if key.startswith("$"):
-        key = ""  # a stored hash cannot authenticate; LIBREFANG_API_KEY must hold the key itself
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def _call(home: Path, method: str, path: str, **kwargs: Any) -> Any:
-    import httpx
-    from librefang.home import pid_alive, read_daemon_file
-
-    info = read_daemon_file(home)
-    if not info or not pid_alive(int(info.get("pid", 0))) or not info.get("url"):
-        raise click.ClickException(f"no daemon is running for {home} (start it with: librefang start)")
-    try:
-        response = httpx.request(method, info["url"] + path, headers=_headers(home), timeout=30, **kwargs)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the daemon at {info['url']}: {exc}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = response.text
-    if response.status_code >= 400:
-        message = body.get("error") if isinstance(body, dict) else body
-        raise click.ClickException(f"{response.status_code}: {message}")
-    return body
-
+_home = resolve_home
+_call = call_daemon
 
 home_option = click.option("--home", envvar="LIBREFANG_HOME", help="Home folder (default ~/.librefang)")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the JSON answer")

@@ -7,54 +7,16 @@ the API key from ``LIBREFANG_API_KEY`` or the config.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import click
+from librefang.client import call_daemon, resolve_home
 
-
-def _home(home: str | None) -> Path:
-    from librefang.config import default_home
-
-    return Path(home).expanduser() if home else default_home()
-
-
-def _headers(home: Path) -> dict[str, str]:
-    key = os.environ.get("LIBREFANG_API_KEY", "")
-    if not key:
-        try:
-            from librefang.config import Config
-            from librefang.vault import Vault
-
-            key = Vault(home).resolve(Config.load(home).core.api_key)
-        except Exception:  # noqa: BLE001 - no usable key: try without one (loopback no-key mode)
-            key = ""
-    if key.startswith("$"):
-        key = ""  # a stored hash cannot authenticate; LIBREFANG_API_KEY must hold the key itself
-    return {"Authorization": f"Bearer {key}"} if key else {}
+_home = resolve_home
 
 
 def _call(home_option_value: str | None, method: str, path: str, **kwargs: Any) -> Any:
-    import httpx
-    from librefang.home import pid_alive, read_daemon_file
-
-    home = _home(home_option_value)
-    info = read_daemon_file(home)
-    if not info or not pid_alive(int(info.get("pid", 0))) or not info.get("url"):
-        raise click.ClickException(f"no daemon is running for {home} (start it with: librefang start)")
-    try:
-        response = httpx.request(method, info["url"] + path, headers=_headers(home), timeout=30, **kwargs)
-    except httpx.HTTPError as exc:
-        raise click.ClickException(f"cannot reach the daemon at {info['url']}: {exc}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = response.text
-    if response.status_code >= 400:
-        message = body.get("error") if isinstance(body, dict) else body
-        raise click.ClickException(f"{response.status_code}: {message}")
-    return body
+    return call_daemon(resolve_home(home_option_value), method, path, **kwargs)
 
 
 home_option = click.option("--home", envvar="LIBREFANG_HOME", help="Home folder (default ~/.librefang)")
