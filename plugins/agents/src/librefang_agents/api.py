@@ -42,7 +42,7 @@ __all__ = [
     "ASSIST_TOOLS", "EVENTS", "MODES", "PROFILES", "STATES", "Actor", "AgentManifest", "AgentRecord",
     "AgentService", "ManifestCapabilities", "ManifestError", "default_model", "effective_capabilities",
     "implied_capabilities", "inheritance_violations", "parse_agent_id", "parse_manifest", "registry",
-    "resolve_model", "visible_tools", "workspace_of", "ensure_workspace",
+    "resolve_model", "visible_tools", "workspace_of", "ensure_workspace", "get_upload", "save_upload",
 ]
 
 
@@ -66,3 +66,16 @@ async def ensure_workspace(kernel: Any, record: AgentRecord) -> Path:
     import asyncio
 
     return await asyncio.to_thread(_create_workspace, kernel.home, record.name)
+
+
+async def get_upload(kernel: Any, file_id: str) -> tuple[dict[str, Any], bytes]:
+    """An upload's metadata (``file_id, agent_id, filename, content_type, size, sha256, created_at,
+    url``) and bytes: 400 ``invalid_file_id`` for a malformed id, 404 ``upload_not_found``."""
+    return await kernel.services["agents.files"].get_upload(file_id)
+
+
+async def save_upload(kernel: Any, agent_id: str, filename: str | None, content_type: str | None,
+                      data: bytes) -> dict[str, Any]:
+    """Store a file for an agent exactly as ``POST /api/agents/{id}/upload`` does (same limits);
+    returns the upload's metadata (see :func:`get_upload`)."""
+    return await kernel.services["agents.files"].save_upload(agent_id, filename, content_type, data)
