@@ -3,6 +3,7 @@ and an upgrade from an older schema that keeps the rows."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import textwrap
 from pathlib import Path
@@ -11,6 +12,7 @@ import librefang
 import pytest
 from librefang.storage import Database
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 REV1 = '''
 """notes table
@@ -170,6 +172,79 @@ async def test_plugin_may_only_register_its_own_history(make_kernel, tmp_path):
     assert "may only register migrations" in kernel.plugins.records["squatter"].error
 
 
+async def exercise_run(db: Database) -> None:
+    """Database.run: commits on return, rolls back on raise, returns fn's value, and its writes are
+    seen by the async path (and the other way round)."""
+    async with db.begin() as conn:
+        await conn.execute(text("CREATE TABLE run_items (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"))
+
+    def add(conn, item_id: int, body: str) -> int:
+        conn.execute(text("INSERT INTO run_items (id, body) VALUES (:i, :b)"), {"i": item_id, "b": body})
+        return int(conn.execute(text("SELECT COUNT(*) FROM run_items")).scalar_one())
+
+    assert await db.run(add, 1, "one") == 1
+    assert await db.run(add, item_id=2, body="two") == 2
+
+    def add_then_fail(conn) -> None:
+        add(conn, 3, "three")
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        await db.run(add_then_fail)
+    with pytest.raises(IntegrityError):  # a duplicate key fails the whole transaction
+        await db.run(lambda conn: (add(conn, 4, "four"), add(conn, 1, "again")))
+    # Many at once: every one commits, none is lost.
+    counts = await asyncio.gather(*(db.run(add, i, f"n{i}") for i in range(10, 60)))
+    assert sorted(counts) == list(range(3, 53))
+    async with db.begin() as conn:
+        ids = [r[0] for r in await conn.execute(text("SELECT id FROM run_items ORDER BY id"))]
+        await conn.execute(text("INSERT INTO run_items (id, body) VALUES (100, 'async')"))
+    assert ids == [1, 2, *range(10, 60)]
+    assert await db.run(lambda conn: conn.execute(text("SELECT body FROM run_items WHERE id = 100")).scalar()) == "async"
+
+
+async def test_run_is_one_transaction_on_a_sqlite_file(tmp_path):
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'run.db'}")
+    await db.open()
+    await exercise_run(db)
+    # The worker's connections get the same pragmas as the async ones.
+    assert await db.run(lambda conn: conn.execute(text("PRAGMA foreign_keys")).scalar()) == 1
+    assert await db.run(lambda conn: conn.execute(text("PRAGMA journal_mode")).scalar()) == "wal"
+    await db.close()
+    # Committed means on disk: a plain connection sees every row after close.
+    with sqlite3.connect(tmp_path / "run.db") as plain:
+        assert plain.execute("SELECT COUNT(*) FROM run_items").fetchone()[0] == 53
+
+
+async def test_run_on_in_memory_sqlite_uses_the_async_engine():
+    db = Database("sqlite+aiosqlite:///:memory:")
+    await db.open()
+    await exercise_run(db)
+    await db.close()
+
+
+async def test_pooled_connection_left_in_a_transaction_is_rolled_back(tmp_path):
+    """Committed connections skip the pool's rollback; one returned mid-transaction still gets it."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'reset.db'}")
+    await db.open()
+    async with db.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+    def write_behind_sqlalchemys_back(sync_conn) -> None:
+        dbapi = sync_conn.connection.dbapi_connection  # no SQLAlchemy transaction around this write
+        cursor = dbapi.cursor()
+        cursor.execute("INSERT INTO t (id) VALUES (1)")
+        cursor.close()
+        assert dbapi.driver_connection.in_transaction
+
+    async with db.engine.connect() as conn:  # back to the pool mid-transaction: the reset rolls back
+        await conn.run_sync(write_behind_sqlalchemys_back)
+    async with db.begin() as conn:
+        assert (await conn.execute(text("SELECT COUNT(*) FROM t"))).scalar() == 0
+        await conn.execute(text("INSERT INTO t (id) VALUES (2)"))
+    assert await db.run(lambda conn: conn.execute(text("SELECT COUNT(*) FROM t")).scalar()) == 1
+    await db.close()
+
+
 async def test_missing_migrations_folder_is_refused(tmp_path):
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
     with pytest.raises(ValueError, match="does not exist"):
@@ -217,3 +292,10 @@ async def test_postgres_from_vault_reference_upgrade_keeps_rows(make_kernel, lib
     assert tuple(row) == (3, "kept in postgres", "kept in po")
     assert (await kernel.audit.verify()).valid
     await kernel.stop()
+
+
+async def test_run_on_postgres(postgres_url):
+    db = Database(postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    await db.open()
+    await exercise_run(db)
+    await db.close()
