@@ -1,4 +1,5 @@
-"""The WASM sandbox: fuel, deadline, memory cap, fresh stores, capability-checked host calls, tools, agents."""
+"""The WASM sandbox: fuel, deadline, memory cap, fresh stores, capability-checked host calls, tools
+(``wasm:`` agents: test_wasm_agents.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 from librefang_runtime.api import ToolError
 from librefang_runtime.api import runtime as runtime_of
-from librefang_sandbox import api as sandbox_api
 from librefang_sandbox.config import WasmSandboxConfig
 from librefang_sandbox.wasm import WasmError, WasmSandbox
 
@@ -39,9 +39,6 @@ COUNTER = f"""(module {ALLOC.format(pages=1)}
     (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
     (i32.store8 (i32.const 0) (i32.add (i32.const 48) (global.get $calls)))
     (i64.const 1)))"""
-ECHO = f"""(module {ALLOC.format(pages=1)}
-  (func (export "execute") (param $p i32) (param $n i32) (result i64)
-    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32)) (i64.extend_i32_u (local.get $n)))))"""
 
 
 def module(tmp_path: Path, name: str, text: str) -> Path:
@@ -142,7 +139,7 @@ async def test_declared_host_calls_narrow_even_a_full_agent(start_sandbox, agent
     assert runtime_of(kernel).tools.get("wasm_host") is None
 
 
-async def test_wasm_tool_errors_and_a_wasm_agent(start_sandbox, agent, call, librefang_home, tmp_path):
+async def test_wasm_tool_errors(start_sandbox, agent, call, tmp_path):
     spin = module(tmp_path, "spin", SPIN)
     kernel = await start_sandbox(
         '[wasm_sandbox]\ntimeout_secs = 0.3\nfuel = 10000000000000\n'
@@ -152,16 +149,6 @@ async def test_wasm_tool_errors_and_a_wasm_agent(start_sandbox, agent, call, lib
     ctx = await agent(kernel, "runner")
     with pytest.raises(ToolError, match="spinner: deadline exceeded"):
         await call(ctx, "spinner")
-    # A wasm: agent answers through the sandbox.
-    wasm_agent = await agent(kernel, "echo-agent", extra='module = "wasm:echo.wat"\n')
-    (wasm_agent.workspace / "echo.wat").write_text(ECHO)
-    reply = json.loads(await sandbox_api.run_wasm_agent(kernel, wasm_agent.agent_id, "ping"))
-    assert reply["message"] == "ping" and reply["agent"]["name"] == "echo-agent"
-    with pytest.raises(ToolError, match="not a WASM agent"):
-        await sandbox_api.run_wasm_agent(kernel, ctx.agent_id, "ping")
-    escaping = await agent(kernel, "escaper", extra='module = "wasm:../echo-agent/echo.wat"\n')
-    with pytest.raises(ToolError, match="not found"):
-        await sandbox_api.run_wasm_agent(kernel, escaping.agent_id, "ping")
 
 
 async def test_concurrent_runs_are_bounded(tmp_path):

@@ -9,6 +9,12 @@ Add tools with the ``register_tools`` hook::
         register(Tool("echo", "Repeat the input.", lambda data, ctx: data["text"],
                       {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}))
 
+Answer agents whose manifest says ``module = "<scheme>:<target>"`` with ``register_agent_modules``::
+
+    @librefang.hookimpl
+    def register_agent_modules(register):
+        register("wasm", run_wasm_turn)   # async (ModuleRequest) -> str | ModuleReply; raise ModuleError
+
 Send a message to an agent from another plugin (a channel adapter, a scheduler) with
 :func:`send_message`. Refuse calls with ``before_tool_call`` returning :class:`Deny`. Events on ``kernel.bus``:
 ``runtime.turn_completed`` (agent_id, name, session_id, provider, model, token counts, cost_usd,
@@ -21,6 +27,7 @@ from typing import Any
 
 from librefang_runtime.history import repair, trim
 from librefang_runtime.loop import AgentLoop, Emit, LoopSettings, MaxIterationsExceeded, TurnResult
+from librefang_runtime.modules import ModuleError, ModuleReply, ModuleRequest
 from librefang_runtime.schemas import MessageRequest
 from librefang_runtime.service import RuntimeService
 from librefang_runtime.tools import Deny, Tool, ToolContext, ToolError, ToolRegistry
@@ -28,7 +35,8 @@ from librefang_runtime.tools import Deny, Tool, ToolContext, ToolError, ToolRegi
 EVENTS = ("runtime.turn_completed",)
 
 __all__ = [
-    "EVENTS", "AgentLoop", "Deny", "LoopSettings", "MaxIterationsExceeded", "MessageRequest", "RuntimeService",
+    "EVENTS", "AgentLoop", "Deny", "LoopSettings", "MaxIterationsExceeded", "MessageRequest", "ModuleError",
+    "ModuleReply", "ModuleRequest", "RuntimeService",
     "Tool", "ToolContext", "ToolError", "ToolRegistry", "TurnResult", "repair", "runtime", "send_message", "trim",
 ]
 

@@ -8,14 +8,34 @@ from librefang import hookspec
 
 
 @hookspec
-def register_tools(register: Any) -> None:
+def register_tools(register: Any, kernel: Any) -> None:
     """Add tools agents may call: ``register(Tool(name, description, handler, input_schema))`` with
     :class:`librefang_runtime.api.Tool`.
 
-    Called once when the runtime starts. The handler receives ``(input, context)`` and returns the
-    result text (it may be ``async def``; raise ``ToolError`` for an error result). A name already
-    registered, a bad name or a schema that is not a JSON Schema object fails the registering
-    plugin's tools only. Plain ``def``.
+    Called once when the runtime starts. ``kernel`` is the starting kernel (read your configuration
+    section with ``kernel.config.section(...)``; other plugins' services may not be started yet, so
+    look them up in the handler, not here); an implementation that does not need it leaves it out of
+    its signature. The handler receives ``(input, context)`` and returns the result text (it may be
+    ``async def``; raise ``ToolError`` for an error result). A name already registered, a bad name or
+    a schema that is not a JSON Schema object fails the registering plugin's tools only. Plain ``def``.
+    """
+
+
+@hookspec
+def register_agent_modules(register: Any) -> None:
+    """Serve agents whose manifest says ``module = "<scheme>:<target>"``: ``register("wasm", handler)``.
+
+    Called once when the runtime starts. When a message arrives for an agent whose module has a
+    registered scheme, the runtime calls ``handler(request)`` instead of the LLM loop, with a
+    :class:`librefang_runtime.api.ModuleRequest` (``kernel``, ``agent_id``, ``agent_name``,
+    ``module``, ``scheme``, ``target``, ``session_id``, ``message``, ``history``, ``context``). The
+    handler returns the reply text (or a ``ModuleReply(text, silent)``) and may be ``async def``;
+    raising :class:`librefang_runtime.api.ModuleError` fails the turn with its status and code
+    (nothing of the turn is stored; the failure is audited). The reply goes through the ordinary turn
+    path: session storage, JSON/SSE/WebSocket responses, a usage row with zero tokens,
+    ``runtime.turn_completed`` and ``after_turn``. ``builtin`` is the LLM loop and cannot be
+    registered; a scheme already served, or a bad name, is refused. A scheme nobody serves makes a
+    message to such an agent fail with 412 ``agent_module_unavailable``. Plain ``def``.
     """
 
 

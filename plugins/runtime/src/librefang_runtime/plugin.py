@@ -63,15 +63,19 @@ def collect_tools(kernel: Any) -> Any:
     def register(plugin: str, tool: Any) -> None:
         registry.register(tool, owner=plugin)
 
-    kernel.plugins.call("register_tools", register=PluginBound(register))
+    kernel.plugins.call("register_tools", register=PluginBound(register), kernel=kernel)
     return registry
 
 
 @librefang.hookimpl
 def startup(kernel: Any) -> None:
+    from librefang_runtime.modules import collect_modules
     from librefang_runtime.service import RuntimeService
 
-    kernel.services["runtime"] = RuntimeService(kernel, kernel.config.section("runtime"), collect_tools(kernel))
+    service = RuntimeService(kernel, kernel.config.section("runtime"), collect_tools(kernel))
+    # Agents with module = "<scheme>:<target>" (wasm, ...) are answered by the plugin serving the scheme.
+    service.modules = collect_modules(kernel)
+    kernel.services["runtime"] = service
 
 
 @librefang.hookimpl

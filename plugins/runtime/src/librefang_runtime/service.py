@@ -32,6 +32,7 @@ from librefang_providers.api import (
     get_registry,
 )
 
+from librefang_runtime import modules
 from librefang_runtime.compactor import needs_compaction
 from librefang_runtime.config import RuntimeConfig
 from librefang_runtime.history import trim
@@ -73,6 +74,7 @@ class Turn:
     max_history: int
     context: ToolContext
     context_window: int | None = None
+    module: Any = None  # an AgentModule (librefang_runtime.modules) answers instead of the LLM loop
 
 
 def llm_error(exc: LLMError) -> ApiError:
@@ -201,7 +203,8 @@ class RuntimeService:
         if body.attachments:
             raise BadRequest("attachments are not supported by this runtime yet", code="attachments_unsupported")
         manifest = record.parsed()
-        provider, model = self.resolve_model(manifest)
+        module = modules.resolve(self, manifest)  # a plugin-served module (wasm:...) needs no model: 412 if unserved
+        provider, model = (module.scheme, module.module) if module else self.resolve_model(manifest)
         text = body.message
         ephemeral = body.ephemeral
         if text.startswith(BTW_PREFIX):  # a side question: answered without touching the conversation
@@ -240,7 +243,7 @@ class RuntimeService:
             persist=not (ephemeral or body.incognito), load_history=not ephemeral, text=text,
             show_thinking=body.show_thinking, settings=settings, allowed_tools=allowed,
             max_history=manifest.max_history_messages, context=context,
-            context_window=manifest.model.context_window,
+            context_window=manifest.model.context_window, module=module,
         )
 
     async def _sections(self, turn: Turn) -> list[str]:
@@ -297,8 +300,9 @@ class RuntimeService:
                     await self.store.write(turn.session_id, pending[:])
                     pending.clear()
 
-            loop = AgentLoop(get_registry(self.kernel), self.tools, turn.settings, turn.context,
-                             allowed_tools=turn.allowed_tools, policy=self.policy, emit=emit, commit=commit)
+            loop: Any = AgentLoop(get_registry(self.kernel), self.tools, turn.settings, turn.context,
+                                  allowed_tools=turn.allowed_tools, policy=self.policy, emit=emit, commit=commit) \
+                if turn.module is None else modules.ModuleLoop(turn.module, turn, emit=emit, commit=commit)
             started = time.perf_counter()
             task = asyncio.ensure_future(loop.run(history, Message("user", turn.text)))
             self.running.setdefault(turn.agent_id, {})[turn.session_id] = task

@@ -9,8 +9,10 @@ calls) for an agent, or one turn of a ``module = "wasm:<path>"`` agent::
     text = await sandbox.run_wasm(kernel, Path("tool.wat"), {"x": 1}, agent_id=agent_id,
                                   workspace=workspace, host_calls=["fs_read"])
 
-Both raise :class:`librefang_runtime.api.ToolError` (with the reason: fuel, deadline, trap, ...) or
-:class:`WasmError`. The tools ``shell_exec`` and ``process_*`` are registered with the runtime.
+``run_wasm_agent`` raises :class:`librefang_runtime.api.ModuleError` (with the reason, status and code:
+fuel, deadline, trap, module not found...); ``run_wasm`` raises :class:`WasmError`. The runtime sends
+messages of ``wasm:`` agents here itself (``register_agent_modules``); the agent ABI is described in
+``librefang_sandbox.wasm_agents``. The tools ``shell_exec`` and ``process_*`` are registered with the runtime.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ def sandbox(kernel: Any) -> Any:
     return kernel.services["sandbox"]
 
 
-async def run_wasm_agent(kernel: Any, agent_id: str, message: str) -> str:
-    """One turn of a ``wasm:`` agent; returns its reply text."""
-    from librefang_sandbox.wasm_tools import run_agent
+async def run_wasm_agent(kernel: Any, agent_id: str, message: str, *, session_id: str = "") -> str:
+    """Run a ``wasm:`` agent's module on ``message`` outside a session turn; returns its reply text.
+    (A message through the runtime, ``POST /api/agents/{id}/message``, is stored and metered too.)"""
+    from librefang_sandbox.wasm_agents import run_agent
 
-    return await run_agent(sandbox(kernel), agent_id, message)
+    return await run_agent(kernel, agent_id, message, session_id=session_id)
 
 
 async def run_wasm(kernel: Any, path: Path, payload: Any, *, agent_id: str = "", workspace: Path | None = None,

@@ -137,4 +137,7 @@ class WasmSandboxConfig(BaseModel):
     max_host_calls: int = Field(1000, ge=0, le=1_000_000, description="Host calls one run may make")
     max_concurrent: int = Field(4, ge=1, le=256, description="WASM calls running at once (their own threads)")
     max_module_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
+    agent_modules_dir: str = Field("wasm", min_length=1, max_length=1000,
+                                   description="Folder of shared modules of wasm: agents (besides each agent's "
+                                               "workspace); relative paths are relative to LIBREFANG_HOME")
     tools: list[WasmToolConfig] = Field(default_factory=list, max_length=200)

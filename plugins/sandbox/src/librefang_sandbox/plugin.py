@@ -24,6 +24,13 @@ def register_tools(register: Any) -> None:
 
 
 @librefang.hookimpl
+def register_agent_modules(register: Any) -> None:
+    from librefang_sandbox.wasm_agents import SCHEME, handle_turn
+
+    register(SCHEME, handle_turn)
+
+
+@librefang.hookimpl
 def security_checks(register: Any) -> None:
     from librefang_sandbox.service import describe_exec, describe_wasm
 

@@ -8,9 +8,11 @@ ticks: an infinite loop traps with ``INTERRUPT`` within the deadline, a long com
 
 Guest ABI (what a module exports and imports):
 
-- exports ``memory``, ``alloc(len: i32) -> i32`` and ``execute(ptr: i32, len: i32) -> i64``: the host
-  writes the input (JSON) into memory obtained from ``alloc`` and calls ``execute``, which returns
-  ``(out_ptr << 32) | out_len`` of its UTF-8 result;
+- exports ``memory``, ``alloc(len: i32) -> i32`` and an entry point ``(ptr: i32, len: i32) -> i64``:
+  the host writes the input into memory obtained from ``alloc`` and calls the entry point, which
+  returns ``(out_ptr << 32) | out_len`` of its UTF-8 result. A WASM *tool* exports ``execute`` and
+  receives its input as JSON; a ``wasm:`` *agent* exports ``handle`` and receives the user's message
+  as plain UTF-8 text, and its result is the reply (see ``wasm_agents.py``);
 - may import ``librefang.host_call(ptr: i32, len: i32) -> i64``: the request is JSON
   ``{"method": ..., "params": {...}}``; the answer (``{"ok": ...}`` or ``{"error": ...}``) is written
   into guest memory through ``alloc`` and returned packed the same way. Nothing else is importable
@@ -20,6 +22,7 @@ Guest ABI (what a module exports and imports):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import threading
@@ -113,41 +116,51 @@ class WasmSandbox:
         engine_config.epoch_interruption = True
         self.engine = wasmtime.Engine(engine_config)
         self.ticker = EpochTicker(self.engine, config.epoch_tick_ms / 1000)
-        self.modules: OrderedDict[tuple[str, int, int], wasmtime.Module] = OrderedDict()
+        self.modules: OrderedDict[tuple[str, bool], wasmtime.Module] = OrderedDict()
         self.modules_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="librefang-wasm")
         self.slots = asyncio.Semaphore(config.max_concurrent)
 
     def load(self, path: Path) -> wasmtime.Module:
-        """Compile ``path`` (``.wat`` text or binary ``.wasm``), cached by path, size and mtime. Blocks."""
+        """Compile ``path`` (``.wat`` text or binary ``.wasm``). Compiled once per content: the cache
+        is keyed by the SHA-256 of the bytes, so an edited file is recompiled and two paths holding the
+        same module share one compilation. Blocks."""
         try:
-            stat = path.stat()
+            size = path.stat().st_size
         except OSError:
             raise WasmError(f"no WASM module at {path.name}", "bad_module") from None
-        if stat.st_size > self.config.max_module_bytes:
-            raise WasmError(f"module is {stat.st_size} bytes; the limit is {self.config.max_module_bytes}",
-                            "bad_module")
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if size > self.config.max_module_bytes:
+            raise WasmError(f"module is {size} bytes; the limit is {self.config.max_module_bytes}", "bad_module")
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(self.config.max_module_bytes + 1)
+        except OSError:
+            raise WasmError(f"no WASM module at {path.name}", "bad_module") from None
+        if len(data) > self.config.max_module_bytes:  # grew since the stat
+            raise WasmError(f"module is over the limit of {self.config.max_module_bytes} bytes", "bad_module")
+        key = (hashlib.sha256(data).hexdigest(), path.suffix == ".wat")
         with self.modules_lock:
             if key in self.modules:
                 self.modules.move_to_end(key)
+                self.counts["cache_hits"] += 1
                 return self.modules[key]
-        data = path.read_bytes()
         try:
             module = wasmtime.Module(self.engine, data.decode("utf-8") if path.suffix == ".wat" else data)
         except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
             raise WasmError(f"invalid WASM module {path.name}: {str(exc).splitlines()[0][:300]}", "bad_module") from None
         with self.modules_lock:
+            self.counts["compiled"] += 1
             self.modules[key] = module
             while len(self.modules) > MAX_CACHED_MODULES:
                 self.modules.popitem(last=False)
         return module
 
     def run_sync(self, module: wasmtime.Module, payload: bytes,
-                 host: Callable[[bytes], bytes] | None = None) -> str:
-        """Run ``execute`` of a fresh instance of ``module`` on ``payload``; returns the result text.
-        ``host(request) -> response`` serves ``host_call``. Blocks: call from a worker thread."""
+                 host: Callable[[bytes], bytes] | None = None, entry: str = "execute") -> str:
+        """Run ``entry`` (``execute`` for tools, ``handle`` for agents) of a fresh instance of
+        ``module`` on ``payload``; returns the result text. ``host(request) -> response`` serves
+        ``host_call``. Blocks: call from a worker thread."""
         cfg = self.config
         if len(payload) > cfg.max_input_bytes:
             raise WasmError(f"input is {len(payload)} bytes; the limit is {cfg.max_input_bytes}", "input_too_large")
@@ -165,10 +178,10 @@ class WasmSandbox:
             try:
                 instance = linker.instantiate(store, module)
                 exports = instance.exports(store)
-                memory, alloc, execute = (exports.get(n) for n in ("memory", "alloc", "execute"))
+                memory, alloc, execute = (exports.get(n) for n in ("memory", "alloc", entry))
                 if not isinstance(memory, wasmtime.Memory) or not isinstance(alloc, wasmtime.Func) \
                         or not isinstance(execute, wasmtime.Func):
-                    raise WasmError("the module must export memory, alloc and execute", "bad_module")
+                    raise WasmError(f"the module must export memory, alloc and {entry}", "bad_module")
                 ptr = alloc(store, len(payload)) if payload else 0
                 self._check_range(store, memory, ptr, len(payload))
                 memory.write(store, payload, ptr)
@@ -226,14 +239,15 @@ class WasmSandbox:
 
         return host_call
 
-    async def run(self, path: Path, payload: bytes, host: Callable[[bytes], bytes] | None = None) -> str:
+    async def run(self, path: Path, payload: bytes, host: Callable[[bytes], bytes] | None = None,
+                  entry: str = "execute") -> str:
         """Compile (cached) and run ``path`` in one of the sandbox's own worker threads. Runs beyond
         ``max_concurrent`` wait their turn, so long guests never starve the default thread pool the
         rest of the daemon uses."""
         loop = asyncio.get_running_loop()
         async with self.slots:
             module = await loop.run_in_executor(self.executor, self.load, path)
-            return await loop.run_in_executor(self.executor, self.run_sync, module, payload, host)
+            return await loop.run_in_executor(self.executor, self.run_sync, module, payload, host, entry)
 
     def close(self) -> None:
         """Stop the epoch timer and the worker threads."""
@@ -259,4 +273,7 @@ class WasmSandbox:
             "fuel_exhausted": self.counts["fuel_exhausted"],
             "deadline_exceeded": self.counts["deadline_exceeded"],
             "trapped": self.counts["trapped"],
+            "modules_compiled": self.counts["compiled"],
+            "module_cache_hits": self.counts["cache_hits"],
+            "module_cache": "by SHA-256 of the module bytes",
         }

@@ -1,4 +1,4 @@
-"""WASM tools from ``[[wasm_sandbox.tools]]`` and ``wasm:`` agent modules, run in the WASM sandbox.
+"""WASM tools from ``[[wasm_sandbox.tools]]``, run in the WASM sandbox (``wasm:`` agents: ``wasm_agents.py``).
 
 Tools are added to the runtime's registry when the sandbox starts (the ``register_tools`` hook
 receives no kernel, so it cannot read this plugin's configuration) and removed when it stops.
@@ -20,7 +20,7 @@ from librefang_providers.api import ToolUseBlock
 from librefang_runtime.api import Tool, ToolContext, ToolError
 from librefang_runtime.api import runtime as runtime_of
 
-from librefang_sandbox.config import HOST_METHODS, WasmToolConfig
+from librefang_sandbox.config import WasmToolConfig
 from librefang_sandbox.wasm import WasmError, WasmSandbox
 from librefang_sandbox.wasm_host import HostContext, grants
 
@@ -60,12 +60,14 @@ async def host_context(kernel: Any, sandbox: WasmSandbox, declared: list[str], a
 
 
 async def run_module(kernel: Any, sandbox: WasmSandbox, path: Path, payload: Any, *, declared: list[str],
-                     agent_id: str, workspace: Path | None, actor: str, session_id: str = "") -> str:
-    """Run one module with the host calls it may make; denied calls are audited."""
+                     agent_id: str, workspace: Path | None, actor: str, session_id: str = "",
+                     entry: str = "execute") -> str:
+    """Run one module with the host calls it may make; denied calls are audited. ``payload`` is sent
+    as JSON, or as is when it is ``bytes``."""
     host = await host_context(kernel, sandbox, declared, agent_id, workspace, session_id)
-    data = json.dumps(payload).encode()
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     try:
-        return await sandbox.run(path, data, host)
+        return await sandbox.run(path, data, host, entry)
     finally:
         for method, reason in host.denied[:20]:
             await kernel.audit.record("WasmCapabilityDenied", actor=agent_id or "anonymous", target=actor,
@@ -130,33 +132,3 @@ def unregister(service: Any, names: list[str]) -> None:
         tool = registry.tools.get(name)
         if tool is not None and tool.owner == "sandbox":
             del registry.tools[name]
-
-
-def agent_module_path(kernel: Any, record: Any) -> Path:
-    """The module of a ``wasm:<path>`` agent: inside its workspace or ``LIBREFANG_HOME/wasm``."""
-    module = record.parsed().module
-    if not module.startswith("wasm:"):
-        raise ToolError(f"agent {record.name!r} is not a WASM agent (module = {module!r})")
-    relative = module[len("wasm:"):]
-    workspace = agents_api.workspace_of(kernel, record).resolve()
-    shared = (kernel.home / "wasm").resolve()
-    for root in (workspace, shared):
-        candidate = (root / relative).resolve()
-        if candidate.is_relative_to(root) and candidate.is_file():
-            return candidate
-    raise ToolError(f"WASM module {relative[:200]!r} not found in the agent's workspace or {shared}")
-
-
-async def run_agent(service: Any, agent_id: str, message: str) -> str:
-    """One turn of a ``wasm:`` agent: the guest receives ``{"message", "agent": {"id", "name"}}`` and
-    returns the reply text. Every host method is declared; the agent's capabilities decide."""
-    kernel = service.kernel
-    record = await agents_api.registry(kernel).get(agent_id)
-    path = await asyncio.to_thread(agent_module_path, kernel, record)
-    try:
-        return await run_module(kernel, service.wasm, path, {"message": message,
-                                                             "agent": {"id": record.id, "name": record.name}},
-                                declared=list(HOST_METHODS), agent_id=record.id,
-                                workspace=agents_api.workspace_of(kernel, record), actor=f"agent:{record.name}")
-    except WasmError as exc:
-        raise ToolError(str(exc)) from None
