@@ -23,8 +23,19 @@ class MemoryConfig(BaseModel):
     max_content_chars: int = Field(4000, ge=16, le=1_000_000, description="Longest memory text")
     max_metadata_bytes: int = Field(16 * 1024, ge=2, le=1024 * 1024, description="Largest metadata (JSON)")
     max_batch_items: int = Field(1000, ge=1, le=100_000, description="Items per import / bulk request")
-    embeddings: Literal["auto", "off", "wordllama"] = Field(
-        "auto", description="Semantic search: wordllama when installed (auto), or off")
+    embeddings: Literal["auto", "off", "local", "wordllama", "provider"] = Field(
+        "auto", description="Semantic search: the local model (wordllama) when installed (auto, local), "
+        "the provider's embeddings API (provider), or off")
+    embedding_provider: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description='embeddings = "provider": which provider (default: the [default_model] provider)')
+    embedding_model: str = Field("text-embedding-3-small", min_length=1, max_length=200,
+                                 description='embeddings = "provider": the embedding model')
+    embedding_dimensions: int | None = Field(
+        None, ge=1, le=8192, description="Shorter vectors from models that offer them (OpenAI text-embedding-3-*)")
+    embedding_timeout_secs: float = Field(30.0, gt=0, le=600, description="Budget of one embeddings call")
+    vector_index: bool = Field(
+        True, description="Search vectors through the sqlite-vec index when it is installed (SQLite)")
     vector_cache_items: int = Field(
         50_000, ge=0, le=10_000_000, description="Vectors kept in memory for per-agent semantic search (~1 KiB each)")
     semantic_min_similarity: float = Field(

@@ -1,11 +1,12 @@
-"""Optional semantic search: embeddings from ``wordllama`` (the ``embeddings`` extra), which ships
-its weights in its wheel and runs without torch or network.
+"""Embedders for semantic search, and the in-process ranking used when no vector index is open.
 
-The model is loaded from its package folder with downloads disabled. Vectors are L2-normalised
-float32 BLOBs in ``memory_vectors`` and ranked by cosine similarity in-process with numpy (a dot
-product). ``sqlite-vec`` cannot be used here: it is a loadable SQLite extension and the CPython
-builds we ship on are compiled without ``enable_load_extension``; brute force over one agent's
-memories (at most ``max_memories_per_agent``) costs well under a millisecond anyway.
+- ``local`` (the offline default, the ``embeddings`` extra): ``wordllama``, which ships its weights in
+  its wheel and runs without torch or network (loaded from its package folder, downloads disabled).
+- ``provider``: the configured provider's embeddings API (``librefang_providers.api.embed``).
+
+Vectors are L2-normalised float32 BLOBs in ``memory_vectors``; they are searched through the
+``sqlite-vec`` index (:mod:`librefang_memory.vecindex`) when it is open, otherwise ranked here by
+cosine similarity with numpy (brute force over one agent's cached vectors, or over all of them).
 """
 
 from __future__ import annotations
@@ -58,6 +59,30 @@ class Embedder:
     async def encode(self, texts: list[str]) -> Any:
         """:meth:`encode_sync` in a worker thread."""
         return await asyncio.to_thread(self.encode_sync, texts)
+
+
+class ProviderEmbedder:
+    """Vectors from a provider's embeddings API (``[memory] embeddings = "provider"``)."""
+
+    def __init__(self, kernel: Any, provider: str, model: str, dimensions: int | None = None,
+                 timeout: float = 30.0) -> None:
+        self.kernel = kernel
+        self.provider = provider
+        self.model = model
+        self.dimensions = dimensions
+        self.timeout = timeout
+        self.name = f"{provider}:{model}"[:64]
+
+    async def encode(self, texts: list[str]) -> Any:
+        """float32 matrix (len(texts) × dim), rows L2-normalised (typed provider errors on failure)."""
+        import numpy as np
+        from librefang_providers.api import embed, get_registry
+
+        rows = await embed(get_registry(self.kernel), texts, provider=self.provider, model=self.model,
+                           dimensions=self.dimensions, time_budget=self.timeout)
+        matrix = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        return matrix / np.where(norms == 0, 1.0, norms)
 
 
 class VectorCache:

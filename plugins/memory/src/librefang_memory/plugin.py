@@ -69,6 +69,7 @@ async def shutdown(kernel: Any) -> None:
             await memory.access.flush()
         finally:
             memory.store.close()
+            memory.semantic.close()
     _RUNNING.discard(kernel)
 
 

@@ -19,8 +19,9 @@ from librefang_memory.config import MemoryConfig, ProactiveMemoryConfig
 from librefang_memory.extract import jaccard, tokens
 from librefang_memory.known_agents import KnownAgents
 from librefang_memory.kv import KvStore
-from librefang_memory.models import items, settings, vectors
+from librefang_memory.models import items, settings
 from librefang_memory.relations import RelationStore
+from librefang_memory.semantic import SemanticSearch
 from librefang_memory.store import LEVELS, Filter, Item, ItemStore, new_row
 
 log = logging.getLogger("librefang.memory")
@@ -47,13 +48,10 @@ class MemoryService:
         self.relations = RelationStore(kernel.db)
         self.access = AccessRecorder(kernel.db)
         self.known_agents = KnownAgents()
-        self.vector_cache = embeddings.VectorCache(config.vector_cache_items)
-        self.embedder: embeddings.Embedder | None = None
-        if config.embeddings != "off" and embeddings.available():
-            self.embedder = embeddings.Embedder()
-        elif config.embeddings == "wordllama":
-            log.warning("[memory] embeddings = \"wordllama\" but wordllama is not installed "
-                        "(pip install 'librefang-memory[embeddings]'): full-text search only")
+        from librefang_memory.fts import sqlite_path
+
+        sqlite_file = sqlite_path(kernel.db.url) if self.store.dialect == "sqlite" else None
+        self.semantic = SemanticSearch(kernel, config, sqlite_file)
         self.pipeline: Any = None  # librefang_memory.pipeline.Pipeline, set at startup
 
     async def open(self) -> None:
@@ -61,6 +59,7 @@ class MemoryService:
         over the file's values."""
         if self.store.reader is not None:
             self.store.reader.open()
+        await self.semantic.open()
         async with self.kernel.db.begin() as conn:
             row = (await conn.execute(sa.select(settings.c.value).where(settings.c.name == CONFIG_SETTING))).first()
         if row is not None:
@@ -133,7 +132,7 @@ class MemoryService:
             if entry.get("updated_at"):
                 rows[-1]["updated_at"] = entry["updated_at"]
         added = await self.store.insert(rows)
-        await self._embed(added)
+        await self.semantic.embed(added)
         await self.enforce_limit(agent_id)
         return added
 
@@ -175,7 +174,7 @@ class MemoryService:
                              code="invalid_body")
         updated = await self.store.update(item, values)
         if "content" in values:
-            await self._embed([updated])
+            await self.semantic.embed([updated])
         return updated
 
     async def get(self, memory_id: str) -> Item:
@@ -208,8 +207,9 @@ class MemoryService:
         check_level(level)
         found = await self.store.search(query, agent_id=agent_id, level=level, limit=limit, peer_id=peer_id)
         mode = "fts"
-        if self.embedder is not None and query.strip():
-            semantic = await self._semantic(query, agent_id, limit * 4 if level or peer_id else limit)
+        if self.semantic.enabled and query.strip():
+            # more than asked: deleted or filtered-out items are dropped after ranking
+            semantic = await self.semantic.search(query, agent_id, limit * 4 if level or peer_id else limit * 2)
             if semantic:
                 mode = "hybrid"
                 fused = embeddings.reciprocal_rank_fusion([[i.seq for i in found], [s for s, _ in semantic]])
@@ -229,37 +229,6 @@ class MemoryService:
             self.access.record([i.seq for i in found])
         return found, mode
 
-    async def _semantic(self, query: str, agent_id: str | None, limit: int) -> list[tuple[int, float]]:
-        assert self.embedder is not None
-        blobs = self.vector_cache.get(agent_id) if agent_id is not None else None
-        if blobs is None:
-            stmt = sa.select(vectors.c.seq, vectors.c.vector).where(vectors.c.model == self.embedder.name)
-            if agent_id is not None:
-                stmt = stmt.where(vectors.c.agent_id == agent_id)
-            async with self.kernel.db.begin() as conn:
-                blobs = [(r.seq, r.vector) for r in (await conn.execute(stmt)).all()]
-            if agent_id is not None:
-                self.vector_cache.put(agent_id, blobs)
-        if not blobs:
-            return []
-        query_vector = (await self.embedder.encode([query]))[0]
-        ranked = await _to_thread(embeddings.rank, query_vector, blobs, limit)
-        return [(seq, score) for seq, score in ranked if score >= self.config.semantic_min_similarity]
-
-    async def _embed(self, added: list[Item]) -> None:
-        if self.embedder is None or not added:
-            return
-        matrix = await self.embedder.encode([i.content for i in added])
-        for agent_id in {i.agent_id for i in added}:
-            self.vector_cache.drop(agent_id)
-        async with self.kernel.db.begin() as conn:
-            await conn.execute(vectors.delete().where(vectors.c.seq.in_([i.seq for i in added])))
-            await conn.execute(vectors.insert(), [
-                {"seq": i.seq, "agent_id": i.agent_id, "model": self.embedder.name, "vector": embeddings.to_blob(v)}
-                for i, v in zip(added, matrix, strict=True)])
-        for agent_id in {i.agent_id for i in added}:  # again: a search may have cached the old ones meanwhile
-            self.vector_cache.drop(agent_id)
-
     # -- statistics -------------------------------------------------------------------------
     async def stats(self, agent_id: str | None = None) -> dict[str, Any]:
         f = Filter(agent_id=agent_id)
@@ -270,7 +239,8 @@ class MemoryService:
             "session_count": levels.get("session", 0), "agent_count": levels.get("agent", 0),
             "categories": await self.store.counts_by("category", f), "enabled": cfg.enabled,
             "auto_memorize_enabled": cfg.auto_memorize, "auto_retrieve_enabled": cfg.auto_retrieve,
-            "llm_extraction": False, "semantic_search": self.embedder is not None,
+            "llm_extraction": self.proactive.extraction_model is not None,
+            "semantic_search": self.semantic.enabled, "vector_backend": self.semantic.backend,
         }
         if agent_id is not None:
             body["agent_id"] = agent_id
@@ -286,7 +256,8 @@ class MemoryService:
         purged = await self.store.purge(sa.and_(
             items.c.deleted.is_(True),
             items.c.deleted_at < now - self.proactive.soft_delete_retention_days * DAY))
-        return {"removed": len(expired), "purged": purged, "session_ttl_hours": self.proactive.session_ttl_hours}
+        await self.semantic.remove(purged)
+        return {"removed": len(expired), "purged": len(purged), "session_ttl_hours": self.proactive.session_ttl_hours}
 
     async def decay(self, now: float | None = None) -> dict[str, Any]:
         """For memories not accessed for more than a day:

@@ -212,8 +212,8 @@ class ItemStore:
                  "old_metadata": None, "new_metadata": None, "created_at": now} for r in rows])
         return ids
 
-    async def purge(self, where: Any) -> int:
-        """Remove rows for good (with their history and vectors)."""
+    async def purge(self, where: Any) -> list[int]:
+        """Remove rows for good (with their history and vectors); their seqs."""
         from librefang_memory.models import vectors
 
         async with self.db.begin() as conn:
@@ -223,7 +223,7 @@ class ItemStore:
                 await conn.execute(history.delete().where(history.c.memory_id.in_([r.id for r in chunk])))
                 await conn.execute(vectors.delete().where(vectors.c.seq.in_([r.seq for r in chunk])))
                 await conn.execute(items.delete().where(items.c.seq.in_([r.seq for r in chunk])))
-        return len(rows)
+        return [r.seq for r in rows]
 
     # -- reading -----------------------------------------------------------------------------
     async def get(self, memory_id: str, *, include_deleted: bool = False) -> Item | None:

@@ -1,0 +1,193 @@
+"""Semantic search of memories: the embedder, the stored vectors and the way they are searched.
+
+Vectors are written to ``memory_vectors`` (the source of truth, in the kernel's database) and, on
+SQLite with the ``embeddings`` extra, to the ``sqlite-vec`` KNN index
+(:mod:`librefang_memory.vecindex`). A search asks the index; without one (another database, an
+in-memory one, or the extra missing) it ranks the stored vectors in-process (one agent's cached
+in memory, or all of them for a global search).
+
+An embedding that fails (a provider that is down) never fails the write of a memory: the memory is
+stored and found by full-text search, and logged as not embedded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+
+from librefang_memory import embeddings, vecindex
+from librefang_memory.config import MemoryConfig
+from librefang_memory.models import vectors
+
+log = logging.getLogger("librefang.memory")
+REBUILD_BATCH = 2000
+
+
+def make_embedder(kernel: Any, config: MemoryConfig) -> Any:
+    """The embedder ``[memory] embeddings`` asks for, or None (off, or wordllama not installed)."""
+    mode = config.embeddings
+    if mode == "off":
+        return None
+    if mode == "provider":
+        provider = config.embedding_provider
+        if provider is None:
+            try:
+                from librefang_agents.api import registry
+
+                provider = registry(kernel).default_model().get("provider")
+            except Exception:  # noqa: BLE001 - no agents plugin: no default provider
+                provider = None
+        if not provider or provider in ("default", "auto"):
+            log.warning('[memory] embeddings = "provider" needs embedding_provider (or a [default_model] '
+                        "provider): full-text search only")
+            return None
+        return embeddings.ProviderEmbedder(kernel, provider, config.embedding_model, config.embedding_dimensions,
+                                           config.embedding_timeout_secs)
+    if embeddings.available():
+        return embeddings.Embedder()
+    if mode in ("local", "wordllama"):
+        log.warning('[memory] embeddings = "%s" but wordllama is not installed '
+                    "(pip install 'librefang-memory[embeddings]'): full-text search only", mode)
+    return None
+
+
+class SemanticSearch:
+    """Embedding on write and nearest-neighbour search for one memory service."""
+
+    def __init__(self, kernel: Any, config: MemoryConfig, sqlite_file: Any) -> None:
+        self.kernel = kernel
+        self.config = config
+        self.embedder: Any = None
+        self.cache = embeddings.VectorCache(config.vector_cache_items)
+        self.index: vecindex.VectorIndex | None = None
+        self._sqlite_file = sqlite_file
+
+    @property
+    def enabled(self) -> bool:
+        return self.embedder is not None
+
+    @property
+    def backend(self) -> str | None:
+        """``sqlite-vec``, ``in-process``, or None when semantic search is off."""
+        if self.embedder is None:
+            return None
+        return "sqlite-vec" if self.index is not None and self.index.is_open else "in-process"
+
+    async def open(self) -> None:
+        """Choose the embedder; open the KNN index and bring it in step with ``memory_vectors``."""
+        self.embedder = make_embedder(self.kernel, self.config)
+        if self.embedder is None or self._sqlite_file is None or not self.config.vector_index:
+            return
+        if not vecindex.available():
+            log.info("sqlite-vec or apsw is not installed: semantic search ranks vectors in-process")
+            return
+        index = vecindex.VectorIndex(vecindex.index_path(self._sqlite_file))
+        try:
+            await asyncio.to_thread(index.open)
+            await self._reconcile(index)
+        except Exception as exc:  # noqa: BLE001 - the in-process ranking still works
+            log.warning("the memory vector index cannot be used (%s: %s): ranking in-process",
+                        type(exc).__name__, exc)
+            await asyncio.to_thread(index.close)
+            return
+        self.index = index
+
+    def close(self) -> None:
+        """Close the index (blocking, cheap)."""
+        if self.index is not None:
+            self.index.close()
+            self.index = None
+
+    async def _reconcile(self, index: vecindex.VectorIndex) -> None:
+        model = self.embedder.name
+        async with self.kernel.db.begin() as conn:
+            row = (await conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(vectors.c.seq), 0))
+                                      .where(vectors.c.model == model))).one()
+        stored = (int(row[0]), int(row[1]))
+        if stored == (0, 0) and index.model is None:
+            return
+        if index.model == model and await asyncio.to_thread(index.summary) == stored:
+            return
+        log.info("rebuilding the memory vector index (%d vectors of %s)", stored[0], model)
+        first = True
+        last = -1
+        while True:
+            async with self.kernel.db.begin() as conn:
+                rows = [(r.seq, r.agent_id, r.vector) for r in (await conn.execute(
+                    sa.select(vectors.c.seq, vectors.c.agent_id, vectors.c.vector)
+                    .where(vectors.c.model == model, vectors.c.seq > last)
+                    .order_by(vectors.c.seq).limit(REBUILD_BATCH))).all()]
+            if not rows:
+                break
+            last = rows[-1][0]
+            if first:
+                await asyncio.to_thread(index.rebuild, model, len(rows[0][2]) // 4, rows)
+                first = False
+            else:
+                await asyncio.to_thread(index.upsert, model, rows)
+
+    # -- writing -------------------------------------------------------------------------------
+    async def embed(self, added: list[Any]) -> None:
+        """Embed and store the vectors of new or changed items (failures are logged, not raised)."""
+        if self.embedder is None or not added:
+            return
+        try:
+            matrix = await self.embedder.encode([i.content for i in added])
+        except Exception as exc:  # noqa: BLE001 - full-text search still finds the memory
+            log.warning("embedding %d memories failed (%s: %s): stored without vectors", len(added),
+                        type(exc).__name__, getattr(exc, "message", exc))
+            return
+        model = self.embedder.name
+        rows = [(i.seq, i.agent_id, embeddings.to_blob(v)) for i, v in zip(added, matrix, strict=True)]
+        agents = {i.agent_id for i in added}
+        for agent_id in agents:
+            self.cache.drop(agent_id)
+        async with self.kernel.db.begin() as conn:
+            await conn.execute(vectors.delete().where(vectors.c.seq.in_([r[0] for r in rows])))
+            await conn.execute(vectors.insert(), [
+                {"seq": seq, "agent_id": agent_id, "model": model, "vector": blob} for seq, agent_id, blob in rows])
+        if self.index is not None:
+            await asyncio.to_thread(self.index.upsert, model, rows)
+        for agent_id in agents:  # again: a search may have cached the old ones meanwhile
+            self.cache.drop(agent_id)
+
+    async def remove(self, seqs: list[int]) -> None:
+        """Forget the index entries of purged items (their rows are gone from ``memory_vectors``)."""
+        if self.index is not None and seqs:
+            await asyncio.to_thread(self.index.remove, seqs)
+
+    # -- reading -------------------------------------------------------------------------------
+    async def search(self, query: str, agent_id: str | None, limit: int) -> list[tuple[int, float]]:
+        """(seq, cosine) of the nearest memories at or above ``semantic_min_similarity``, best first
+        (deleted ones included: the caller filters). An embedding failure gives no results."""
+        if self.embedder is None or not query.strip():
+            return []
+        try:
+            query_vector = (await self.embedder.encode([query]))[0]
+        except Exception as exc:  # noqa: BLE001 - the search goes on with full-text results
+            log.warning("embedding a query failed (%s): full-text results only", type(exc).__name__)
+            return []
+        model = self.embedder.name
+        if self.index is not None:
+            ranked = await asyncio.to_thread(self.index.search, model, embeddings.to_blob(query_vector), limit,
+                                             agent_id)
+        else:
+            blobs = await self._blobs(model, agent_id)
+            ranked = await asyncio.to_thread(embeddings.rank, query_vector, blobs, limit) if blobs else []
+        return [(seq, score) for seq, score in ranked if score >= self.config.semantic_min_similarity]
+
+    async def _blobs(self, model: str, agent_id: str | None) -> list[tuple[int, bytes]]:
+        blobs = self.cache.get(agent_id) if agent_id is not None else None
+        if blobs is None:
+            stmt = sa.select(vectors.c.seq, vectors.c.vector).where(vectors.c.model == model)
+            if agent_id is not None:
+                stmt = stmt.where(vectors.c.agent_id == agent_id)
+            async with self.kernel.db.begin() as conn:
+                blobs = [(r.seq, r.vector) for r in (await conn.execute(stmt)).all()]
+            if agent_id is not None:
+                self.cache.put(agent_id, blobs)
+        return blobs
+
