@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
@@ -151,8 +152,8 @@ async def run(args: argparse.Namespace) -> None:
         for start in range(0, len(extra), args.batch):
             with raw:
                 raw.executemany(insert_sql, extra[start:start + args.batch])
-        print(f"  floor insert (plain sqlite3, same table and FTS triggers): "
-              f"{len(extra) / (time.perf_counter() - t):,.0f} items/s")
+        floor_rate = len(extra) / (time.perf_counter() - t)
+        print(f"  floor insert (plain sqlite3, same table and FTS triggers): {floor_rate:,.0f} items/s")
         samples = []
         for q in queries:
             params = {"match": match_expression(query_terms(q), None), "fetch": 10, "limit": 10}
@@ -188,6 +189,11 @@ async def run(args: argparse.Namespace) -> None:
                 await service.search(q, limit=10, touch=False)
                 samples.append((time.perf_counter() - t) * 1000)
             results.append(summary("hybrid global (service)", samples))
+        if args.json:  # the figures above, for bench/all.py
+            args.json.write_text(json.dumps({
+                "memories": args.memories, "agents": args.agents, "batch": args.batch, "queries": args.queries,
+                "insert_items_per_s": round(rate), "floor_insert_items_per_s": round(floor_rate),
+                "search": results, "loadavg": os.getloadavg(), "cpus": os.cpu_count()}, indent=2) + "\n")
     finally:
         await kernel.stop()
         if not args.keep:
@@ -205,6 +211,7 @@ def main() -> None:
     parser.add_argument("--semantic", action="store_true", help="also measure hybrid search (embeddings extra)")
     parser.add_argument("--with-user", action="store_true", help='add "user" (in every memory) to each query')
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     asyncio.run(run(parser.parse_args()))
 
 
