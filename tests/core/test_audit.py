@@ -74,10 +74,17 @@ async def test_verify_reports_a_valid_chain_anchored(make_kernel):
         assert entry["prev_hash"] == prev
         assert entry_hash(entry, prev) == entry["hash"]
         prev = entry["hash"]
-    # The anchor file holds the start and every entry's hash.
+    # The anchor file holds the start and every entry's hash, each batch announced before its commit.
     lines = kernel.audit.anchor_path.read_text().splitlines()
     assert lines[0] == f"start 0 {GENESIS}"
-    assert lines[1:] == [f"{e['seq']} {e['hash']}" for e in chain]
+    assert [ln for ln in lines[1:] if not ln.startswith("pending ")] == [f"{e['seq']} {e['hash']}" for e in chain]
+    announced = set()
+    for line in lines[1:]:
+        if line.startswith("pending "):
+            first, last = map(int, line.split()[1:])
+            announced.update(range(first, last + 1))
+        else:
+            assert int(line.split()[0]) in announced
 
 
 async def test_recent_is_newest_first_and_paginated(make_kernel):
@@ -285,6 +292,84 @@ async def test_interrupted_anchor_write_is_repaired_at_start(make_kernel, libref
     anchor.write_text("\n".join(lines[:-2]) + "\n")
     body = await verify(make_client(build_app(again)))
     assert body["valid"] is False
+
+
+async def test_concurrent_records_share_commits_and_form_one_valid_chain(make_kernel, librefang_home):
+    """Entries recorded at once are group-committed: every caller gets its own seq, seq order is
+    chain order, all are stored, and the chain verifies, also after a restart."""
+    kernel = create_kernel(librefang_home, load_entry_points=False)
+    await kernel.start()
+    before = kernel.audit.length
+    returned = await asyncio.gather(*(kernel.audit.record("Burst", actor=f"a{i}", detail={"i": i}) for i in range(600)))
+    seqs = [e["seq"] for e in returned]
+    assert len(set(seqs)) == 600 and sorted(seqs) == list(range(seqs[0], seqs[0] + 600))
+    assert seqs == sorted(seqs)  # arrival order is seq order
+    assert kernel.audit.length == before + 600
+    batches = [ln for ln in kernel.audit.anchor_path.read_text().splitlines() if ln.startswith("pending ")]
+    assert len(batches) < 600 / 10  # shared transactions, not one per entry
+    stored = {r["seq"]: r for r in rows(kernel)}
+    for entry in returned:  # what each caller was told is exactly what is stored
+        assert {k: stored[entry["seq"]][k] for k in entry} == entry
+    await kernel.stop()
+    again = await make_kernel(load_entry_points=False)
+    chain = rows(again)
+    prev = GENESIS
+    for entry in chain:
+        assert entry["prev_hash"] == prev and entry_hash(entry, prev) == entry["hash"]
+        prev = entry["hash"]
+    assert {r["detail"] for r in chain if r["action"] == "Burst"} == {f'{{"i": {i}}}' for i in range(600)}
+    body = await verify(make_client(build_app(again)))
+    assert body["valid"] is True and body["anchor_status"] == "ok"
+
+
+async def test_interrupted_batch_is_re_anchored_only_as_far_as_it_was_announced(make_kernel, librefang_home):
+    kernel = create_kernel(librefang_home, load_entry_points=False)
+    await kernel.start()
+    await asyncio.gather(*(kernel.audit.record("Burst", detail=i) for i in range(40)))
+    await kernel.stop()
+    anchor = kernel.audit.anchor_path
+    lines = anchor.read_text().splitlines()
+    cut = max(i for i, ln in enumerate(lines) if ln.startswith("pending ") and ln.split()[1] != ln.split()[2])
+    first, last = map(int, lines[cut].split()[1:])
+    # A crash right after the commit of the burst's last batch (first..last): its anchor lines were
+    # never written, and nothing after it happened (no DaemonStop).
+    anchor.write_text("\n".join(lines[:cut + 1]) + "\n")
+    with database(kernel) as conn:
+        conn.execute("DELETE FROM core_audit_entries WHERE seq > ?", (last,))
+    again = await make_kernel(load_entry_points=False)
+    body = await verify(make_client(build_app(again)))
+    assert body["valid"] is True and body["anchor_status"] == "ok"
+    assert f"{last} {rows(again)[last - 1]['hash']}" in anchor.read_text().splitlines()
+    await again.stop()
+    # Without the announcement the same gap is a break: nothing unannounced is ever re-anchored.
+    lines = anchor.read_text().splitlines()
+    cut = lines.index(f"pending {first} {last}")
+    anchor.write_text("\n".join(lines[:cut]) + "\n")
+    with database(kernel) as conn:
+        conn.execute("DELETE FROM core_audit_entries WHERE seq > ?", (last,))
+    third = await make_kernel(load_entry_points=False)
+    body = await verify(make_client(build_app(third)))
+    assert body["valid"] is False and body["anchor_status"] == "mismatch"
+    assert body["first_broken_seq"] == first
+
+
+async def test_a_failed_batch_answers_every_caller_and_the_chain_goes_on(make_kernel):
+    kernel, client = await started(make_kernel)
+    tip = kernel.audit.tip_seq
+    # A row written behind the daemon's back takes the next seq: the batch's insert must fail whole.
+    await tamper(kernel, lambda conn: conn.execute(
+        "INSERT INTO core_audit_entries (seq, timestamp, actor, action, target, detail, outcome, request_id,"
+        " prev_hash, hash) VALUES (?, 't', 'x', 'x', '', '', 'ok', '', 'p', 'h')", (tip + 1,)))
+    results = await asyncio.gather(*(kernel.audit.record("Lost", detail=i) for i in range(5)), return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results)
+    assert kernel.audit.tip_seq == tip
+    await tamper(kernel, lambda conn: conn.execute("DELETE FROM core_audit_entries WHERE seq = ?", (tip + 1,)))
+    old_tip_hash = kernel.audit.tip_hash
+    entry = await kernel.audit.record("Kept")
+    assert entry["seq"] == tip + 1 and entry["prev_hash"] == old_tip_hash
+    assert [r["action"] for r in rows(kernel)][-1] == "Kept" and "Lost" not in {r["action"] for r in rows(kernel)}
+    body = await verify(client)
+    assert body["valid"] is True and body["entries"] == kernel.audit.length
 
 
 async def test_entries_recorded_while_verifying_are_not_mistaken_for_tampering(make_kernel):

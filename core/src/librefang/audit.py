@@ -5,6 +5,12 @@ Each entry's ``hash`` is SHA-256 over its tagged fields and the previous entry's
 outside the database (:mod:`librefang.auditanchor`), so an edited, deleted, inserted, reordered or
 wholesale rewritten run of rows is detected, and the first broken ``seq`` is named exactly.
 
+Entries recorded concurrently are group-committed: one writer task takes every pending entry (up
+to ``MAX_BATCH``), gives them consecutive seqs in arrival order, chains their hashes, announces the
+batch in the anchor file, inserts them in ONE transaction (one hop to the database thread, see
+``Database.run``), and only after the commit appends their anchor lines and answers each caller.
+So seq order is chain order, and no caller is told its entry is stored before it is.
+
 Retention trims old entries: the anchor file is rewritten first to start at the last trimmed
 entry, then the rows are deleted and the database records where the chain now starts, so the
 remaining chain still verifies end to end.
@@ -38,6 +44,12 @@ FIELDS = ("seq", "timestamp", "actor", "action", "target", "detail", "outcome", 
 COLUMNS = "seq, timestamp, actor, action, target, detail, outcome, request_id, prev_hash, hash"
 MAX_DETAIL_CHARS = 4000
 VERIFY_BATCH = 1000
+# Entries written in one transaction at most (a burst larger than this takes several).
+MAX_BATCH = 256
+_INSERT = text(
+    f"INSERT INTO core_audit_entries ({COLUMNS}) VALUES (:seq, :timestamp, :actor, :action,"
+    " :target, :detail, :outcome, :request_id, :prev_hash, :hash)"
+)
 RETENTION_INTERVAL_SECS = 3600.0
 
 
@@ -48,6 +60,10 @@ def entry_hash(entry: dict[str, Any], prev_hash: str) -> str:
         digest.update(f"\x1f{name}={entry[name]}".encode())
     digest.update(f"\x1fprev_hash={prev_hash}".encode())
     return digest.hexdigest()
+
+
+def _insert_entries(conn: Any, rows: list[dict[str, Any]]) -> None:
+    conn.execute(_INSERT, rows)
 
 
 def utc_now() -> dt.datetime:
@@ -194,36 +210,52 @@ class AuditChain:
         self.last_verify: dict[str, Any] | None = None
         self.last_trim: dict[str, Any] | None = None
         self._verifying: asyncio.Future[VerifyResult] | None = None
+        # Entries waiting for the writer task, each with the future its caller awaits.
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        """Load the tip, create the anchor for a new chain, and re-anchor an entry a crash left out."""
+        """Load the tip, create the anchor for a new chain, and re-anchor entries a crash left out."""
         async with self.db.begin() as conn:
             start = await self._chain_start(conn)
             tip = (await conn.execute(text(f"SELECT {COLUMNS} FROM core_audit_entries ORDER BY seq DESC LIMIT 1"))
                    ).mappings().first()
             self._entries = int((await conn.execute(text("SELECT COUNT(*) FROM core_audit_entries"))).scalar_one())
         self._tip_seq, self._tip_hash = (int(tip["seq"]), tip["hash"]) if tip else start
-        await asyncio.to_thread(self._reconcile_anchor, start, dict(tip) if tip else None)
+        await self._reconcile_anchor(start, int(tip["seq"]) if tip else None)
 
-    def _reconcile_anchor(self, start: tuple[int, str], tip: dict[str, Any] | None) -> None:
-        if not self.anchor.exists():
-            if tip is None:
-                self.anchor.create(*start)
+    async def _reconcile_anchor(self, start: tuple[int, str], tip_seq: int | None) -> None:
+        if not await asyncio.to_thread(self.anchor.exists):
+            if tip_seq is None:
+                await asyncio.to_thread(self.anchor.create, *start)
             else:
                 log.error("audit anchor %s is missing; /api/audit/verify will report the chain as unanchored",
                           self.anchor_path)
             return
         try:
-            last = self.anchor.last()
+            last, pending = await asyncio.to_thread(self.anchor.tail)
         except AnchorCorrupt as exc:
             log.error("audit anchor %s is corrupt: %s", self.anchor_path, exc)
             return
-        # The entry is committed before its anchor line is written, so a crash in between leaves the
-        # database exactly one entry ahead. Only that entry, chained to the anchored tip, is re-anchored.
-        if tip is not None and last is not None and int(tip["seq"]) == last[0] + 1 \
-                and tip["prev_hash"] == last[1] and entry_hash(tip, last[1]) == tip["hash"]:
-            self.anchor.append(int(tip["seq"]), tip["hash"])
-            log.warning("audit anchor was one entry behind (interrupted write); re-anchored seq %s", tip["seq"])
+        # A batch is announced in the anchor, committed, then anchored: a crash between the last two
+        # leaves the database ahead by (part of) the announced batch. Exactly the announced entries
+        # that chain on from the anchored tip are re-anchored; anything else stays for verify to report.
+        if tip_seq is None or last is None or pending is None or tip_seq <= last[0] or pending[0] != last[0] + 1:
+            return
+        async with self.db.begin() as conn:
+            rows = (await conn.execute(
+                text(f"SELECT {COLUMNS} FROM core_audit_entries WHERE seq > :after AND seq <= :through ORDER BY seq"),
+                {"after": last[0], "through": min(tip_seq, pending[1])},
+            )).mappings().all()
+        seq, prev, found = last[0], last[1], []
+        for row in rows:
+            if int(row["seq"]) != seq + 1 or row["prev_hash"] != prev or entry_hash(row, prev) != row["hash"]:
+                break
+            seq, prev = int(row["seq"]), row["hash"]
+            found.append((seq, prev))
+        if found:
+            await asyncio.to_thread(self.anchor.append_many, found)
+            log.warning("audit anchor was behind (interrupted write); re-anchored seq %s..%s", found[0][0], seq)
 
     @staticmethod
     async def _chain_start(conn: Any) -> tuple[int, str]:
@@ -271,26 +303,53 @@ class AuditChain:
             "outcome": str(outcome)[:50],
             "request_id": str(request_id or "")[:64],
         }
-        async with self._lock:
+        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, done))
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not asyncio.get_running_loop():
+            self._writer = asyncio.ensure_future(self._drain())
+        # Shielded: a caller that goes away does not stop its entry (it is written all the same).
+        return await asyncio.shield(done)
+
+    async def _drain(self) -> None:
+        """The writer task: write batches while entries are pending, each under the chain's lock."""
+        while self._pending:
+            async with self._lock:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    await self._write(batch)
+                except BaseException as exc:  # answer every caller, whatever happened
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                    if not isinstance(exc, Exception):
+                        raise
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
+        """Chain, announce, commit (one transaction), anchor, answer; the tip moves only after the commit."""
+        seq, prev = self._tip_seq, self._tip_hash
+        rows = []
+        for entry, _ in batch:
+            seq += 1
             entry["timestamp"] = format_timestamp(self.clock())
-            entry["seq"] = self._tip_seq + 1
-            entry["prev_hash"] = self._tip_hash
-            entry["hash"] = entry_hash(entry, self._tip_hash)
-            async with self.db.begin() as conn:
-                await conn.execute(
-                    text(
-                        f"INSERT INTO core_audit_entries ({COLUMNS}) VALUES (:seq, :timestamp, :actor, :action,"
-                        " :target, :detail, :outcome, :request_id, :prev_hash, :hash)"
-                    ),
-                    entry,
-                )
-            self._tip_seq, self._tip_hash = entry["seq"], entry["hash"]
-            self._entries += 1
-            try:
-                self.anchor.append(entry["seq"], entry["hash"])
-            except OSError as exc:  # the entry is stored; verify will show it as unanchored
-                log.error("could not write the audit anchor %s: %s", self.anchor_path, exc)
-        return entry
+            entry["seq"] = seq
+            entry["prev_hash"] = prev
+            entry["hash"] = prev = entry_hash(entry, prev)
+            rows.append(entry)
+        try:
+            self.anchor.announce(self._tip_seq + 1, seq)
+        except OSError as exc:  # stored all the same; only a crash before the anchor append would show
+            log.error("could not write the audit anchor %s: %s", self.anchor_path, exc)
+        await self.db.run(_insert_entries, rows)
+        self._tip_seq, self._tip_hash = seq, prev
+        self._entries += len(rows)
+        try:
+            self.anchor.append_many([(row["seq"], row["hash"]) for row in rows])
+        except OSError as exc:  # the entries are stored; verify will show them as unanchored
+            log.error("could not write the audit anchor %s: %s", self.anchor_path, exc)
+        for entry, done in batch:
+            if not done.done():
+                done.set_result(entry)
 
     async def recent(self, limit: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Newest first, with the total count."""
