@@ -5,6 +5,7 @@
 - Google Gemini: ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse``
   (``GET /v1beta/models``)
 - Ollama: ``POST /api/chat`` (NDJSON stream; ``GET /api/tags``)
+- Embeddings in the OpenAI, Ollama and Gemini formats (deterministic vectors, ``tests/fakes/llm_embeddings.py``)
 
 Replies come from a queue of :class:`Script` objects (text, tool calls, thinking, usage, chunking,
 delays, faults); with an empty queue the server answers ``Fake reply to: <last user text>``. Every
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.fakes import llm_embeddings
 from tests.fakes import llm_wire as wire
 from tests.fakes.llm_wire import Script, ToolCall
 
@@ -215,6 +217,9 @@ class FakeLLMServer:
         except ValueError:
             await self._send(writer, 400, {"error": {"message": "body is not JSON"}})
             return True
+        embedding = llm_embeddings.route(path)
+        if embedding is not None:
+            return await self._embeddings(embedding, method, path, query, headers, payload, writer)
         gemini = GEMINI_PATH.match(path)
         if path.endswith("/chat/completions"):
             fmt, stream = "openai", bool(payload.get("stream"))
@@ -232,6 +237,23 @@ class FakeLLMServer:
         del self.requests[:-MAX_RECORDED]
         script = self._next_script(fmt, _last_user_text(fmt, payload))
         return await self._reply(fmt, record, script, reader, writer)
+
+    async def _embeddings(self, fmt: str, method: str, path: str, query: dict[str, list[str]],
+                          headers: dict[str, str], payload: Any, writer: asyncio.StreamWriter) -> bool:
+        """Answer an embeddings call (see tests/fakes/llm_embeddings.py), recorded as format ``embeddings``."""
+        record = RecordedRequest("embeddings", method, path, query, headers, payload)
+        self.requests.append(record)
+        del self.requests[:-MAX_RECORDED]
+        for index, script in enumerate(self.scripts):
+            if script.only == "embeddings":
+                self.scripts.pop(index)
+                if script.fault in wire.HTTP_FAULTS:
+                    await self._fault(fmt, record, script, writer)
+                    return True
+                break
+        status, body = llm_embeddings.answer(fmt, path, payload if isinstance(payload, dict) else {})
+        await self._send(writer, status, body)
+        return True
 
     async def _reply(self, fmt: str, record: RecordedRequest, script: Script,
                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

@@ -2,7 +2,8 @@
 
 Build a :class:`CompletionRequest`, get the registry with :func:`get_registry`, then
 ``await registry.complete(request, provider="openai")`` or
-``async for event in registry.stream(request, provider="openai")``. Third parties add providers with
+``async for event in registry.stream(request, provider="openai")``; vectors with
+``await embed(registry, texts, provider="openai", model="text-embedding-3-small")``. Third parties add providers with
 the ``register_llm_providers(register)`` hook: ``register("name", factory)`` where
 ``factory(DriverConfig)`` returns an object satisfying :class:`LLMDriver`.
 """
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from librefang_providers.config import FallbackProvider, ProvidersConfig, load_fallback_providers
+from librefang_providers.embeddings import embed
 from librefang_providers.errors import (
     AllProvidersExhausted,
     Attempt,
@@ -183,6 +185,7 @@ __all__ = [
     "ProvidersConfig", "RateLimited", "ResponseFormat", "STOP_SEQUENCE", "SERVICE_KEY", "SsrfError", "StreamEvent",
     "TOOL_USE", "Target", "TextBlock", "TextDelta", "ThinkingBlock", "ThinkingDelta", "TimedOut",
     "ToolDefinition", "ToolInputDelta", "ToolResultBlock", "ToolUseBlock", "ToolUseEnd", "ToolUseStart",
-    "UnknownProvider", "UpstreamError", "Usage", "check_fetch_url", "collect", "create_registry", "events_from_response",
+    "UnknownProvider", "UpstreamError", "Usage", "check_fetch_url", "collect", "create_registry", "embed",
+    "events_from_response",
     "get_registry",
 ]
