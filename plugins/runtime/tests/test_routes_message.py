@@ -177,7 +177,7 @@ async def test_bad_input(runtime_env: Any, spawn: Any, fake_llm: Any, monkeypatc
     status, body = await post(client, agent_id, {"message": "é" * 140_000})  # 280 KB in fewer characters
     assert status == 413
     status, body = await post(client, agent_id, {"message": "hi", "attachments": [{"file_id": "f"}]})
-    assert status == 400 and body["code"] == "attachments_unsupported"
+    assert status == 400 and body["code"] == "invalid_file_id"  # attachments: see test_attachments.py
     response = await client.get("/api/agents/nope/session")
     assert response.status_code == 400
     response = await client.get(f"/api/agents/{uuid.uuid4()}/session")

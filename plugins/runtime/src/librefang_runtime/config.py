@@ -30,6 +30,13 @@ class RuntimeConfig(BaseModel):
     web_fetch_max_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Page size cap")
     web_fetch_timeout_secs: float = Field(20.0, gt=0, le=600, description="Time limit of one web_fetch request")
     sse_keepalive_secs: float = Field(15.0, gt=0, le=300, description="Keep-alive comment interval of SSE")
+    max_attachments: int = Field(10, ge=0, le=20, description="Uploaded files one message may attach")
+    max_attachments_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Total size of the files one message attaches")
+    max_attachment_text_chars: int = Field(
+        200_000, ge=1000, le=10_000_000, description="A text file attached is inlined up to this many characters")
+    max_history_images: int = Field(
+        4, ge=0, le=100, description="Images of earlier messages sent to the model again (newest first)")
 
 
 class ToolInvokeConfig(BaseModel):

@@ -15,6 +15,7 @@ from librefang import Router, current_kernel
 from librefang.errors import ApiError, BadRequest, NotFound
 from librefang_providers.api import (
     ContentComplete,
+    ImageBlock,
     TextDelta,
     ToolResultBlock,
     ToolUseBlock,
@@ -23,11 +24,13 @@ from librefang_providers.api import (
 )
 from quart import Response
 
+from librefang_runtime.attachments import upload_ref
 from librefang_runtime.history import text_of
 from librefang_runtime.loop import LoopEvent, PhaseChange
 from librefang_runtime.schemas import (
     MessageRequest,
     MessageResponse,
+    SessionImage,
     SessionMessage,
     SessionQuery,
     SessionTool,
@@ -146,6 +149,13 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def image_view(block: ImageBlock) -> SessionImage:
+    """How the session view shows an image block (a stored upload reference, or inline data)."""
+    file_id = upload_ref(block)
+    url = block.url or f"data:{block.media_type};base64,{block.data}"
+    return SessionImage(media_type=block.media_type, url=url, file_id=file_id)
+
+
 def flatten(stored: list[Any]) -> list[SessionMessage]:
     """Messages as the dashboard shows them: tool results folded into the assistant message that
     called the tools (a user message of results alone is not shown)."""
@@ -168,8 +178,9 @@ def flatten(stored: list[Any]) -> list[SessionMessage]:
             if tool is not None:
                 tool.result, tool.is_error = result.content, result.is_error
         text = text_of(message)
-        if text or not results:
-            out.append(SessionMessage(role="User", content=text, timestamp=_iso(item.created_at)))
+        images = [image_view(b) for b in blocks if isinstance(b, ImageBlock)]
+        if text or images or not results:
+            out.append(SessionMessage(role="User", content=text, images=images or None, timestamp=_iso(item.created_at)))
     return out
 
 

@@ -78,12 +78,23 @@ class SessionTool(BaseModel):
     expanded: bool = False
 
 
+class SessionImage(BaseModel):
+    """An image of a message: ``url`` is ``/api/uploads/{file_id}`` for an attached upload (or a
+    ``data:`` URI for an image imported inline)."""
+
+    media_type: str
+    url: str
+    file_id: str | None = None
+
+
 class SessionMessage(BaseModel):
-    """One message as the dashboard shows it: text, plus the tools an assistant message called."""
+    """One message as the dashboard shows it: text, the images it attached, plus the tools an
+    assistant message called."""
 
     role: str
     content: str
     tools: list[SessionTool] | None = None
+    images: list[SessionImage] | None = None
     thinking: str | None = None
     timestamp: str | None = None
 

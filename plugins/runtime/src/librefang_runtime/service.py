@@ -33,6 +33,8 @@ from librefang_providers.api import (
 )
 
 from librefang_runtime import modules
+from librefang_runtime.attachments import model_client, user_message
+from librefang_runtime.attachments import resolve as resolve_attachments
 from librefang_runtime.compactor import needs_compaction
 from librefang_runtime.config import RuntimeConfig
 from librefang_runtime.history import trim
@@ -74,6 +76,7 @@ class Turn:
     max_history: int
     context: ToolContext
     context_window: int | None = None
+    attachments: Any = None  # attachments.Attached: the files the message attaches
     module: Any = None  # an AgentModule (librefang_runtime.modules) answers instead of the LLM loop
 
 
@@ -200,8 +203,8 @@ class RuntimeService:
         agent, 413 too large, 412 provider not usable."""
         record = await self.agents.get(agent_id)
         self.check_size(body.message)
-        if body.attachments:
-            raise BadRequest("attachments are not supported by this runtime yet", code="attachments_unsupported")
+        attached = (await resolve_attachments(self.kernel, record.id, body.attachments, self.config)
+                    if body.attachments else None)
         manifest = record.parsed()
         module = modules.resolve(self, manifest)  # a plugin-served module (wasm:...) needs no model: 412 if unserved
         provider, model = (module.scheme, module.module) if module else self.resolve_model(manifest)
@@ -209,7 +212,7 @@ class RuntimeService:
         ephemeral = body.ephemeral
         if text.startswith(BTW_PREFIX):  # a side question: answered without touching the conversation
             ephemeral, text = True, text[len(BTW_PREFIX):]
-        if not text.strip():
+        if not text.strip() and attached is None:
             raise BadRequest("the message is empty", code="empty_message")
         if record.state == "Suspended":
             raise Conflict(f"agent {record.name!r} is suspended: resume it first", code="agent_suspended")
@@ -242,7 +245,7 @@ class RuntimeService:
             agent_id=record.id, agent_name=record.name, session_id=session_id, pinned=pinned,
             persist=not (ephemeral or body.incognito), load_history=not ephemeral, text=text,
             show_thinking=body.show_thinking, settings=settings, allowed_tools=allowed,
-            max_history=manifest.max_history_messages, context=context,
+            max_history=manifest.max_history_messages, context=context, attachments=attached,
             context_window=manifest.model.context_window, module=module,
         )
 
@@ -300,11 +303,12 @@ class RuntimeService:
                     await self.store.write(turn.session_id, pending[:])
                     pending.clear()
 
-            loop: Any = AgentLoop(get_registry(self.kernel), self.tools, turn.settings, turn.context,
+            llm = await model_client(get_registry(self.kernel), self.kernel, turn, history, self.config)
+            loop: Any = AgentLoop(llm, self.tools, turn.settings, turn.context,
                                   allowed_tools=turn.allowed_tools, policy=self.policy, emit=emit, commit=commit) \
                 if turn.module is None else modules.ModuleLoop(turn.module, turn, emit=emit, commit=commit)
             started = time.perf_counter()
-            task = asyncio.ensure_future(loop.run(history, Message("user", turn.text)))
+            task = asyncio.ensure_future(loop.run(history, user_message(turn.text, turn.attachments)))
             self.running.setdefault(turn.agent_id, {})[turn.session_id] = task
             try:
                 result = await task
