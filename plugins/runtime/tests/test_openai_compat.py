@@ -102,7 +102,7 @@ async def test_bad_input_in_process(runtime_env: Any, spawn: Any, monkeypatch: A
     assert status == 404 and body["error"]["code"] == "model_not_found" and body["error"]["type"] == "invalid_request_error"
     image = [{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
     status, body = await complete({"model": "local", "messages": [{"role": "user", "content": image}]})
-    assert status == 400 and body["error"]["code"] == "vision_unsupported"
+    assert status == 400 and body["error"]["code"] == "invalid_image"  # not a PNG; images: test_openai_images.py
     status, body = await complete({"model": "local", "messages": [{"role": "user", "content": "   "}]})
     assert status == 400 and body["error"]["code"] == "missing_message"
     status, body = await complete({"model": "local", "messages": [{"role": "user", "content": "x" * 100_001}]})

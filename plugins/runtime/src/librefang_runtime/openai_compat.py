@@ -9,8 +9,11 @@ reference does); ``max_tokens``/``temperature`` are accepted and ignored. Errors
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,12 +21,14 @@ from typing import Any
 
 from librefang import Router, current_kernel
 from librefang.errors import ApiError
+from librefang_agents import api as agents_api
 from librefang_providers.api import TextDelta, ToolUseEnd, ToolUseStart
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Response
 
+from librefang_runtime.attachments import sniff_image
 from librefang_runtime.loop import LoopEvent
-from librefang_runtime.schemas import MessageRequest
+from librefang_runtime.schemas import AttachmentRef, MessageRequest
 from librefang_runtime.service import RuntimeService
 
 router = Router("runtime_openai", tags=("openai",))
@@ -92,20 +97,58 @@ async def find_agent(runtime: RuntimeService, model: str) -> Any:
         return await runtime.agents.find(name)
 
 
-def latest_user_text(messages: list[ChatMessage]) -> str | None:
-    """The text of the last user message (text parts joined); ``ValueError`` for image parts."""
+class ImageRefused(ValueError):
+    """An image part that cannot be used; ``code`` is the OpenAI-shape error code."""
+
+    def __init__(self, message: str, code: str = "invalid_image") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
+
+
+def decode_image(part: dict[str, Any], max_bytes: int) -> tuple[str, bytes]:
+    """(media type, bytes) of an ``image_url`` part holding a base64 ``data:`` URI of a PNG, JPEG,
+    GIF or WebP image (as the reference, remote URLs are refused: nothing is fetched)."""
+    image_url = part.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else image_url
+    if not isinstance(url, str):
+        raise ImageRefused("image_url.url must be a string")
+    match = DATA_URI.match(url)
+    if match is None:
+        raise ImageRefused("only base64 data: URIs are accepted as images (data:<mime>;base64,...)")
+    encoded = match["data"]
+    if len(encoded) > max_bytes * 4 // 3 + 4:
+        raise ImageRefused(f"an image is larger than {max_bytes} bytes", "image_too_large")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageRefused("the image is not valid base64") from None
+    media_type = sniff_image(data)
+    if media_type is None:
+        raise ImageRefused(f"the image ({match['mime'][:64]}) is not a PNG, JPEG, GIF or WebP image")
+    return media_type, data
+
+
+def latest_user(messages: list[ChatMessage], max_images: int, max_bytes: int) -> tuple[str, list[tuple[str, bytes]]] | None:
+    """The text (text parts joined) and images of the last user message; None without one.
+    Raises :class:`ImageRefused` for an unusable image part."""
     for message in reversed(messages):
         if message.role != "user":
             continue
         if isinstance(message.content, str):
-            return message.content
-        parts = []
+            return message.content, []
+        parts: list[str] = []
+        images: list[tuple[str, bytes]] = []
         for part in message.content or []:
             if part.get("type") == "text":
                 parts.append(str(part.get("text", "")))
             elif part.get("type") == "image_url":
-                raise ValueError("image inputs are not supported by this runtime")
-        return "\n".join(parts)
+                if len(images) >= max_images:
+                    raise ImageRefused(f"at most {max_images} images per message", "too_many_attachments")
+                images.append(decode_image(part, max_bytes))
+        return "\n".join(parts), images
     return None
 
 
@@ -127,14 +170,25 @@ async def chat_completions(body: ChatCompletionRequest) -> Any:
     record = await find_agent(runtime, body.model)
     if record is None:
         return openai_error(404, f"No agent found for model '{body.model[:300]}'", "model_not_found")
+    config = runtime.config
     try:
-        text = latest_user_text(body.messages)
-    except ValueError as exc:
-        return openai_error(400, str(exc), "vision_unsupported")
-    if not text or not text.strip():
-        return openai_error(400, "no user message with text in 'messages'", "missing_message")
+        latest = latest_user(body.messages, config.max_attachments, config.max_attachments_bytes)
+    except ImageRefused as exc:
+        return openai_error(400, str(exc), exc.code)
+    text, images = latest if latest is not None else ("", [])
+    if not text.strip() and not images:
+        return openai_error(400, "no user message with text or an image in 'messages'", "missing_message")
+    if images and body.stream:
+        return openai_error(400, "images are not supported with stream: true; send the request without streaming",
+                            "streaming_vision_unsupported")
     try:
-        turn = await runtime.prepare(record.id, MessageRequest(message=text))
+        # The images are stored as uploads of the agent: the session keeps a reference, not the bytes.
+        refs = []
+        for index, (media_type, data) in enumerate(images):
+            name = f"chat-image-{index + 1}.{media_type.split('/')[1]}"
+            meta = await agents_api.save_upload(runtime.kernel, record.id, name, media_type, data)
+            refs.append(AttachmentRef(file_id=meta["file_id"], filename=name))
+        turn = await runtime.prepare(record.id, MessageRequest(message=text, attachments=refs))
     except ApiError as exc:
         return openai_error(exc.status, exc.message, exc.code)
     completion_id = f"chatcmpl-{uuid.uuid4()}"
