@@ -110,7 +110,7 @@ async def test_text_file_is_inlined_and_stream_accepts_attachments(start_runtime
                                                                    fake_llm: Any) -> None:
     kernel, client = await start_runtime("[runtime]\nmax_attachment_text_chars = 1000\n")
     agent_id = await spawn(kernel, "reader")
-    notes = await upload(client, agent_id, "line one\nline two\n".encode(), "text/plain", "notes.txt")
+    notes = await upload(client, agent_id, b"line one\nline two\n", "text/plain", "notes.txt")
     code = await upload(client, agent_id, ("x = 1\n" * 400).encode(), "application/octet-stream", "big.py")
     fake_llm.script(Script(text="Read it."))
     response = await client.post(f"/api/agents/{agent_id}/message/stream", json={

@@ -33,6 +33,7 @@ async def test_chat_with_tools_and_message_id_echo(runtime_env: Any, spawn: Any,
     async with client.websocket(f"/api/agents/{agent_id}/ws") as ws:
         connected = json.loads(await ws.receive())
         assert connected == {"type": "connected", "agent_id": agent_id}
+        assert json.loads(await ws.receive())["type"] == "agents_updated"
         await ws.send(json.dumps({"type": "message", "content": "time?", "message_id": "m-1"}))
         frames = await frames_until(ws, "response", "error")
     kinds = [f["type"] for f in frames]
@@ -56,7 +57,8 @@ async def test_plain_text_ping_commands_and_errors(runtime_env: Any, spawn: Any,
     agent_id = await spawn(kernel, "cmds")
     fake_llm.script(Script(text="plain reply"), Script(text="NO_REPLY"))
     async with client.websocket(f"/api/agents/{agent_id}/ws") as ws:
-        await ws.receive()
+        await ws.receive()  # connected
+        await ws.receive()  # agents_updated
         await ws.send("just text, not JSON")
         frames = await frames_until(ws, "response")
         assert frames[-1]["content"] == "plain reply" and "message_id" not in frames[-1]
@@ -94,7 +96,8 @@ async def test_stop_command_cancels_the_running_turn(runtime_env: Any, spawn: An
     agent_id = await spawn(kernel, "halt")
     fake_llm.script(Script(text="z" * 200, chunk_size=1, delay=0.05))  # 10 s if not stopped
     async with client.websocket(f"/api/agents/{agent_id}/ws") as ws:
-        await ws.receive()
+        await ws.receive()  # connected
+        await ws.receive()  # agents_updated
         await ws.send(json.dumps({"type": "message", "content": "go on and on", "message_id": "long"}))
         await frames_until(ws, "text_delta")
         await ws.send(json.dumps({"type": "command", "command": "stop"}))
@@ -110,7 +113,8 @@ async def test_rate_limit_connection_limit_and_bad_agents(start_runtime: Any, sp
     kernel, client = await start_runtime("[runtime]\nws_messages_per_minute = 2\nws_max_connections_per_ip = 1\n")
     agent_id = await spawn(kernel, "limited")
     async with client.websocket(f"/api/agents/{agent_id}/ws") as ws:
-        await ws.receive()
+        await ws.receive()  # connected
+        await ws.receive()  # agents_updated
         for _ in range(2):
             await ws.send(json.dumps({"type": "command", "command": "model"}))
             assert json.loads(await ws.receive())["type"] == "command_result"

@@ -1,11 +1,12 @@
 """``GET /api/agents/{id}/ws``: chat with an agent over a WebSocket (brief §3.5).
 
-Client frames: ``{"type":"message","content","message_id"?}`` (plain non-JSON text is a message too),
-``{"type":"command","command":"new|reset|stop|usage|model","args"?}``, ``{"type":"ping"}``.
-Server frames: ``connected``, ``typing`` (start/tool/stop), ``text_delta`` (debounced), ``tool_start``,
-``tool_end``, ``tool_result``, ``phase``, ``response`` / ``silent_complete`` / ``error`` (echoing
-``message_id``), ``command_result``, ``pong``. Auth is the edge's (header or ``bearer.<key>``
-sub-protocol). Limits: connections per client IP (429 on upgrade), messages per minute per
+Client frames: ``{"type":"message","content","message_id"?,"attachments"?}`` (plain non-JSON text is a
+message too), ``{"type":"command","command","args"?}`` (commands: see :mod:`~librefang_runtime.ws_commands`),
+``{"type":"ping"}``. Server frames: ``connected``, ``agents_updated`` (on connect, then on registry
+changes, debounced), ``typing`` (start/tool/stop), ``text_delta`` (debounced), ``tool_start``,
+``tool_end``, ``tool_result`` (detail per the ``verbose`` level), ``phase``, ``response`` (with
+``context_pressure``) / ``silent_complete`` / ``error`` (echoing ``message_id``), ``command_result``,
+``compaction``, ``pong``. Auth is the edge's (header or ``bearer.<key>`` sub-protocol). Limits: connections per client IP (429 on upgrade), messages per minute per
 connection, an idle timeout. Turns run in the background so ``stop`` works while one runs; closing the
 socket cancels them.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import deque
 from typing import Any
@@ -22,9 +24,10 @@ from typing import Any
 from librefang import Router, current_kernel
 from librefang.errors import ApiError, TooManyRequests
 from librefang_providers.api import TextDelta, ToolUseEnd, ToolUseStart
+from pydantic import ValidationError
 from quart import g, websocket
 
-from librefang_runtime import session_admin as admin
+from librefang_runtime import ws_commands
 from librefang_runtime.loop import LoopEvent, PhaseChange, ToolExecuted
 from librefang_runtime.schemas import MessageRequest
 from librefang_runtime.service import RuntimeService
@@ -33,7 +36,10 @@ router = Router("runtime_ws", tags=("agents",))
 MAX_FRAME_CHARS = 512 * 1024
 DELTA_CHARS = 200
 DELTA_SECONDS = 0.1
-PREVIEW_CHARS = 500
+PREVIEW_CHARS = 500  # tool input and result previews at verbose "full" ("on": 100 and 200)
+AGENTS_DEBOUNCE = 0.2  # seconds: a burst of registry changes makes one agents_updated frame
+
+log = logging.getLogger("librefang.runtime.ws")
 
 
 def service() -> RuntimeService:
@@ -48,7 +54,9 @@ class Connection:
         self.record = record
         self.sent: deque[float] = deque()
         self.turns: set[asyncio.Task[None]] = set()
+        self.verbose = "full"  # tool detail of the frames: off | on | full
         self._send_lock = asyncio.Lock()
+        self._agents_sent: Any = None
 
     async def send(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -64,7 +72,37 @@ class Connection:
         self.sent.append(now)
         return False
 
-    async def turn(self, text: str, message_id: str | None) -> None:
+    async def send_agents(self) -> None:
+        """An ``agents_updated`` frame, unless the list is the same as the last one sent."""
+        frame = await ws_commands.agents_snapshot(self.runtime)
+        if frame != self._agents_sent:
+            self._agents_sent = frame
+            await self.send(frame)
+
+    async def watch_agents(self, subscription: Any) -> None:
+        """Send ``agents_updated`` after registry changes (``agent.*`` events on the bus), one frame
+        per burst: events arriving within :data:`AGENTS_DEBOUNCE` of the first are folded in."""
+        try:
+            while True:
+                await subscription.get()
+                await asyncio.sleep(AGENTS_DEBOUNCE)
+                while not subscription.queue.empty():
+                    subscription.queue.get_nowait()
+                try:
+                    await self.send_agents()
+                except ApiError as exc:  # the registry refused (shutting down): try on the next change
+                    log.debug("agents_updated skipped: %s", exc)
+        finally:
+            subscription.close()
+
+    async def pressure(self, turn: Any, result: Any) -> str:
+        """Context pressure after a turn: the prompt of its last model call against the window."""
+        s = turn.settings
+        window = await ws_commands.context_window(self.runtime.kernel, turn.context_window, s.provider, s.model)
+        prompt = result.calls[-1].usage.input_tokens if result.calls else 0
+        return ws_commands.pressure(prompt, window)
+
+    async def turn(self, body: MessageRequest, message_id: str | None) -> None:
         """Run one message and report it; every outcome ends with a terminal frame."""
         echo = {"message_id": message_id} if message_id else {}
         buffer: list[str] = []
@@ -89,18 +127,22 @@ class Connection:
                 await self.send({"type": "typing", "state": "tool"})
                 await self.send({"type": "tool_start", "id": event.id, "tool": event.name})
             elif isinstance(event, ToolUseEnd):
-                preview = json.dumps(event.input, ensure_ascii=False)[:PREVIEW_CHARS]
-                await self.send({"type": "tool_end", "id": event.id, "tool": event.name, "input": preview})
+                if self.verbose != "off":
+                    limit = PREVIEW_CHARS if self.verbose == "full" else 100
+                    preview = json.dumps(event.input, ensure_ascii=False)[:limit]
+                    await self.send({"type": "tool_end", "id": event.id, "tool": event.name, "input": preview})
             elif isinstance(event, ToolExecuted):
-                await self.send({"type": "tool_result", "id": event.id, "tool": event.name,
-                                 "result": event.content[:PREVIEW_CHARS], "is_error": event.is_error})
+                frame = {"type": "tool_result", "id": event.id, "tool": event.name, "is_error": event.is_error}
+                if self.verbose != "off":
+                    frame["result"] = event.content[:PREVIEW_CHARS if self.verbose == "full" else 200]
+                await self.send(frame)
             elif isinstance(event, PhaseChange):
                 if event.phase == "response_complete":
                     await self.send({"type": "typing", "state": "stop"})
                 await self.send({"type": "phase", "phase": event.phase, "detail": event.detail})
 
         try:
-            turn = await self.runtime.prepare(self.record.id, MessageRequest(message=text))
+            turn = await self.runtime.prepare(self.record.id, body)
             await self.send({"type": "typing", "state": "start"})
             result = await self.runtime.run(turn, emit)
             await flush()
@@ -113,50 +155,18 @@ class Connection:
             return
         frame = {"type": "response", "content": result.response, "input_tokens": result.usage.input_tokens,
                  "output_tokens": result.usage.output_tokens, "iterations": result.iterations,
-                 "cost_usd": result.cost_usd, **echo}
+                 "cost_usd": result.cost_usd, "context_pressure": await self.pressure(turn, result), **echo}
         await self.send(frame)
 
-    def start_turn(self, text: str, message_id: str | None) -> None:
-        task = asyncio.ensure_future(self.turn(text, message_id))
+    def start_turn(self, body: MessageRequest, message_id: str | None) -> None:
+        task = asyncio.ensure_future(self.turn(body, message_id))
         self.turns.add(task)
         task.add_done_callback(self.turns.discard)
 
     async def command(self, name: str, args: str) -> None:
-        runtime, record = self.runtime, self.record
-        if name == "new":
-            info = await admin.create_and_switch(runtime, record, None)
-            await self.send({"type": "command_result", "command": name, "message": "New session started",
-                             "session_id": info.id})
-        elif name in ("reset", "reboot"):
-            info = await admin.reset(runtime, record)
-            await self.send({"type": "command_result", "command": name, "message": "Session reset",
-                             "session_id": info.id})
-        elif name == "compact":
-            await self.send({"type": "compaction", "state": "started"})
-            result = await runtime.compact_now(await runtime.agents.get(record.id))
-            message = ("Nothing to compact" if result is None else
-                       f"Compacted {result.compacted_count} messages; kept {result.kept_messages}")
-            await self.send({"type": "compaction", "state": "complete"})
-            await self.send({"type": "command_result", "command": name, "message": message})
-        elif name == "stop":
-            stopped = await runtime.stop(record.id)
-            await self.send({"type": "command_result", "command": name,
-                             "message": "Run cancelled." if stopped else "No active run to cancel."})
-        elif name == "usage":
-            rows = await runtime.store.usage_of(record.id)
-            totals = {"turns": len(rows), "input_tokens": sum(r["input_tokens"] for r in rows),
-                      "output_tokens": sum(r["output_tokens"] for r in rows),
-                      "cost_usd": round(sum(r["cost_usd"] or 0.0 for r in rows), 6)}
-            message = (f"{totals['turns']} turns, {totals['input_tokens']} in / {totals['output_tokens']} out, "
-                       f"${totals['cost_usd']}")
-            await self.send({"type": "command_result", "command": name, "message": message, **totals})
-        elif name == "model":
-            current = await runtime.agents.get(record.id)
-            provider, model = runtime.resolve_model(current.parsed())
-            await self.send({"type": "command_result", "command": name, "message": f"{provider}/{model}",
-                             "provider": provider, "model": model})
-        else:
-            await self.send({"type": "error", "content": f"Unknown command: {name[:64]}", "code": "unknown_command"})
+        frame = await ws_commands.run_command(self, name, args)
+        if frame is not None:
+            await self.send(frame)
 
 
 def parse_frame(raw: str | bytes) -> dict[str, Any]:
@@ -186,10 +196,21 @@ async def agent_ws(agent_id: str) -> Any:
         raise TooManyRequests(message, code="too_many_connections")
     runtime.ws_connections[peer] = runtime.ws_connections.get(peer, 0) + 1
     connection = Connection(runtime, record)
+    watcher: asyncio.Task[None] | None = None
     try:
         if getattr(g, "websocket_subprotocol", None) is None:
             await websocket.accept()
         await connection.send({"type": "connected", "agent_id": record.id})
+        try:  # subscribed before the first list is read, so no change falls in between
+            subscription = runtime.kernel.bus.subscribe("agent.*", maxsize=64, name="runtime.ws.agents")
+        except ApiError as exc:  # the bus is full: the socket works, without live agent updates
+            log.warning("no agents_updated for this WebSocket: %s", exc)
+            subscription = None
+        try:
+            await connection.send_agents()
+        finally:
+            if subscription is not None:
+                watcher = asyncio.ensure_future(connection.watch_agents(subscription))
         while True:
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows the cancellation
@@ -221,16 +242,29 @@ async def agent_ws(agent_id: str) -> Any:
                     await connection.send({"type": "error", "content": exc.message, "code": exc.code})
                 continue
             if kind == "message":
-                content, message_id = frame.get("content"), frame.get("message_id")
-                if not isinstance(content, str) or not content.strip():
+                content, message_id = frame.get("content", ""), frame.get("message_id")
+                attachments = frame.get("attachments") or []
+                if not isinstance(content, str) or not (content.strip() or attachments):
                     await connection.send({"type": "error", "content": "message content must be non-empty text",
                                            "code": "invalid_message"})
                     continue
-                connection.start_turn(content, str(message_id)[:200] if message_id is not None else None)
+                try:
+                    body = MessageRequest(message=content, attachments=attachments)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first.get("loc", ()))
+                    await connection.send({"type": "error", "content": f"invalid attachments: {where}: {first['msg']}",
+                                           "code": "invalid_message"})
+                    continue
+                connection.start_turn(body, str(message_id)[:200] if message_id is not None else None)
                 continue
             await connection.send({"type": "error", "content": f"Unknown frame type: {str(kind)[:64]}",
                                    "code": "invalid_frame"})
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
         for task in list(connection.turns):  # the client went away: its turns stop with it
             task.cancel()
         for task in list(connection.turns):
