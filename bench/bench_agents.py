@@ -1,7 +1,9 @@
 """Benchmark of the agent registry against a real daemon process over HTTP.
 
 Measures, in one run:
-1. spawn throughput: ``POST /api/agents`` (a small TOML manifest each), ``--concurrency`` clients;
+1. spawn throughput: ``POST /api/agents`` (a small TOML manifest each), ``--concurrency`` clients,
+   with the daemon's CPU per spawn next to its CPU per ``GET /api/health`` sent the same way right
+   after (the ratio is what to compare across runs on a shared machine);
 2. ``GET /api/agents`` latency with ``--agents`` registered (default 10,000): the first page
    (default page size) and a filtered query (``q`` + ``status``), p50/p99 over sequential requests,
    next to ``GET /api/health`` measured the same way as a baseline of the HTTP stack;
@@ -139,6 +141,25 @@ async def spawn_many(port: int, names: list[str], concurrency: int) -> tuple[flo
     return time.perf_counter() - started, failures
 
 
+async def get_many(port: int, path: str, count: int, concurrency: int) -> float:
+    """``count`` GETs over ``concurrency`` keep-alive connections (the spawn's load shape); seconds."""
+    pending = iter(range(count))
+
+    async def worker() -> None:
+        client = RawClient(port)
+        try:
+            for _ in pending:
+                status, _ = await client.request("GET", path)
+                if status != 200:
+                    raise RuntimeError(f"GET {path} answered {status}")
+        finally:
+            client.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
 async def bulk_fill(url: str, prefix: str, count: int) -> None:
     """Register ``count`` agents quickly through ``POST /api/agents/bulk`` (50 per call)."""
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -221,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
                 names = [f"spawn-{r}-{i:05d}" for i in range(args.spawns)]
                 (seconds, failures), cpu = cpu_ms(
                     daemon, lambda n=names: asyncio.run(spawn_many(daemon.port, n, args.concurrency)))
+                # Baseline of the same round: /api/health with the same connections (HTTP stack + edge).
+                health_s, health_cpu = cpu_ms(daemon, lambda: asyncio.run(
+                    get_many(daemon.port, "/api/health", args.spawns, args.concurrency)))
                 rounds.append({"agents": args.spawns, "seconds": round(seconds, 2),
                                "agents_per_s": round(args.spawns / seconds, 1), "failures": failures,
-                               "daemon_cpu_ms_per_spawn": round(cpu / args.spawns, 2)})
+                               "daemon_cpu_ms_per_spawn": round(cpu / args.spawns, 2),
+                               "health_per_s": round(args.spawns / health_s, 1),
+                               "health_daemon_cpu_ms": round(health_cpu / args.spawns, 2),
+                               "cpu_ratio_to_health": round(cpu / max(health_cpu, 1e-9), 2)})
                 print(f"spawn round {r}: {rounds[-1]}", flush=True)
             rates = sorted(r["agents_per_s"] for r in rounds)
             results["spawn"] = {"best": max(rounds, key=lambda r: r["agents_per_s"]),

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,12 +107,13 @@ def _columns(record: AgentRecord, manifest: AgentManifest) -> dict[str, Any]:
     }
 
 
-def _entry(values: dict[str, Any]) -> Entry:
+def _entry(values: dict[str, Any], manifest: AgentManifest) -> Entry:
+    identity = manifest.identity.model_dump(mode="json", exclude_none=True) if manifest.identity else {}
     return Entry(
         id=values["id"], name=values["name"], description=values["description"], author=values["author"],
         state=values["state"], mode=values["mode"], profile=values["profile"], schedule=values["schedule"],
-        model_provider=values["model_provider"], model_name=values["model_name"], tags=json.loads(values["tags"]),
-        identity=json.loads(values["identity"]), parent_id=values["parent_id"], session_id=values["session_id"],
+        model_provider=values["model_provider"], model_name=values["model_name"], tags=list(manifest.tags),
+        identity=identity, parent_id=values["parent_id"], session_id=values["session_id"],
         created_at=values["created_at"], last_active=values["last_active"],
         search=search_text(values["name"], values["description"]),
     )
@@ -137,52 +136,63 @@ def _record(row: Any) -> AgentRecord:
     )
 
 
+def _read_version(conn: Any) -> int:
+    # The row is created by migration agents_0003, so concurrent daemons never race to insert it.
+    value = conn.execute(sa.select(meta.c.value).where(meta.c.name == VERSION_KEY)).scalar()
+    return int(value) if value is not None else 0
+
+
+def _insert_rows(conn: Any, rows: list[dict[str, Any]]) -> None:
+    conn.execute(_INSERT, rows)
+
+
+def _first(conn: Any, statement: Any) -> Any:
+    return conn.execute(statement).first()
+
+
+def _rowcount(conn: Any, statement: Any) -> int:
+    return int(conn.execute(statement).rowcount or 0)
+
+
 class AgentStore:
-    """Queries over the plugin's tables through the kernel's database, with the list index."""
+    """Queries over the plugin's tables through the kernel's database, with the list index.
+
+    Every query is a plain function run by ``Database.run``: with SQLite the whole transaction is
+    one hop to the database thread (which also runs our writes one at a time, so they never wait
+    on each other in SQLite's busy handler); with PostgreSQL it is ``run_sync`` on the async engine.
+    """
 
     def __init__(self, db: Any, *, shared: bool = False) -> None:
         self.db = db
         self.shared = shared
         self.index = AgentIndex()
         self.version: int | None = None
-        # SQLite has one writer at a time: queueing our own writes here is cheaper than letting
-        # pooled connections collide on the file lock and sleep in SQLite's busy handler.
+        # Concurrent spawns are group-committed (SQLite): the holder of this lock writes every
+        # pending row in one transaction.
         self._write_lock = asyncio.Lock()
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[Any]:
-        if self.shared:
-            async with self.db.begin() as conn:
-                yield conn
-        else:
-            async with self._write_lock, self.db.begin() as conn:
-                yield conn
+        self._pending: list[tuple[dict[str, Any], AgentManifest, asyncio.Future[None]]] = []
 
     # -- the index ------------------------------------------------------------------------------
     async def load(self) -> None:
         """(Re)build the index from the table."""
-        async with self.db.begin() as conn:
-            rows = (await conn.execute(sa.select(*LIST_COLUMNS))).all()
-            version = await self._read_version(conn) if self.shared else None
+
+        def read(conn: Any) -> tuple[list[Any], int | None]:
+            rows = conn.execute(sa.select(*LIST_COLUMNS)).all()
+            return rows, (_read_version(conn) if self.shared else None)
+
+        rows, version = await self.db.run(read)
         self.index.load(rows)
         self.version = version
 
-    @staticmethod
-    async def _read_version(conn: Any) -> int:
-        # The row is created by migration agents_0003, so concurrent daemons never race to insert it.
-        value = (await conn.execute(sa.select(meta.c.value).where(meta.c.name == VERSION_KEY))).scalar()
-        return int(value) if value is not None else 0
-
-    async def _bump(self, conn: Any) -> None:
+    def _bump(self, conn: Any) -> None:
         """Count a write (shared databases only): other processes see the index is stale."""
         if not self.shared:
             return
-        await conn.execute(
+        conn.execute(
             meta.update().where(meta.c.name == VERSION_KEY)
             .values(value=sa.cast(sa.cast(meta.c.value, sa.Integer) + 1, sa.String))
         )
-        new = await self._read_version(conn)
+        new = _read_version(conn)
         # Our own write moves the version by one; anything more means another process wrote too.
         self.version = new if self.version is not None and new == self.version + 1 else None
 
@@ -190,9 +200,7 @@ class AgentStore:
         """Reload the index when another process changed the registry (shared databases)."""
         if not self.shared:
             return
-        async with self.db.begin() as conn:
-            version = await self._read_version(conn)
-        if version != self.version:
+        if await self.db.run(_read_version) != self.version:
             await self.load()
 
     # -- writes ---------------------------------------------------------------------------------
@@ -206,16 +214,19 @@ class AgentStore:
             raise NameTaken(record.name)
         values = _columns(record, manifest)
         if self.shared:
+
+            def insert_one(conn: Any) -> None:
+                conn.execute(_INSERT, values)
+                self._bump(conn)
+
             try:
-                async with self.db.begin() as conn:
-                    await conn.execute(_INSERT, values)
-                    await self._bump(conn)
+                await self.db.run(insert_one)
             except IntegrityError:
                 raise NameTaken(record.name) from None
-            self.index.put(_entry(values))
+            self.index.put(_entry(values, manifest))
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((values, done))
+        self._pending.append((values, manifest, done))
         async with self._write_lock:
             if self._pending:
                 batch, self._pending = self._pending, []
@@ -223,25 +234,26 @@ class AgentStore:
                 await asyncio.shield(self._write_batch(batch))
         await done
 
-    async def _write_batch(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+    async def _write_batch(self, batch: list[tuple[dict[str, Any], AgentManifest, asyncio.Future[None]]]) -> None:
         try:
-            async with self.db.begin() as conn:
-                await conn.execute(_INSERT, [values for values, _ in batch])
+            await self.db.run(_insert_rows, [values for values, _, _ in batch])
         except IntegrityError:
             if len(batch) == 1:
-                batch[0][1].set_exception(NameTaken(batch[0][0]["name"]))
+                if not batch[0][2].done():
+                    batch[0][2].set_exception(NameTaken(batch[0][0]["name"]))
             else:  # one of them collides: write them one by one to find which
                 for item in batch:
                     await self._write_batch([item])
             return
         except Exception as exc:
-            for _, done in batch:
+            for _, _, done in batch:
                 if not done.done():
                     done.set_exception(exc)
             return
-        for values, done in batch:
-            self.index.put(_entry(values))
-            done.set_result(None)
+        for values, manifest, done in batch:
+            self.index.put(_entry(values, manifest))
+            if not done.done():
+                done.set_result(None)
 
     async def save(self, record: AgentRecord, manifest: AgentManifest) -> AgentRecord:
         """Write a changed record if nobody changed it since it was read (bumps ``revision``)."""
@@ -250,69 +262,74 @@ class AgentStore:
         record.updated_at = time.time()
         values = _columns(record, manifest)
         update = {k: v for k, v in values.items() if k != "id"}
+
+        def write(conn: Any) -> int:
+            result = conn.execute(
+                agents.update().where(agents.c.id == record.id, agents.c.revision == old_revision).values(**update)
+            )
+            if result.rowcount == 1:
+                self._bump(conn)
+            return int(result.rowcount)
+
         try:
-            async with self._writing() as conn:
-                result = await conn.execute(
-                    agents.update().where(agents.c.id == record.id, agents.c.revision == old_revision).values(**update)
-                )
-                if result.rowcount == 1:
-                    await self._bump(conn)
+            rowcount = await self.db.run(write)
         except IntegrityError:
             record.revision = old_revision
             raise NameTaken(record.name) from None
-        if result.rowcount != 1:
+        if rowcount != 1:
             record.revision = old_revision
             raise StaleRecord(record.id)
-        self.index.put(_entry(values))
+        self.index.put(_entry(values, manifest))
         return record
 
     async def set_fields(self, agent_id: str, **values: Any) -> bool:
         """Update plain columns (state, mode, last_active, session_id, parent_id); False when gone."""
-        async with self._writing() as conn:
-            result = await conn.execute(
+
+        def write(conn: Any) -> int:
+            result = conn.execute(
                 agents.update().where(agents.c.id == agent_id).values(revision=agents.c.revision + 1, **values)
             )
             if result.rowcount == 1:
-                await self._bump(conn)
-        if result.rowcount != 1:
+                self._bump(conn)
+            return int(result.rowcount)
+
+        if await self.db.run(write) != 1:
             return False
         self.index.update(agent_id, **{k: v for k, v in values.items() if k != "updated_at"})
         return True
 
     async def delete(self, record: AgentRecord) -> bool:
         """Remove an agent and leave a tombstone; False when another request removed it first."""
-        async with self._writing() as conn:
-            result = await conn.execute(agents.delete().where(agents.c.id == record.id))
-            if result.rowcount != 1:
+
+        def write(conn: Any) -> bool:
+            if conn.execute(agents.delete().where(agents.c.id == record.id)).rowcount != 1:
                 return False
-            await conn.execute(tombstones.delete().where(tombstones.c.id == record.id))
-            await conn.execute(tombstones.insert().values(id=record.id, name=record.name, killed_at=time.time()))
-            await self._bump(conn)
+            conn.execute(tombstones.delete().where(tombstones.c.id == record.id))
+            conn.execute(tombstones.insert().values(id=record.id, name=record.name, killed_at=time.time()))
+            self._bump(conn)
+            return True
+
+        if not await self.db.run(write):
+            return False
         self.index.remove(record.id)
         return True
 
     # -- reads ----------------------------------------------------------------------------------
     async def get(self, agent_id: str) -> AgentRecord | None:
-        async with self.db.begin() as conn:
-            row = (await conn.execute(sa.select(agents).where(agents.c.id == agent_id))).first()
+        row = await self.db.run(_first, sa.select(agents).where(agents.c.id == agent_id))
         return _record(row) if row is not None else None
 
     async def get_by_name(self, name: str) -> AgentRecord | None:
         """The agent with this name, compared without case (as uniqueness is)."""
-        async with self.db.begin() as conn:
-            row = (await conn.execute(sa.select(agents).where(sa.func.lower(agents.c.name) == name.lower()))).first()
+        row = await self.db.run(_first, sa.select(agents).where(sa.func.lower(agents.c.name) == name.lower()))
         return _record(row) if row is not None else None
 
     async def trim_tombstones(self, older_than: float) -> int:
         """Forget killed agents older than ``older_than`` (epoch): a DELETE of them is then a 404."""
-        async with self._writing() as conn:
-            result = await conn.execute(tombstones.delete().where(tombstones.c.killed_at < older_than))
-        return int(result.rowcount or 0)
+        return await self.db.run(_rowcount, tombstones.delete().where(tombstones.c.killed_at < older_than))
 
     async def was_killed(self, agent_id: str) -> bool:
-        async with self.db.begin() as conn:
-            row = (await conn.execute(sa.select(tombstones.c.id).where(tombstones.c.id == agent_id))).first()
-        return row is not None
+        return await self.db.run(_first, sa.select(tombstones.c.id).where(tombstones.c.id == agent_id)) is not None
 
     async def children_of(self, ids: list[str]) -> dict[str, list[str]]:
         """Child ids of each of ``ids``."""
@@ -334,11 +351,12 @@ class AgentStore:
         return self.index.counts()
 
     async def get_meta(self, name: str) -> str | None:
-        async with self.db.begin() as conn:
-            row = (await conn.execute(sa.select(meta.c.value).where(meta.c.name == name))).first()
+        row = await self.db.run(_first, sa.select(meta.c.value).where(meta.c.name == name))
         return row[0] if row is not None else None
 
     async def set_meta(self, name: str, value: str) -> None:
-        async with self.db.begin() as conn:
-            await conn.execute(meta.delete().where(meta.c.name == name))
-            await conn.execute(meta.insert().values(name=name, value=value))
+        def write(conn: Any) -> None:
+            conn.execute(meta.delete().where(meta.c.name == name))
+            conn.execute(meta.insert().values(name=name, value=value))
+
+        await self.db.run(write)
