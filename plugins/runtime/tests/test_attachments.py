@@ -168,10 +168,9 @@ async def test_refusals(start_runtime: Any, spawn: Any, fake_llm: Any) -> None:
 async def test_model_without_vision_gets_a_note(runtime_env: Any, spawn: Any, fake_llm: Any) -> None:
     kernel, client = runtime_env
     catalog = await kernel.services["providers.catalog"].catalog()
-    blind = next((m for m in catalog.list_models(provider="openai") if not m.supports_vision), None)
-    if blind is None:  # the bundled catalog decides; nothing to check without a text-only OpenAI model
-        return
-    agent_id = await spawn(kernel, "blind", f'name = "blind"\n[model]\nprovider = "openai"\nmodel = "{blind.id}"\n')
+    blind = catalog.model_in("openai", "gpt-3.5-turbo")  # the bundled catalog: text only
+    assert blind is not None and not blind.supports_vision
+    agent_id = await spawn(kernel, "blind", 'name = "blind"\n[model]\nprovider = "openai"\nmodel = "gpt-3.5-turbo"\n')
     file_id = await upload(client, agent_id, png(), "image/png", "x.png")
     response = await client.post(f"/api/agents/{agent_id}/message",
                                  json={"message": "see?", "attachments": [{"file_id": file_id}]})
