@@ -4,6 +4,7 @@ refusals and the content-hash module cache."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -90,9 +91,22 @@ async def test_a_message_to_a_wasm_agent_gets_its_reply(start_sandbox, agent):
     response = await client.post(f"/api/agents/{shouter.agent_id}/message/stream", json={"message": "stream me"})
     text = await response.get_data(as_text=True)
     assert response.status_code == 200 and '"content": "STREAM ME"' in text and "event: result" in text
+    # And the WebSocket chat.
+    async with client.websocket(f"/api/agents/{shouter.agent_id}/ws") as ws:
+        assert json.loads(await ws.receive())["type"] == "connected"
+        await ws.send(json.dumps({"type": "message", "content": "over the socket", "message_id": "m-1"}))
+        frames = []
+        while not frames or frames[-1]["type"] not in ("response", "error"):
+            frames.append(json.loads(await asyncio.wait_for(ws.receive(), timeout=10)))
+    assert frames[-1]["type"] == "response" and frames[-1]["content"] == "OVER THE SOCKET", frames
+    assert frames[-1]["message_id"] == "m-1" and frames[-1]["input_tokens"] == 0
     # Compiled once (cache keyed by content), then served from the cache.
     wasm = kernel.services["sandbox"].wasm.describe()
-    assert wasm["modules_compiled"] == 1 and wasm["module_cache_hits"] >= 2
+    assert wasm["modules_compiled"] == 1 and wasm["module_cache_hits"] >= 3
+    security = await (await client.get("/api/security")).get_json()
+    wasm_entry = next(s for s in security["systems"] if s["name"] == "wasm_sandbox")
+    assert wasm_entry["config"]["agent_modules"]["scheme"] == "wasm"
+    assert wasm_entry["config"]["agent_modules"]["agent_modules_dir"] == "wasm"
 
 
 async def test_an_infinite_loop_is_stopped_by_the_deadline_and_the_session_stays_consistent(start_sandbox, agent):

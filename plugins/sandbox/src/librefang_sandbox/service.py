@@ -52,7 +52,11 @@ class SandboxService:
                                "fs_list": "needs file_list", "kv_get": "needs memory_recall (+ memory_read scope)",
                                "kv_set": "needs memory_store (+ memory_write scope)",
                                "agent_send": "needs agent_send (+ agent_message)"},
-                "tool_backed_host_calls_pass_before_tool_call": True}
+                "tool_backed_host_calls_pass_before_tool_call": True,
+                "agent_modules": {"scheme": "wasm", "entry": "handle",
+                                  "agent_modules_dir": self.wasm.config.agent_modules_dir,
+                                  "paths": "relative, inside the agent's workspace or agent_modules_dir",
+                                  "host_calls": "all declared; the agent's capabilities decide"}}
 
 
 def describe_exec(kernel: Any) -> dict[str, Any]:
