@@ -52,12 +52,14 @@ def before_tool_call(call: Any, context: Any) -> Any:
 
 
 @hookspec
-def before_prompt_build(agent_id: str, session_id: str, message: str) -> Any:
+def before_prompt_build(agent_id: str, session_id: str, message: str, kernel: Any, incognito: bool) -> Any:
     """Contribute context to the system prompt of a turn (memory recall, live context).
 
-    Receives the agent id, the session id and the user's message text. Return a string (one
-    section), a list of strings, or ``None``. Sections are appended after the tool list, in plugin
-    order. An implementation that raises is logged and skipped. May be ``async def``.
+    Receives the agent id, the session id, the user's message text, the kernel, and ``incognito``
+    (true when nothing of the turn is stored: an incognito or ephemeral message; reading is fine,
+    remembering anything of it is not). Return a string (one section), a list of strings, or
+    ``None``. Sections are appended after the tool list, in plugin order. An implementation that
+    raises is logged and skipped. May be ``async def``.
     """
 
 
@@ -65,8 +67,9 @@ def before_prompt_build(agent_id: str, session_id: str, message: str) -> Any:
 def after_turn(kernel: Any, turn: dict[str, Any]) -> Any:
     """Called after every turn with its summary: ``agent_id``, ``session_id``, ``provider``, ``model``,
     ``input_tokens``, ``output_tokens``, ``cost_usd``, ``iterations``, ``outcome`` (``ok``, ``error``,
-    ``cancelled``), ``latency_ms``, ``response`` and ``silent`` (metering, budgets, memory extraction).
-    The return value is ignored; an exception is logged. May be ``async def``.
+    ``cancelled``), ``latency_ms``, ``response``, ``silent``, ``message`` (the user's message text) and
+    ``incognito`` (nothing of the turn is stored: memory extraction must not write) (metering,
+    budgets, memory extraction). The return value is ignored; an exception is logged. May be ``async def``.
     """
 
 

@@ -252,7 +252,8 @@ class RuntimeService:
     async def _sections(self, turn: Turn) -> list[str]:
         sections: list[str] = []
         for _, value in await self.kernel.plugins.acall(
-                "before_prompt_build", agent_id=turn.agent_id, session_id=turn.session_id, message=turn.text):
+                "before_prompt_build", agent_id=turn.agent_id, session_id=turn.session_id, message=turn.text,
+                kernel=self.kernel, incognito=not turn.persist):
             if isinstance(value, str):
                 sections.append(value)
             elif isinstance(value, list):
@@ -422,7 +423,8 @@ class RuntimeService:
         }
         self.kernel.bus.publish("runtime.turn_completed", summary, source=SOURCE)
         await self.kernel.plugins.acall("after_turn", kernel=self.kernel,
-                                        turn={**summary, "response": result.response, "silent": result.silent})
+                                        turn={**summary, "response": result.response, "silent": result.silent,
+                                              "message": turn.text, "incognito": not turn.persist})
 
     async def _touch(self, turn: Turn) -> None:
         """Tell the registry the agent was active (and its current session). Throttled per agent and
