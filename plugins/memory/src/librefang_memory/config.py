@@ -56,7 +56,13 @@ class ProactiveMemoryConfig(BaseModel):
     auto_retrieve: bool = True
     max_retrieve: int = Field(10, ge=0, le=100)
     extraction_threshold: float = Field(0.7, ge=0.0, le=1.0, description="Lowest confidence auto-stored")
-    extraction_model: str | None = Field(None, description="Reserved: rule-based extraction is used")
+    extraction_model: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="A model to extract memories with (JSON answers); unset = rule-based extraction")
+    extraction_provider: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="The provider of extraction_model (default: the [default_model] provider)")
+    extraction_timeout_secs: float = Field(30.0, gt=0, le=600, description="Budget of one extraction call")
     extract_categories: list[str] = Field(default_factory=lambda: list(DEFAULT_CATEGORIES), max_length=50)
     session_ttl_hours: int = Field(24, ge=1, le=100_000)
     duplicate_threshold: float = Field(0.85, gt=0.0, le=1.0)

@@ -1,25 +1,27 @@
 """The proactive pipeline around an agent turn: recall before it, extraction after it.
 
 ``auto_retrieve``: the memories that best match the user's message go into the system prompt as a
-"Personal context" section. ``auto_memorize``: facts stated in the user's message are extracted by
-rules and compared with what the agent already remembers: a near-duplicate is left alone (no-op),
-a similar fact replaces the old one (update, kept in the history), anything else is added.
+"Personal context" section (also for an incognito turn: reading is fine). ``auto_memorize``: after a
+successful turn that is stored (never an incognito or ephemeral one), facts are extracted from the
+user's message, by the configured model when ``extraction_model`` is set (it also decides add /
+update / no-op against the closest stored memories; any failure falls back to the rules), by rules
+otherwise. A fact that is a near-duplicate of a stored memory is left alone (no-op), a similar one
+replaces it (update, kept in the history), anything else is added.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from librefang_memory import llm_extract
 from librefang_memory.config import ProactiveMemoryConfig, for_agent
 from librefang_memory.extract import Fact, extract, jaccard, tokens
 from librefang_memory.service import MemoryService
 
 log = logging.getLogger("librefang.memory")
 
-MAX_PENDING = 1000
 CONTEXT_HEADER = "## Personal context\nWhat you remember from earlier conversations (use it when relevant):"
 
 
@@ -37,7 +39,6 @@ class Pipeline:
 
     def __init__(self, service: MemoryService) -> None:
         self.service = service
-        self.pending: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     async def config_for(self, agent_id: str) -> ProactiveMemoryConfig:
         """The global ``[proactive_memory]`` with the agent manifest's overrides."""
@@ -51,21 +52,11 @@ class Pipeline:
             override = None
         return for_agent(self.service.proactive, override)
 
-    def remember_message(self, agent_id: str, session_id: str, message: str) -> None:
-        """Keep the user's message of a running turn until ``after_turn`` (bounded)."""
-        key = (agent_id, session_id)
-        self.pending[key] = message
-        self.pending.move_to_end(key)
-        while len(self.pending) > MAX_PENDING:
-            self.pending.popitem(last=False)
-
-    async def recall(self, agent_id: str, session_id: str, message: str) -> str | None:
+    async def recall(self, agent_id: str, message: str) -> str | None:
         """The "Personal context" prompt section for this turn, or None."""
         config = await self.config_for(agent_id)
         if not config.enabled:
             return None
-        if config.auto_memorize:
-            self.remember_message(agent_id, session_id, message)
         if not config.auto_retrieve or config.max_retrieve == 0:
             return None
         found, _ = await self.service.search(message, agent_id=agent_id, limit=config.max_retrieve)
@@ -81,28 +72,82 @@ class Pipeline:
         return "\n".join(lines) if len(lines) > 1 else None
 
     async def after_turn(self, turn: dict[str, Any]) -> list[Decision]:
-        """Extract memories from the turn's user message (when the turn succeeded)."""
-        agent_id, session_id = turn.get("agent_id"), turn.get("session_id")
-        message = self.pending.pop((agent_id, session_id), None)
-        if not message or not agent_id or turn.get("outcome", "ok") != "ok":
+        """Extract memories from the turn's user message (a successful turn that is stored)."""
+        agent_id, message = turn.get("agent_id"), turn.get("message")
+        if not agent_id or not isinstance(message, str) or not message.strip():
+            return []
+        if turn.get("incognito") or turn.get("outcome", "ok") != "ok":
             return []
         config = await self.config_for(agent_id)
         if not (config.enabled and config.auto_memorize):
             return []
-        return await self.memorize(agent_id, message, config=config)
+        return await self.memorize(agent_id, message, config=config, session_id=turn.get("session_id"))
 
     async def memorize(self, agent_id: str, text: str, *, config: ProactiveMemoryConfig | None = None,
-                       level: str = "user", peer_id: str | None = None, source: str = "extraction") -> list[Decision]:
+                       level: str = "user", peer_id: str | None = None, source: str = "extraction",
+                       session_id: str | None = None) -> list[Decision]:
         """Extract facts from ``text`` and add / update / no-op each against the agent's memories."""
         config = config or self.service.proactive
+        if config.extraction_model:
+            decisions = await self._memorize_with_model(agent_id, text, config, level, peer_id, source, session_id)
+            if decisions is not None:
+                return decisions
         facts = extract(text, config.extract_categories, config.extraction_threshold)
         decisions = []
         for fact in facts:
             decisions.append(await self._decide(agent_id, fact, config, level, peer_id, source))
         return decisions
 
+    def extraction_provider(self, config: ProactiveMemoryConfig) -> str | None:
+        """``extraction_provider``, else the ``[default_model]`` provider."""
+        if config.extraction_provider:
+            return config.extraction_provider
+        try:
+            from librefang_agents.api import registry
+
+            provider = registry(self.service.kernel).default_model().get("provider")
+        except Exception:  # noqa: BLE001 - no agents plugin: no default provider
+            return None
+        return provider if provider not in (None, "", "default", "auto") else None
+
+    async def _memorize_with_model(self, agent_id: str, text: str, config: ProactiveMemoryConfig, level: str,
+                                   peer_id: str | None, source: str, session_id: str | None) -> list[Decision] | None:
+        """The model's decisions applied, or None when the model could not be used (rules then)."""
+        provider = self.extraction_provider(config)
+        if provider is None:
+            log.warning("extraction_model is set but no provider is known: rule-based extraction")
+            return None
+        candidates, _ = await self.service.search(text, agent_id=agent_id, limit=llm_extract.MAX_CANDIDATES,
+                                                  touch=False)
+        try:
+            proposals = await llm_extract.propose(
+                self.service.kernel, provider=provider, model=config.extraction_model or "", agent_id=agent_id,
+                session_id=session_id, message=text, candidates=candidates, categories=config.extract_categories,
+                time_budget=config.extraction_timeout_secs)
+        except llm_extract.ExtractionFailed as exc:
+            log.warning("LLM extraction with %s/%s failed (%s): rule-based extraction", provider,
+                        config.extraction_model, exc)
+            return None
+        decisions = []
+        for proposal in proposals:
+            if proposal.fact.confidence < config.extraction_threshold:
+                continue
+            target = candidates[proposal.target] if proposal.target is not None else None
+            if proposal.action == "noop" and target is not None:
+                self.service.access.record([target.seq])
+                decisions.append(Decision("noop", proposal.fact, target.id))
+            elif proposal.action == "update" and target is not None:
+                updated = await self.service.update(target.id, {
+                    "content": proposal.fact.content, "category": proposal.fact.category,
+                    "confidence": max(proposal.fact.confidence, target.confidence)})
+                decisions.append(Decision("update", proposal.fact, updated.id))
+            else:  # "add", still checked against near-duplicates the model may have missed
+                decisions.append(await self._decide(agent_id, proposal.fact, config, level, peer_id, source,
+                                                    extractor="llm"))
+        return decisions
+
     async def _decide(self, agent_id: str, fact: Fact, config: ProactiveMemoryConfig, level: str,
-                      peer_id: str | None, source: str) -> Decision:
+                      peer_id: str | None, source: str, extractor: str = "rules") -> Decision:
         candidates = await self.service.store.search(fact.content, agent_id=agent_id, level=None, limit=5)
         words = tokens(fact.content)
         best, best_score = None, 0.0
@@ -123,5 +168,5 @@ class Pipeline:
                 return Decision("update", fact, updated.id)
         added = await self.service.add_many(agent_id, [{
             "content": fact.content, "category": fact.category, "confidence": fact.confidence, "level": level,
-            "metadata": {"extractor": "rules"}}], source=source, peer_id=peer_id)
+            "metadata": {"extractor": extractor}}], source=source, peer_id=peer_id)
         return Decision("add", fact, added[0].id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +10,6 @@ import librefang
 
 log = logging.getLogger("librefang.memory")
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-# Kernels whose memory plugin is running. ``before_prompt_build`` receives no kernel; inside a
-# request it is ``current_kernel()``, elsewhere the one running kernel (weak: never kept alive).
-_RUNNING: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 @librefang.hookimpl
@@ -58,7 +53,6 @@ async def startup(kernel: Any) -> None:
     kernel.tasks.spawn("memory", memory.access.run(), name="memory:access-flush")
     kernel.tasks.spawn("memory", memory.run_maintenance(), name="memory:maintenance")
     kernel.tasks.spawn("memory", memory.known_agents.follow(kernel.bus), name="memory:known-agents")
-    _RUNNING.add(kernel)
 
 
 @librefang.hookimpl
@@ -70,26 +64,14 @@ async def shutdown(kernel: Any) -> None:
         finally:
             memory.store.close()
             memory.semantic.close()
-    _RUNNING.discard(kernel)
-
-
-def _kernel() -> Any:
-    try:
-        kernel = librefang.current_kernel()
-    except (RuntimeError, KeyError):
-        kernel = None
-    if kernel is not None and "memory" in kernel.services:
-        return kernel
-    running = [k for k in _RUNNING if "memory" in k.services]
-    return running[0] if len(running) == 1 else None
 
 
 @librefang.hookimpl(optionalhook=True)  # offered by the runtime plugin, if loaded
-async def before_prompt_build(agent_id: str, session_id: str, message: str) -> Any:
-    kernel = _kernel()
-    if kernel is None:
+async def before_prompt_build(kernel: Any, agent_id: str, message: str) -> Any:
+    memory = kernel.services.get("memory")
+    if memory is None:
         return None
-    return await kernel.services["memory"].pipeline.recall(agent_id, session_id, message)
+    return await memory.pipeline.recall(agent_id, message)
 
 
 @librefang.hookimpl(optionalhook=True)  # offered by the runtime plugin, if loaded
