@@ -76,7 +76,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
 class Processes:
     """The fake provider and the daemon, each its own process."""
 
-    def __init__(self, home: Path, keepalive: float) -> None:
+    def __init__(self, home: Path, keepalive: float, plugins: str = "providers,agents,runtime") -> None:
         self.fake_port, self.port = free_port(), free_port()
         self.fake_url = f"http://127.0.0.1:{self.fake_port}"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -88,8 +88,10 @@ class Processes:
             f"[runtime]\nsse_keepalive_secs = {keepalive}\n"
         )
         env = dict(os.environ, LIBREFANG_HOME=str(home), LIBREFANG_VAULT_KEY="00" * 32, OPENAI_API_KEY=KEY,
-                   LIBREFANG_LOAD_PLUGINS="providers,agents,runtime")
+                   LIBREFANG_LOAD_PLUGINS=plugins)
         env.pop("LIBREFANG_API_KEY", None)
+        if plugins == "all":  # every installed plugin (memory recall, budget, taint, approvals... run per turn)
+            env.pop("LIBREFANG_LOAD_PLUGINS")
         self.log = open(home / "bench.log", "ab")  # noqa: SIM115 - closed in stop()
         self.fake = subprocess.Popen([sys.executable, "-m", "tests.fakes.llm_server", "--port", str(self.fake_port)],
                                      cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -260,10 +262,16 @@ async def held_streams(procs: Processes, streams: int, hold: float) -> dict[str,
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="lf-bench-runtime-"))
-    procs = Processes(home, keepalive=15)
+    procs = Processes(home, keepalive=15, plugins=args.plugins)
     try:
-        report: dict[str, Any] = {"idle_rss_mb": round(rss_mb(procs.daemon.pid), 1)}
+        report: dict[str, Any] = {"plugins": args.plugins, "idle_rss_mb": round(rss_mb(procs.daemon.pid), 1)}
         parts = set(args.only.split(",")) if args.only else {"latency", "throughput", "sse", "streams"}
+        spy = None
+        if args.profile:  # collapsed stacks of the daemon (all threads) while the measurements run
+            spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(procs.daemon.pid),  # noqa: ASYNC220
+                                    "--rate", "250", "--format", "raw", "--threads", "-o", str(args.profile)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await asyncio.sleep(1)
         if "latency" in parts:
             report["provider_alone"] = await provider_alone(procs, args.turns)
             report["turn_no_tool"] = await turn_latency(procs, args.turns, with_tool=False)
@@ -275,6 +283,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if "streams" in parts:
             report["held_streams"] = await held_streams(procs, args.streams, args.hold)
         report["load_average"] = os.getloadavg()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         return report
     finally:
         procs.stop()
@@ -292,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small numbers for a fast look")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--only", default="", help="comma list of latency,throughput,sse,streams")
+    parser.add_argument("--plugins", default="providers,agents,runtime",
+                        help="plugins the daemon loads (comma list), or 'all' for every installed one")
+    parser.add_argument("--profile", type=Path, help="record the daemon with py-spy into this SVG (py-spy installed)")
     args = parser.parse_args(argv)
     if args.quick:
         args.turns, args.turns_each, args.tokens, args.streams, args.hold = 50, 5, 2000, 50, 3.0

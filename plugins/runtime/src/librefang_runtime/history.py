@@ -8,6 +8,7 @@ cuts a window without separating a tool_use from its tool_result.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,3 +221,109 @@ def trim(messages: list[Message], max_messages: int) -> list[Message]:
 
 def _has_results(message: Message) -> bool:
     return any(isinstance(b, ToolResultBlock) for b in message.blocks())
+
+
+# -- the recent window of busy sessions -------------------------------------------------------------
+@dataclass
+class Window:
+    """The most recent stored messages of one session, decoded. ``items`` are the last
+    ``min(count, cap)`` messages of the session (``cap`` = the limit they were read with, None = all);
+    ``info`` is the session's row. What an item is (a stored message with its time) is the store's."""
+
+    info: Any
+    items: list[Any]
+    cap: int | None
+
+    def covers(self, limit: int | None) -> bool:
+        """Whether the last ``limit`` messages (None: all) are all here."""
+        if len(self.items) >= self.info.message_count:  # the whole session
+            return True
+        return limit is not None and self.cap is not None and limit <= self.cap
+
+
+class WindowCache:
+    """Decoded recent history of the busiest sessions (LRU, at most ``max_sessions``), so a turn of a
+    busy session reads no history from the database and decodes only the messages it writes.
+
+    The store keeps it exact: a committed append extends the window (:meth:`begin_write` /
+    :meth:`end_write`), every other write path (clear, delete, compaction, label) drops the session's
+    entry after its commit (:meth:`invalidate`), and a read from the database is installed only when
+    no write of that session started or was in flight meanwhile (:meth:`begin_read` / :meth:`end_read`)."""
+
+    def __init__(self, max_sessions: int = 256) -> None:
+        self.max_sessions = max_sessions
+        self._entries: OrderedDict[str, Window] = OrderedDict()
+        self._busy: dict[str, list[int]] = {}  # session id -> [reads in flight, writes in flight, generation]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._entries
+
+    def get(self, session_id: str, limit: int | None) -> Window | None:
+        """The session's window when it holds the last ``limit`` messages, else None."""
+        window = self._entries.get(session_id)
+        if window is None or not window.covers(limit):
+            return None
+        self._entries.move_to_end(session_id)
+        return window
+
+    def _state(self, session_id: str) -> list[int]:
+        return self._busy.setdefault(session_id, [0, 0, 0])
+
+    def _release(self, session_id: str, state: list[int]) -> None:
+        if state[0] <= 0 and state[1] <= 0:
+            del self._busy[session_id]
+
+    def begin_read(self, session_id: str) -> int:
+        """Call before reading the session from the database; pass the result to :meth:`end_read`."""
+        state = self._state(session_id)
+        state[0] += 1
+        return state[2]
+
+    def end_read(self, session_id: str, token: int, window: Window | None) -> None:
+        """Install ``window`` (read since :meth:`begin_read`) unless the session was written meanwhile."""
+        state = self._busy[session_id]
+        state[0] -= 1
+        fresh = state[2] == token and state[1] == 0
+        self._release(session_id, state)
+        if window is not None and fresh:
+            self._entries[session_id] = window
+            self._entries.move_to_end(session_id)
+            while len(self._entries) > self.max_sessions:
+                self._entries.popitem(last=False)
+
+    def begin_write(self, session_id: str) -> None:
+        """An append to the session is about to be written (call :meth:`end_write` in every case)."""
+        state = self._state(session_id)
+        state[1] += 1
+        state[2] += 1
+
+    def end_write(self, session_id: str, items: list[Any] | None, message_count: int = 0,
+                  updated_at: float = 0.0) -> None:
+        """The append ended: ``items`` were committed at the end of the session, which now has
+        ``message_count`` messages; ``items=None`` when it failed or its outcome is unknown."""
+        state = self._busy[session_id]
+        state[1] -= 1
+        state[2] += 1
+        self._release(session_id, state)
+        window = self._entries.get(session_id)
+        if window is None:
+            return
+        if items is None:
+            del self._entries[session_id]
+            return
+        window.items.extend(items)
+        window.info.message_count = message_count
+        window.info.updated_at = updated_at
+        keep = min(message_count, window.cap) if window.cap is not None else message_count
+        if len(window.items) > keep:
+            del window.items[:len(window.items) - keep]
+
+    def invalidate(self, session_id: str) -> None:
+        """The session changed other than by an append (call after the change is committed): forget it."""
+        state = self._busy.get(session_id)
+        if state is not None:
+            state[2] += 1  # a read in flight may have seen the old state: it will not be installed
+        self._entries.pop(session_id, None)

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from librefang_providers.api import Message, Usage
 from sqlalchemy.exc import IntegrityError
 
-from librefang_runtime.history import content_to_json, message_from_json, text_of
+from librefang_runtime.history import Window, WindowCache, content_to_json, message_from_json, text_of
 from librefang_runtime.models import messages, sessions, usage
 
 
@@ -63,8 +63,55 @@ def _info(row: Any) -> SessionInfo:
                        row.summary)
 
 
+def _copy_info(info: SessionInfo) -> SessionInfo:
+    return SessionInfo(info.id, info.agent_id, info.label, info.message_count, info.created_at, info.updated_at,
+                       info.summary)
+
+
+def _commit_rows(conn: Any, rows: list[dict[str, Any]], added: dict[str, int], usage_rows: list[dict[str, Any]],
+                 now: float, max_messages: int) -> dict[str, int]:
+    """Insert messages and usage rows, update the sessions' counts (oldest messages go beyond
+    ``max_messages``); returns each existing session's message count after the write."""
+    if rows:
+        conn.execute(messages.insert(), rows)
+    totals: dict[str, int] = {}
+    for session_id, count in added.items():
+        total = conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+            message_count=sessions.c.message_count + count, updated_at=now)
+            .returning(sessions.c.message_count)).scalar_one_or_none()
+        if total is None:
+            continue
+        if total > max_messages:
+            oldest = sa.select(messages.c.id).where(messages.c.session_id == session_id) \
+                .order_by(messages.c.id).limit(total - max_messages).scalar_subquery()
+            conn.execute(messages.delete().where(messages.c.id.in_(oldest)))
+            conn.execute(sessions.update().where(sessions.c.id == session_id).values(message_count=max_messages))
+            total = max_messages
+        totals[session_id] = total
+    if usage_rows:
+        conn.execute(usage.insert(), usage_rows)
+    return totals
+
+
+def _read_window(conn: Any, session_id: str, limit: int | None) -> tuple[Any, list[StoredMessage]]:
+    """The session's row (None when it does not exist) and its last ``limit`` messages, decoded."""
+    row = conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
+    if row is None:
+        return None, []
+    query = sa.select(messages.c.role, messages.c.content, messages.c.created_at) \
+        .where(messages.c.session_id == session_id).order_by(messages.c.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    rows = conn.execute(query).all()
+    return row, [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
+
+
 class SessionStore:
-    """Queries over the runtime's tables through the kernel's database."""
+    """Queries over the runtime's tables through the kernel's database.
+
+    With SQLite (one daemon per database file) the decoded recent history of busy sessions is kept
+    in a :class:`~librefang_runtime.history.WindowCache`, exact because every write goes through
+    this class; with PostgreSQL other daemons may write the same sessions, so every turn reads."""
 
     def __init__(self, db: Any, max_messages: int = 2000) -> None:
         self.db = db
@@ -74,6 +121,12 @@ class SessionStore:
         self._write_lock = asyncio.Lock()
         self._pending: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.windows: WindowCache | None = WindowCache() if db.is_sqlite else None
+
+    def _forget(self, *session_ids: str) -> None:
+        if self.windows is not None:
+            for session_id in session_ids:
+                self.windows.invalidate(session_id)
 
     def writing(self) -> Any:
         """Hold this while writing to SQLite (a no-op for other databases)."""
@@ -141,6 +194,11 @@ class SessionStore:
                     if not entry.done.done():
                         entry.done.set_result(None)
 
+    async def _tx(self, fn: Any, *args: Any) -> Any:
+        """``fn(conn, *args)`` in one transaction (``Database.run``: with a SQLite file, one hop to a
+        database thread instead of one per statement, commit and reset)."""
+        return await self.db.run(fn, *args)
+
     async def _commit(self, batch: list[_Write]) -> None:
         rows = [{"session_id": e.session_id, "role": m.role, "created_at": e.at, "text": text_of(m),
                  "content": json.dumps(content_to_json(m), ensure_ascii=False, separators=(",", ":"))}
@@ -151,21 +209,32 @@ class SessionStore:
                 added[entry.session_id] = added.get(entry.session_id, 0) + len(entry.items)
         usage_rows = [e.usage_row for e in batch if e.usage_row is not None]
         now = time.time()
-        async with self.writing(), self.db.begin() as conn:
-            if rows:
-                await conn.execute(messages.insert(), rows)
-            for session_id, count in added.items():
-                total = (await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
-                    message_count=sessions.c.message_count + count, updated_at=now)
-                    .returning(sessions.c.message_count))).scalar_one_or_none()
-                if total is not None and total > self.max_messages:
-                    oldest = sa.select(messages.c.id).where(messages.c.session_id == session_id) \
-                        .order_by(messages.c.id).limit(total - self.max_messages).scalar_subquery()
-                    await conn.execute(messages.delete().where(messages.c.id.in_(oldest)))
-                    await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
-                        message_count=self.max_messages))
-            if usage_rows:
-                await conn.execute(usage.insert(), usage_rows)
+        windows = self.windows
+        if windows is not None:
+            for entry in batch:
+                if entry.items:
+                    windows.begin_write(entry.session_id)
+        totals: dict[str, int] | None = None
+        try:
+            async with self.writing():
+                totals = await self._tx(_commit_rows, rows, added, usage_rows, now, self.max_messages)
+        finally:
+            if windows is not None:
+                # The windows get what the database now holds, decoded as a read would decode it; a
+                # failed (or cancelled: outcome unknown) write makes the next turn read again.
+                at = 0
+                for entry in batch:
+                    payloads = rows[at:at + len(entry.items)]
+                    at += len(entry.items)
+                    if not entry.items:
+                        continue
+                    total = totals.get(entry.session_id) if totals is not None else None
+                    if total is None:
+                        windows.end_write(entry.session_id, None)
+                        continue
+                    decoded = [StoredMessage(message_from_json(r["role"], json.loads(r["content"])), entry.at)
+                               for r in payloads]
+                    windows.end_write(entry.session_id, decoded, total, now)
 
     async def aclose(self) -> None:
         """Wait for writes in flight (plugin shutdown)."""
@@ -173,20 +242,29 @@ class SessionStore:
             await self._flusher
 
     async def open_turn(self, session_id: str, agent_id: str, limit: int | None) -> tuple[SessionInfo, list[StoredMessage]]:
-        """The session (created for ``agent_id`` when new) and its most recent messages. An existing
-        session costs one read-only transaction (a read that turned into a write could fail under
-        SQLite's snapshot rules when another writer went first)."""
-        query = sa.select(messages.c.role, messages.c.content, messages.c.created_at) \
-            .where(messages.c.session_id == session_id).order_by(messages.c.id.desc())
-        if limit is not None:
-            query = query.limit(limit)
-        async with self.db.begin() as conn:
-            row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
-            rows = (await conn.execute(query)).all() if row is not None else []
-        if row is None:
-            return await self.ensure(session_id, agent_id), []
-        stored = [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
-        return _info(row), stored
+        """The session (created for ``agent_id`` when new) and its most recent messages. A session in
+        the window cache costs nothing; another costs one read-only transaction (a read that turned
+        into a write could fail under SQLite's snapshot rules when another writer went first)."""
+        windows = self.windows
+        if windows is not None:
+            window = windows.get(session_id, limit)
+            if window is not None:
+                items = window.items if limit is None else window.items[-limit:] if limit else []
+                return _copy_info(window.info), list(items)
+            token = windows.begin_read(session_id)
+        installed: Window | None = None
+        try:
+            row, stored = await self._tx(_read_window, session_id, limit)
+            if row is None:
+                info = await self.ensure(session_id, agent_id)
+                stored = []
+            else:
+                info = _info(row)
+            installed = Window(_copy_info(info), list(stored), limit)
+        finally:
+            if windows is not None:
+                windows.end_read(session_id, token, installed)
+        return info, stored
 
     async def load(self, session_id: str, limit: int | None = None) -> list[StoredMessage]:
         """The session's messages in order; with ``limit``, only the most recent ones."""
@@ -208,6 +286,7 @@ class SessionStore:
         async with self.db.begin() as conn:
             await conn.execute(sessions.insert().values(
                 id=new_id, agent_id=agent_id, label=label, message_count=0, created_at=now, updated_at=now))
+        self._forget(new_id)
         found = await self.get(new_id)
         assert found is not None
         return found
@@ -234,6 +313,7 @@ class SessionStore:
             await self._check_label(found.agent_id, label, session_id)
         async with self.db.begin() as conn:
             await conn.execute(sessions.update().where(sessions.c.id == session_id).values(label=label))
+        self._forget(session_id)
         found.label = label
         return found
 
@@ -249,18 +329,24 @@ class SessionStore:
 
     async def clear(self, session_id: str) -> None:
         """Remove every message of a session (the session stays)."""
-        async with self.db.begin() as conn:
-            await conn.execute(messages.delete().where(messages.c.session_id == session_id))
-            await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
-                message_count=0, updated_at=time.time()))
+        try:
+            async with self.db.begin() as conn:
+                await conn.execute(messages.delete().where(messages.c.session_id == session_id))
+                await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                    message_count=0, updated_at=time.time()))
+        finally:  # also when the outcome is unknown (cancelled during the commit)
+            self._forget(session_id)
 
     async def delete(self, session_ids: list[str]) -> int:
         """Delete sessions and their messages; returns how many sessions existed."""
         if not session_ids:
             return 0
-        async with self.db.begin() as conn:
-            await conn.execute(messages.delete().where(messages.c.session_id.in_(session_ids)))
-            result = await conn.execute(sessions.delete().where(sessions.c.id.in_(session_ids)))
+        try:
+            async with self.db.begin() as conn:
+                await conn.execute(messages.delete().where(messages.c.session_id.in_(session_ids)))
+                result = await conn.execute(sessions.delete().where(sessions.c.id.in_(session_ids)))
+        finally:
+            self._forget(*session_ids)
         return result.rowcount or 0
 
     async def session_ids(self, *, agent_id: str | None = None, idle_before: float | None = None) -> list[tuple[str, str]]:
@@ -308,19 +394,23 @@ class SessionStore:
         """Replace the first ``count`` messages by ``summary_message`` (which takes the first one's place,
         so order is kept) and remember ``summary`` as the session's compacted summary."""
         payload = json.dumps(content_to_json(summary_message), ensure_ascii=False, separators=(",", ":"))
-        async with self.db.begin() as conn:
-            ids = [r.id for r in (await conn.execute(
-                sa.select(messages.c.id).where(messages.c.session_id == session_id)
-                .order_by(messages.c.id).limit(count))).all()]
-            if not ids:
-                return
-            first = (await conn.execute(sa.select(messages.c.created_at).where(messages.c.id == ids[0]))).scalar_one()
-            await conn.execute(messages.delete().where(messages.c.id.in_(ids)))
-            await conn.execute(messages.insert().values(
-                id=ids[0], session_id=session_id, role=summary_message.role, content=payload, created_at=first,
-                text=text_of(summary_message)))
-            await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
-                message_count=sessions.c.message_count - len(ids) + 1, summary=summary, updated_at=time.time()))
+        try:
+            async with self.db.begin() as conn:
+                ids = [r.id for r in (await conn.execute(
+                    sa.select(messages.c.id).where(messages.c.session_id == session_id)
+                    .order_by(messages.c.id).limit(count))).all()]
+                if not ids:
+                    return
+                first = (await conn.execute(
+                    sa.select(messages.c.created_at).where(messages.c.id == ids[0]))).scalar_one()
+                await conn.execute(messages.delete().where(messages.c.id.in_(ids)))
+                await conn.execute(messages.insert().values(
+                    id=ids[0], session_id=session_id, role=summary_message.role, content=payload, created_at=first,
+                    text=text_of(summary_message)))
+                await conn.execute(sessions.update().where(sessions.c.id == session_id).values(
+                    message_count=sessions.c.message_count - len(ids) + 1, summary=summary, updated_at=time.time()))
+        finally:
+            self._forget(session_id)
 
     @staticmethod
     def usage_row(*, agent_id: str, session_id: str, provider: str, model: str, usage_: Usage,
