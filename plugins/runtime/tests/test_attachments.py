@@ -177,3 +177,20 @@ async def test_model_without_vision_gets_a_note(runtime_env: Any, spawn: Any, fa
     assert response.status_code == 200
     content = openai_user_parts(fake_llm.requests[0].body)[-1]["content"]
     assert "image_url" not in json.dumps(content) and "cannot see images" in json.dumps(content)
+
+
+async def test_send_message_api_with_attachments(runtime_env: Any, spawn: Any, fake_llm: Any) -> None:
+    from librefang_agents import api as agents_api
+    from librefang_runtime import api as runtime_api
+
+    kernel, _client = runtime_env
+    agent_id = await spawn(kernel, "channel-bot")
+    image = png()
+    meta = await agents_api.save_upload(kernel, agent_id, "photo.png", "image/png", image)
+    assert (await agents_api.get_upload(kernel, meta["file_id"]))[1] == image
+    fake_llm.script(Script(text="Nice photo."))
+    result = await runtime_api.send_message(kernel, agent_id, "from a channel", attachments=[meta["file_id"]])
+    assert result.response == "Nice photo."
+    content = openai_user_parts(fake_llm.requests[0].body)[-1]["content"]
+    assert content[1] == {"type": "image_url",
+                          "image_url": {"url": "data:image/png;base64," + base64.b64encode(image).decode()}}

@@ -47,10 +47,14 @@ def runtime(kernel: Any) -> RuntimeService:
 
 
 async def send_message(kernel: Any, agent_id: str, text: str, *, session_id: str | None = None,
-                       sender_name: str | None = None, is_group: bool = False, emit: Emit | None = None) -> TurnResult:
+                       sender_name: str | None = None, is_group: bool = False, emit: Emit | None = None,
+                       attachments: list[str] | None = None) -> TurnResult:
     """Run one turn of an agent, exactly as ``POST /api/agents/{id}/message`` does (same checks, same
     session rules, one run at a time per session). Raises ``librefang.errors.ApiError`` subclasses
-    (400/404/409/412/413, 502/503 for provider failures); ``emit`` receives the loop's events."""
+    (400/403/404/409/412/413, 502/503 for provider failures); ``emit`` receives the loop's events.
+    ``attachments`` are upload ids of the agent (``librefang_agents.api.save_upload``): images and
+    text files, as in ``MessageRequest.attachments`` (docs/runtime.md, "Attachments")."""
     service = runtime(kernel)
-    body = MessageRequest(message=text, session_id=session_id, sender_name=sender_name, is_group=is_group)
+    body = MessageRequest(message=text, session_id=session_id, sender_name=sender_name, is_group=is_group,
+                          attachments=[{"file_id": file_id} for file_id in attachments or []])
     return await service.run(await service.prepare(agent_id, body), emit)
