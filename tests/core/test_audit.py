@@ -583,3 +583,39 @@ async def test_retention_trims_when_only_the_kept_part_was_tampered(make_kernel)
     assert await kernel.audit.trim(30) == kept - 1
     body = await verify(client)
     assert (body["valid"], body["first_broken_seq"]) == (False, kept)
+
+
+async def test_record_with_commits_the_change_and_its_entry_together(make_kernel, librefang_home):
+    """record_with: a caller's change and its entry are one transaction; concurrent callers share
+    it, and a change that fails fails only its own caller (nothing of it is stored, not even the entry)."""
+    from sqlalchemy import text
+
+    kernel, client = await started(make_kernel, entries=0)
+    async with kernel.db.begin() as conn:
+        await conn.execute(text("CREATE TABLE things (name VARCHAR(20) PRIMARY KEY)"))
+
+    def add(name):
+        def change(conn):
+            conn.execute(text("INSERT INTO things (name) VALUES (:n)"), {"n": name})
+            return f"added {name}"
+        return change
+
+    names = [f"t{i}" for i in range(30)] + ["t7"]  # the last one collides
+    results = await asyncio.gather(
+        *(kernel.audit.record_with(add(n), "ThingAdd", target=n) for n in names), return_exceptions=True)
+    assert all(isinstance(r, tuple) for r in results[:30])
+    assert isinstance(results[30], Exception) and "UNIQUE" in str(results[30])
+    assert [r[1] for r in results[:30]] == [f"added t{i}" for i in range(30)]
+    with database(kernel) as conn:
+        stored = {r[0] for r in conn.execute("SELECT name FROM things")}
+    assert stored == {f"t{i}" for i in range(30)}
+    added = [r for r in rows(kernel) if r["action"] == "ThingAdd"]
+    assert sorted(r["target"] for r in added) == sorted(f"t{i}" for i in range(30))  # no entry for the failure
+    assert {r[0]["seq"] for r in results[:30]} == {r["seq"] for r in added}
+    body = await verify(client)
+    assert body["valid"] is True and body["entries"] == kernel.audit.length
+    # After a restart: every change and its entry are there, and the chain verifies.
+    await kernel.stop()
+    again = await make_kernel(load_entry_points=False)
+    assert sum(r["action"] == "ThingAdd" for r in rows(again)) == 30
+    assert (await verify(make_client(build_app(again))))["valid"] is True

@@ -62,8 +62,30 @@ def entry_hash(entry: dict[str, Any], prev_hash: str) -> str:
     return digest.hexdigest()
 
 
-def _insert_entries(conn: Any, rows: list[dict[str, Any]]) -> None:
+_Pending = tuple[dict[str, Any], Callable[[Any], Any] | None, "asyncio.Future[tuple[dict[str, Any], Any]]"]
+
+
+def _commit_batch(conn: Any, changes: list[Callable[[Any], Any] | None], rows: list[dict[str, Any]]) -> list[Any]:
+    """One transaction: the callers' changes, then their entries (runs in the database thread)."""
+    results = [change(conn) if change is not None else None for change in changes]
     conn.execute(_INSERT, rows)
+    return results
+
+
+def _entry(action: str, actor: str, target: str, detail: Any, outcome: str, request_id: str) -> dict[str, Any]:
+    """The caller's fields of an entry, bounded and with credential-shaped substrings scrubbed."""
+    from librefang.logs import scrub
+
+    if not isinstance(detail, str):
+        detail = json.dumps(detail, sort_keys=True, default=str)
+    return {
+        "actor": str(actor)[:200],
+        "action": str(action)[:100],
+        "target": scrub(str(target))[:500],
+        "detail": scrub(detail)[:MAX_DETAIL_CHARS],
+        "outcome": str(outcome)[:50],
+        "request_id": str(request_id or "")[:64],
+    }
 
 
 def utc_now() -> dt.datetime:
@@ -211,7 +233,7 @@ class AuditChain:
         self.last_trim: dict[str, Any] | None = None
         self._verifying: asyncio.Future[VerifyResult] | None = None
         # Entries waiting for the writer task, each with the future its caller awaits.
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._pending: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -291,20 +313,34 @@ class AuditChain:
 
         Credential-shaped substrings in ``target`` and ``detail`` are scrubbed before hashing.
         """
-        from librefang.logs import scrub
+        entry = _entry(action, actor, target, detail, outcome, request_id)
+        return (await self._submit(entry, None))[0]
 
-        if not isinstance(detail, str):
-            detail = json.dumps(detail, sort_keys=True, default=str)
-        entry = {
-            "actor": str(actor)[:200],
-            "action": str(action)[:100],
-            "target": scrub(str(target))[:500],
-            "detail": scrub(detail)[:MAX_DETAIL_CHARS],
-            "outcome": str(outcome)[:50],
-            "request_id": str(request_id or "")[:64],
-        }
-        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, done))
+    async def record_with(
+        self,
+        change: Callable[[Any], Any],
+        action: str,
+        *,
+        actor: str = "system",
+        target: str = "",
+        detail: Any = "",
+        outcome: str = "ok",
+        request_id: str = "",
+    ) -> tuple[dict[str, Any], Any]:
+        """Commit ``change(conn)`` and its audit entry in ONE transaction; returns (entry, its result).
+
+        ``change`` is a plain function given a sync SQLAlchemy connection, with the rules of
+        :meth:`Database.run` (it runs in the database thread with SQLite: short, no event-loop
+        calls). The change is stored if and only if its entry is. Concurrent calls share one
+        transaction; when that transaction fails, each is retried alone, so a change that raises
+        (a unique key taken, say) fails only its own caller, with its own exception.
+        """
+        entry = _entry(action, actor, target, detail, outcome, request_id)
+        return await self._submit(entry, change)
+
+    async def _submit(self, entry: dict[str, Any], change: Callable[[Any], Any] | None) -> tuple[dict[str, Any], Any]:
+        done: asyncio.Future[tuple[dict[str, Any], Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, change, done))
         writer = self._writer
         if writer is None or writer.done() or writer.get_loop() is not asyncio.get_running_loop():
             self._writer = asyncio.ensure_future(self._drain())
@@ -319,17 +355,21 @@ class AuditChain:
                 try:
                     await self._write(batch)
                 except BaseException as exc:  # answer every caller, whatever happened
-                    for _, done in batch:
+                    for _, _, done in batch:
                         if not done.done():
                             done.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
                     if not isinstance(exc, Exception):
                         raise
 
-    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
-        """Chain, announce, commit (one transaction), anchor, answer; the tip moves only after the commit."""
+    async def _write(self, batch: list[_Pending]) -> None:
+        """Chain, announce, commit (one transaction), anchor, answer; the tip moves only after the commit.
+
+        A failed transaction of several entries is retried one entry at a time, so one caller's
+        failing change does not fail the others.
+        """
         seq, prev = self._tip_seq, self._tip_hash
         rows = []
-        for entry, _ in batch:
+        for entry, _, _ in batch:
             seq += 1
             entry["timestamp"] = format_timestamp(self.clock())
             entry["seq"] = seq
@@ -340,16 +380,25 @@ class AuditChain:
             self.anchor.announce(self._tip_seq + 1, seq)
         except OSError as exc:  # stored all the same; only a crash before the anchor append would show
             log.error("could not write the audit anchor %s: %s", self.anchor_path, exc)
-        await self.db.run(_insert_entries, rows)
+        changes = [change for _, change, _ in batch]
+        try:
+            results = await self.db.run(_commit_batch, changes, rows)
+        except Exception as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    await self._write([item])
+            elif not batch[0][2].done():
+                batch[0][2].set_exception(exc)
+            return
         self._tip_seq, self._tip_hash = seq, prev
         self._entries += len(rows)
         try:
             self.anchor.append_many([(row["seq"], row["hash"]) for row in rows])
         except OSError as exc:  # the entries are stored; verify will show them as unanchored
             log.error("could not write the audit anchor %s: %s", self.anchor_path, exc)
-        for entry, done in batch:
+        for (entry, _, done), result in zip(batch, results, strict=True):
             if not done.done():
-                done.set_result(entry)
+                done.set_result((entry, result))
 
     async def recent(self, limit: int, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Newest first, with the total count."""
