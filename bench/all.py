@@ -70,6 +70,18 @@ class SuiteRun:
     rows: list[Row]
 
 
+def git_state() -> dict[str, Any] | None:
+    """The commit measured, and whether the working tree had changes on top of it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -172,7 +184,7 @@ def ratio_text(row: Row) -> str:
 
 
 def render_text(runs: list[SuiteRun]) -> str:
-    head = f"{'suite':<9} {'figure':<50} {'ours':>10} {'baseline':>10} {'ratio':>8} {'target':>18}  result"
+    head = f"{'suite':<9} {'figure':<50} {'ours':>10} {'baseline':>10} {'ratio':>8} {'target':>22}  result"
     lines = [head, "-" * len(head)]
     for run in runs:
         if run.status != "ok":
@@ -180,7 +192,7 @@ def render_text(runs: list[SuiteRun]) -> str:
                          f"(exit {run.returncode}); see its stderr in the JSON output")
         for row in run.rows:
             lines.append(f"{run.name:<9} {row.figure[:50]:<50} {fmt(row.ours):>10} {fmt(row.baseline):>10} "
-                         f"{ratio_text(row):>8} {row.target[:18]:>18}  {result_word(row)}")
+                         f"{ratio_text(row):>8} {row.target[:22]:>22}  {result_word(row)}")
     lines.append("")
     lines.append("baselines: " + "; ".join(f"{run.name}: {SUITES[run.name].baseline}" for run in runs))
     return "\n".join(lines)
@@ -197,6 +209,16 @@ def render_markdown(results: dict[str, Any], runs: list[SuiteRun]) -> str:
         f"{', '.join(map(str, m['loadavg_at_start']))} at the start and "
         f"{', '.join(map(str, results['loadavg_at_end']))} at the end (shared machine: compare ratios).",
         "- Suites: " + "; ".join(f"`{r.name}` {r.status} ({r.seconds:.0f} s)" for r in runs) + ".",
+    ]
+    git = results.get("git")
+    if git:
+        lines.append(f"- Code: commit `{git['commit'][:12]}`" + (" with uncommitted changes in the working tree "
+                                                                 "(other work in progress)" if git["dirty"] else "") + ".")
+    if results["mode"] != "full":
+        lines.append(f"- {results['mode'].capitalize()} sizes: indicative figures only (the kernel suite's `--quick` "
+                     "makes one launch per side, and that launch's cold start includes the first start's "
+                     "migrations); published figures come from a full run (`bench/all.py` without `--quick`).")
+    lines += [
         "",
         "| suite | figure | ours | baseline (same run) | ratio | target | result |",
         "| --- | --- | ---: | ---: | ---: | --- | --- |",
@@ -259,7 +281,8 @@ def main(argv: list[str] | None = None, on_suite: Callable[[SuiteRun], None] | N
     marker = os.environ.get(MARKER) or uuid.uuid4().hex
     started = time.monotonic()
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                               "command": command.strip(), "mode": args.mode, "machine": machine_facts()}
+                               "command": command.strip(), "mode": args.mode, "machine": machine_facts(),
+                               "git": git_state()}
     runs: list[SuiteRun] = []
 
     def interrupted(signum: int, _frame: Any) -> None:
