@@ -19,6 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from librefang.errors import BadRequest
+from librefang.routing import format_validation_error
+from pydantic import ValidationError
+
 from librefang_agents.capabilities import (
     ASSIST_TOOLS,
     MODES,
@@ -30,6 +34,7 @@ from librefang_agents.capabilities import (
 )
 from librefang_agents.config import default_model
 from librefang_agents.manifest import AgentManifest, ManifestCapabilities, ManifestError, parse_manifest
+from librefang_agents.schemas import SetModelRequest
 from librefang_agents.service import Actor, AgentService, parse_agent_id
 from librefang_agents.store import STATES, AgentRecord
 from librefang_agents.views import resolve_model
@@ -43,6 +48,7 @@ __all__ = [
     "AgentService", "ManifestCapabilities", "ManifestError", "default_model", "effective_capabilities",
     "implied_capabilities", "inheritance_violations", "parse_agent_id", "parse_manifest", "registry",
     "resolve_model", "visible_tools", "workspace_of", "ensure_workspace", "get_upload", "save_upload",
+    "find_upload", "set_model",
 ]
 
 
@@ -79,3 +85,29 @@ async def save_upload(kernel: Any, agent_id: str, filename: str | None, content_
     """Store a file for an agent exactly as ``POST /api/agents/{id}/upload`` does (same limits);
     returns the upload's metadata (see :func:`get_upload`)."""
     return await kernel.services["agents.files"].save_upload(agent_id, filename, content_type, data)
+
+
+async def find_upload(kernel: Any, agent_id: str, sha256: str) -> dict[str, Any] | None:
+    """The metadata of an upload of the agent whose bytes have this SHA-256 (hex), or None: lets a
+    caller store the same content once instead of uploading it again."""
+    return await kernel.services["agents.files"].find_upload(agent_id, sha256)
+
+
+async def set_model(kernel: Any, agent_id: str, model: str, provider: str | None = None, *,
+                    actor: Actor | None = None) -> AgentRecord:
+    """Switch an agent's model (and its provider when given) exactly as ``PUT /api/agents/{id}/model``
+    does: the same field limits (400 ``invalid_body``), manifest and capability checks, audit entry
+    and ``agent.config_changed`` event."""
+    try:
+        body = SetModelRequest(model=model, provider=provider)
+    except ValidationError as exc:
+        raise BadRequest(format_validation_error(exc, "body"), code="invalid_body") from None
+
+    def mutate(data: dict[str, Any]) -> None:
+        config = dict(data.get("model") or {})
+        config["model"] = body.model
+        if body.provider:
+            config["provider"] = body.provider
+        data["model"] = config
+
+    return await registry(kernel).change(agent_id, mutate, actor=actor or Actor(), what="model")

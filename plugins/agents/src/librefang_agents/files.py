@@ -124,6 +124,17 @@ class FilesService:
             raise
         return self._view(row)
 
+    async def find_upload(self, agent_id: str, sha256: str) -> dict[str, Any] | None:
+        """An upload of the agent with these bytes (by SHA-256), whose file is still there; else None."""
+        agent_id = parse_agent_id(agent_id)
+        query = sa.select(uploads).where(uploads.c.agent_id == agent_id, uploads.c.sha256 == sha256.lower())
+        async with self.kernel.db.begin() as conn:
+            rows = (await conn.execute(query.order_by(uploads.c.created_at).limit(5))).mappings().all()
+        for row in rows:
+            if await asyncio.to_thread((self.uploads_dir / row["id"]).is_file):
+                return self._view(row)
+        return None
+
     def _write_blob(self, file_id: str, data: bytes) -> None:
         self.uploads_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.uploads_dir / f".{file_id}.tmp"

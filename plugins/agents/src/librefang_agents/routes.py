@@ -9,6 +9,7 @@ from librefang import Router, current_kernel
 from librefang.errors import ApiError, BadRequest
 from quart import Response, g
 
+from librefang_agents.api import set_model as switch_model
 from librefang_agents.manifest import ManifestError, check_agent_name, parse_manifest
 from librefang_agents.schemas import (
     AgentChanged,
@@ -301,15 +302,7 @@ async def clone_agent(agent_id: str, body: CloneRequest) -> AgentChanged:
 @router.put("/api/agents/<agent_id>/model", cost=5, body=SetModelRequest, response=ModelChanged)
 async def set_model(agent_id: str, body: SetModelRequest) -> ModelChanged:
     """Switch the agent's model (and optionally provider)."""
-
-    def mutate(data: dict[str, Any]) -> None:
-        model = dict(data.get("model") or {})
-        model["model"] = body.model
-        if body.provider:
-            model["provider"] = body.provider
-        data["model"] = model
-
-    record = await service().change(agent_id, mutate, actor=actor(), what="model")
+    record = await switch_model(current_kernel(), agent_id, body.model, body.provider, actor=actor())
     manifest = record.parsed()
     return ModelChanged(status="updated", agent_id=record.id, provider=manifest.model.provider, model=manifest.model.model)
 
