@@ -7,6 +7,7 @@ are published on the event bus (``agent.*``) and recorded in the audit chain.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -180,28 +181,37 @@ class AgentService:
         if total >= self.config.max_agents:
             raise Conflict(f"the registry holds its maximum of {self.config.max_agents} agents", code="agent_limit_reached")
         now = time.time()
+        random_bytes = os.urandom(32)  # both ids from one system call (uuid4 makes one each)
         record = AgentRecord(
-            id=str(uuid.uuid4()),
+            id=str(uuid.UUID(bytes=random_bytes[:16], version=4)),
             name=manifest.name,
             state=state,
             mode="full",
             manifest=manifest.to_data(),
             parent_id=parent_id,
-            session_id=str(uuid.uuid4()),
+            session_id=str(uuid.UUID(bytes=random_bytes[16:], version=4)),
             signer=signer,
             created_at=now,
             last_active=now,
             updated_at=now,
         )
         record.manifest["name"] = manifest.name
-        try:
-            await self.store.insert(record, manifest)
-        except NameTaken:
-            raise Conflict(f"an agent named {manifest.name!r} already exists", code="agent_already_exists") from None
         info = {"parent_id": parent_id} if parent_id else {}
         if signer:
             info["signed_by"] = signer
-        await self._event("agent.spawned", record, actor, "AgentSpawn", info)
+
+        def commit(write: Callable[[Any], Any]) -> Any:
+            # The row and its audit entry: one transaction, shared with concurrent spawns.
+            return self.kernel.audit.record_with(
+                write, "AgentSpawn", actor=actor.name, target=record.id, detail={"name": record.name, **info},
+                request_id=actor.request_id,
+            )
+
+        try:
+            await self.store.insert(record, manifest, commit)
+        except NameTaken:
+            raise Conflict(f"an agent named {manifest.name!r} already exists", code="agent_already_exists") from None
+        await self._event("agent.spawned", record, actor, None, info)
         return record
 
     async def spawn_request(

@@ -8,9 +8,9 @@ write; with a shared database (``shared=True``) a version row tells when another
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,10 +142,6 @@ def _read_version(conn: Any) -> int:
     return int(value) if value is not None else 0
 
 
-def _insert_rows(conn: Any, rows: list[dict[str, Any]]) -> None:
-    conn.execute(_INSERT, rows)
-
-
 def _first(conn: Any, statement: Any) -> Any:
     return conn.execute(statement).first()
 
@@ -167,10 +163,7 @@ class AgentStore:
         self.shared = shared
         self.index = AgentIndex()
         self.version: int | None = None
-        # Concurrent spawns are group-committed (SQLite): the holder of this lock writes every
-        # pending row in one transaction.
-        self._write_lock = asyncio.Lock()
-        self._pending: list[tuple[dict[str, Any], AgentManifest, asyncio.Future[None]]] = []
+        self._reserved: set[str] = set()  # lower-cased names of spawns being written
 
     # -- the index ------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -204,56 +197,36 @@ class AgentStore:
             await self.load()
 
     # -- writes ---------------------------------------------------------------------------------
-    async def insert(self, record: AgentRecord, manifest: AgentManifest) -> None:
+    async def insert(
+        self, record: AgentRecord, manifest: AgentManifest,
+        commit: Callable[[Callable[[Any], Any]], Awaitable[Any]] | None = None,
+    ) -> None:
         """Add a new agent; :class:`NameTaken` when the name is in use.
 
-        With SQLite, concurrent spawns are group-committed: whoever holds the write lock writes
-        every pending row in one transaction, so N spawns cost one commit instead of N.
+        ``commit(write)`` runs the row's write in a transaction and returns after the commit: the
+        service passes the audit chain's ``record_with``, so the row and its audit entry are one
+        transaction, group-committed with concurrent spawns (N spawns, one commit). Default:
+        ``Database.run``.
         """
-        if record.name.lower() in self.index.by_name and not self.shared:
+        key = record.name.lower()
+        if not self.shared and (key in self.index.by_name or key in self._reserved):
             raise NameTaken(record.name)
         values = _columns(record, manifest)
-        if self.shared:
 
-            def insert_one(conn: Any) -> None:
-                conn.execute(_INSERT, values)
-                self._bump(conn)
+        def write(conn: Any) -> None:
+            conn.execute(_INSERT, values)
+            self._bump(conn)
 
-            try:
-                await self.db.run(insert_one)
-            except IntegrityError:
-                raise NameTaken(record.name) from None
-            self.index.put(_entry(values, manifest))
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((values, manifest, done))
-        async with self._write_lock:
-            if self._pending:
-                batch, self._pending = self._pending, []
-                # Shielded: a cancelled request must not abandon the rows of the others in the batch.
-                await asyncio.shield(self._write_batch(batch))
-        await done
-
-    async def _write_batch(self, batch: list[tuple[dict[str, Any], AgentManifest, asyncio.Future[None]]]) -> None:
+        # Reserved while in flight: two concurrent spawns of one name would otherwise share a
+        # transaction and fail it for everyone in it.
+        self._reserved.add(key)
         try:
-            await self.db.run(_insert_rows, [values for values, _, _ in batch])
+            await (commit or self.db.run)(write)
         except IntegrityError:
-            if len(batch) == 1:
-                if not batch[0][2].done():
-                    batch[0][2].set_exception(NameTaken(batch[0][0]["name"]))
-            else:  # one of them collides: write them one by one to find which
-                for item in batch:
-                    await self._write_batch([item])
-            return
-        except Exception as exc:
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
-            return
-        for values, manifest, done in batch:
-            self.index.put(_entry(values, manifest))
-            if not done.done():
-                done.set_result(None)
+            raise NameTaken(record.name) from None
+        finally:
+            self._reserved.discard(key)
+        self.index.put(_entry(values, manifest))
 
     async def save(self, record: AgentRecord, manifest: AgentManifest) -> AgentRecord:
         """Write a changed record if nobody changed it since it was read (bumps ``revision``)."""
