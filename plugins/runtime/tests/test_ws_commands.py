@@ -182,3 +182,77 @@ async def test_queue_while_running_and_budget_with_the_plugin(start_runtime: Any
             pass
         assert frame["running"] == 1 and frame["pending"] == 1 and "processing" in frame["message"]
         await ws.send(json.dumps({"type": "command", "command": "stop"}))
+
+
+async def agents_update_with(ws: Any, agent_id: str, provider: str, model: str) -> dict[str, Any]:
+    """The next ``agents_updated`` frame showing the agent on ``provider``/``model`` (older ones skipped)."""
+    for _ in range(20):
+        frame = await next_frame(ws, "agents_updated")
+        mine = next(a for a in frame["agents"] if a["id"] == agent_id)
+        if (mine["model_provider"], mine["model_name"]) == (provider, model):
+            return frame
+    raise AssertionError(f"no agents_updated with {provider}/{model}")
+
+
+async def test_model_command_switches_the_model_like_the_http_route(live: Any) -> None:
+    server, fake = live
+    http = httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"})
+    try:
+        created = await http.post("/api/agents", json={"manifest_toml": AGENT.format(name="switcher")})
+        agent_id = created.json()["agent_id"]
+
+        async def model_of() -> tuple[str, str]:
+            detail = (await http.get(f"/api/agents/{agent_id}")).json()
+            return detail["model"]["provider"], detail["model"]["model"]
+
+        url = server.url.replace("http://", "ws://") + f"/api/agents/{agent_id}/ws"
+        import websockets
+
+        async with websockets.connect(url, subprotocols=[f"bearer.{KEY}"]) as ws:
+            await next_frame(ws, "agents_updated")
+            current = await command(ws, "model")
+            assert current == {"type": "command_result", "command": "model", "message": "Current model: openai/fake-model",
+                               "provider": "openai", "model": "fake-model"}
+
+            # a bare catalog id: switched (provider from the catalog), then agents_updated shows it
+            switched = await command(ws, "model", "gpt-4o-mini")
+            assert switched == {"type": "command_result", "command": "model",
+                                "message": "Model switched to openai/gpt-4o-mini", "provider": "openai",
+                                "model": "gpt-4o-mini"}
+            await agents_update_with(ws, agent_id, "openai", "gpt-4o-mini")
+            assert await model_of() == ("openai", "gpt-4o-mini")
+            fake.script(Script(text="served"))  # the next turn goes to the new model
+            await ws.send(json.dumps({"type": "message", "content": "hi"}))
+            assert (await next_frame(ws, "response"))["content"] == "served"
+            assert fake.requests[-1].body["model"] == "gpt-4o-mini"
+
+            # provider/model of a listed model (openai/gpt-4o-mini is also an OpenRouter id: the
+            # provider named first wins); an alias resolves to its canonical id and provider
+            assert (await command(ws, "model", " openai/gpt-4o "))["model"] == "gpt-4o"
+            assert await model_of() == ("openai", "gpt-4o")
+            alias = await command(ws, "model", "sonnet")
+            assert (alias["provider"], alias["model"]) == ("anthropic", "claude-sonnet-4-5-20250929")
+            # a model the catalog does not list, under an explicit known provider (as the HTTP route allows)
+            local = await command(ws, "model", "openai/my-finetune:v2")
+            assert (local["provider"], local["model"]) == ("openai", "my-finetune:v2")
+            await agents_update_with(ws, agent_id, "openai", "my-finetune:v2")
+
+            # refused: unknown names (the error names them), and the HTTP route's field limits
+            for bad in ("no-such-model", "nosuchprovider/gpt-4o"):
+                refused = await command(ws, "model", bad)
+                assert refused["type"] == "error" and refused["code"] == "model_not_found"
+                assert repr(bad) in refused["content"]
+            too_long = await command(ws, "model", "openai/" + "m" * 201)
+            assert too_long["type"] == "error" and too_long["code"] == "invalid_body"
+            assert "body.model" in too_long["content"]
+            assert await model_of() == ("openai", "my-finetune:v2")  # nothing refused was applied
+            http_too_long = await http.put(f"/api/agents/{agent_id}/model", json={"model": "m" * 201})
+            assert http_too_long.status_code == 400 and http_too_long.json()["code"] == too_long["code"]
+
+
+        # each switch was audited as the HTTP route's is; the refused ones were not
+        audit = (await http.get("/api/audit/recent", params={"n": 100})).json()
+        changes = [e for e in audit["items"] if e["action"] == "AgentConfigChange" and e["target"] == agent_id]
+        assert len(changes) == 4 and all("model" in e["detail"] for e in changes), changes
+    finally:
+        await http.aclose()

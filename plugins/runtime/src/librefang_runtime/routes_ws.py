@@ -49,9 +49,10 @@ def service() -> RuntimeService:
 class Connection:
     """One socket: sending (serialised), the message rate window, and the turns it started."""
 
-    def __init__(self, runtime: RuntimeService, record: Any) -> None:
+    def __init__(self, runtime: RuntimeService, record: Any, principal: str = "websocket") -> None:
         self.runtime = runtime
         self.record = record
+        self.principal = principal  # who changes the agent through commands (the audit entry's actor)
         self.sent: deque[float] = deque()
         self.turns: set[asyncio.Task[None]] = set()
         self.verbose = "full"  # tool detail of the frames: off | on | full
@@ -195,7 +196,7 @@ async def agent_ws(agent_id: str) -> Any:
             return None
         raise TooManyRequests(message, code="too_many_connections")
     runtime.ws_connections[peer] = runtime.ws_connections.get(peer, 0) + 1
-    connection = Connection(runtime, record)
+    connection = Connection(runtime, record, str(getattr(g, "principal", None) or "websocket"))
     watcher: asyncio.Task[None] | None = None
     try:
         if getattr(g, "websocket_subprotocol", None) is None:

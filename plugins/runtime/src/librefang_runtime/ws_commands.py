@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from librefang.errors import ApiError
+from librefang_agents import api as agents_api
 
 from librefang_runtime import session_admin as admin
 from librefang_runtime.compactor import estimate_tokens
@@ -131,6 +132,45 @@ async def peers_report(runtime: Any, record: Any) -> dict[str, Any]:
     return result("peers", message, agents=others, total=page["total"] - 1)
 
 
+async def model_choice(kernel: Any, arg: str) -> tuple[str | None, str] | None:
+    """(provider or None to keep the agent's, model) named by ``model <arg>``, or None when the
+    model catalog cannot tell what it names. In order: ``provider/model`` of a listed model; a
+    model id or alias of the catalog (its provider comes with it, as in the reference); a model the
+    catalog does not list under an explicit, known provider (``ollama/my-model``, like the HTTP
+    route's ``{provider, model}``)."""
+    head, slash, rest = arg.partition("/")
+    service = kernel.services.get("providers.catalog")
+    if service is None:  # no catalog to ask: read the argument as the HTTP route's fields
+        return (head, rest) if slash and head and rest else (None, arg)
+    catalog = await service.catalog()
+    provider = catalog.provider(head) if slash and head and rest else None
+    if provider is not None and (entry := catalog.model_in(provider.id, rest)) is not None:
+        return provider.id, entry.id
+    if (entry := catalog.find_model(arg)) is not None:
+        return entry.provider, entry.id
+    if provider is not None:
+        return provider.id, rest
+    return None
+
+
+async def switch_model(connection: Any, arg: str) -> dict[str, Any]:
+    """``model <provider/model | model>``: switch the agent's model through the agents plugin (the
+    same checks, audit entry and ``agent.config_changed`` event as ``PUT /api/agents/{id}/model``;
+    the event makes every socket send ``agents_updated``)."""
+    runtime, record = connection.runtime, connection.record
+    choice = await model_choice(runtime.kernel, arg)
+    if choice is None:
+        return error(f"Unknown model {arg[:200]!r}: the model catalog has no such model or alias (see GET "
+                     "/api/models); name a provider for a model it does not list: <provider>/<model>",
+                     "model_not_found")
+    provider, model = choice
+    updated = await agents_api.set_model(runtime.kernel, record.id, model, provider,
+                                         actor=agents_api.Actor(name=connection.principal))
+    configured = updated.parsed().model
+    provider, model = agents_api.resolve_model(configured.provider, configured.model, runtime.agents.default_model())
+    return result("model", f"Model switched to {provider}/{model}", provider=provider, model=model)
+
+
 async def run_command(connection: Any, name: str, args: str) -> dict[str, Any] | None:
     """The reply frame of a command; None when the handler sent its frames itself."""
     runtime, record = connection.runtime, connection.record
@@ -165,8 +205,10 @@ async def run_command(connection: Any, name: str, args: str) -> dict[str, Any] |
                    f"${totals['cost_usd']}")
         return result(name, message, **totals)
     if name == "model":
+        if args:
+            return await switch_model(connection, args)
         provider, model = runtime.resolve_model((await runtime.agents.get(record.id)).parsed())
-        return result(name, f"{provider}/{model}", provider=provider, model=model)
+        return result(name, f"Current model: {provider}/{model}", provider=provider, model=model)
     if name == "context":
         return await context_report(runtime, await runtime.agents.get(record.id))
     if name == "verbose":
