@@ -59,9 +59,12 @@ async def test_a_failing_provider_never_fails_a_write(start_memory: Any, spawn: 
     fake_llm.script(Script(only="embeddings", fault="auth"))
     r = await client.post("/api/memory", json={"agent_id": agent_id, "content": "The user lives in Lisbon"})
     assert r.status_code == 201
-    fake_llm.script(Script(only="embeddings", fault="auth"))
+    assert kernel.services["memory"].semantic.has_vectors is False  # nothing embedded: queries are not
+    await client.post("/api/memory", json={"agent_id": agent_id, "content": "The user likes jazz"})
+    fake_llm.script(Script(only="embeddings", fault="auth"))  # the query's embedding fails: full-text results
     body = await (await client.get(f"/api/memory/agents/{agent_id}/search?q=Lisbon")).get_json()
     assert body["mode"] == "fts" and [m["content"] for m in body["memories"]] == ["The user lives in Lisbon"]
+    assert embedding_calls(fake_llm)[-1].body["input"] == ["Lisbon"]
 
 
 def test_provider_embeddings_config_is_validated() -> None:

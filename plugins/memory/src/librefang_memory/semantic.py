@@ -64,6 +64,9 @@ class SemanticSearch:
         self.cache = embeddings.VectorCache(config.vector_cache_items)
         self.index: vecindex.VectorIndex | None = None
         self._sqlite_file = sqlite_file
+        # Until a vector of the model exists, a search need not embed its query (a thread hop and
+        # about a millisecond of CPU per query on a store without vectors).
+        self.has_vectors = False
 
     @property
     def enabled(self) -> bool:
@@ -79,7 +82,12 @@ class SemanticSearch:
     async def open(self) -> None:
         """Choose the embedder; open the KNN index and bring it in step with ``memory_vectors``."""
         self.embedder = make_embedder(self.kernel, self.config)
-        if self.embedder is None or self._sqlite_file is None or not self.config.vector_index:
+        if self.embedder is None:
+            return
+        async with self.kernel.db.begin() as conn:
+            self.has_vectors = (await conn.execute(
+                sa.select(vectors.c.seq).where(vectors.c.model == self.embedder.name).limit(1))).first() is not None
+        if self._sqlite_file is None or not self.config.vector_index:
             return
         if not vecindex.available():
             log.info("sqlite-vec or apsw is not installed: semantic search ranks vectors in-process")
@@ -149,6 +157,7 @@ class SemanticSearch:
             await conn.execute(vectors.delete().where(vectors.c.seq.in_([r[0] for r in rows])))
             await conn.execute(vectors.insert(), [
                 {"seq": seq, "agent_id": agent_id, "model": model, "vector": blob} for seq, agent_id, blob in rows])
+        self.has_vectors = True
         if self.index is not None:
             await asyncio.to_thread(self.index.upsert, model, rows)
         for agent_id in agents:  # again: a search may have cached the old ones meanwhile
@@ -163,7 +172,7 @@ class SemanticSearch:
     async def search(self, query: str, agent_id: str | None, limit: int) -> list[tuple[int, float]]:
         """(seq, cosine) of the nearest memories at or above ``semantic_min_similarity``, best first
         (deleted ones included: the caller filters). An embedding failure gives no results."""
-        if self.embedder is None or not query.strip():
+        if self.embedder is None or not self.has_vectors or not query.strip():
             return []
         try:
             query_vector = (await self.embedder.encode([query]))[0]

@@ -36,6 +36,15 @@ def available() -> bool:
     return importlib.util.find_spec("sqlite_vec") is not None and importlib.util.find_spec("apsw") is not None
 
 
+def loadable_path() -> str:
+    """``sqlite_vec.loadable_path()`` without importing ``sqlite_vec``: its ``__init__`` imports numpy
+    when numpy is installed (about 10 MiB and a fifth of a second at every daemon start)."""
+    spec = importlib.util.find_spec("sqlite_vec")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the memory plugin's vector index needs the 'sqlite-vec' package")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "vec0")
+
+
 def index_path(database: Path) -> Path:
     """The index file beside a SQLite database file."""
     return database.with_name(database.stem + ".memory-vectors.db")
@@ -55,12 +64,11 @@ class VectorIndex:
     def open(self) -> None:
         """Open the file, load the extension, read which model and size the table holds (blocking)."""
         import apsw
-        import sqlite_vec
 
         conn = apsw.Connection(str(self.path))
         try:
             conn.enable_load_extension(True)
-            conn.load_extension(sqlite_vec.loadable_path())
+            conn.load_extension(loadable_path())
         finally:
             conn.enable_load_extension(False)  # nothing else may load code into it
         conn.setbusytimeout(5000)
@@ -127,15 +135,11 @@ class VectorIndex:
             return self._insert(rows)
 
     def _insert(self, rows: Iterable[tuple[int, str, bytes]]) -> int:
-        count = 0
+        size = 4 * (self.dimensions or 0)
+        fitting = [row for row in rows if len(row[2]) == size]  # another size: not of this model
         with self._conn:
-            for seq, agent_id, vector in rows:
-                if len(vector) != 4 * (self.dimensions or 0):
-                    continue  # another size: not of this model
-                self._conn.execute("INSERT INTO vec_items (seq, agent_id, embedding) VALUES (?, ?, ?)",
-                                   (seq, agent_id, vector))
-                count += 1
-        return count
+            self._conn.executemany("INSERT INTO vec_items (seq, agent_id, embedding) VALUES (?, ?, ?)", fitting)
+        return len(fitting)
 
     def remove(self, seqs: list[int]) -> None:
         """Drop the vectors of purged items."""
