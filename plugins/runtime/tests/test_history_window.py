@@ -166,3 +166,27 @@ async def test_message_limit_and_restart(start_runtime: Any, make_kernel: Any, s
     assert [r for r, _ in sent(fake_llm)] == ["user", "assistant"] * 5 + ["user"]
     assert [c for r, c in sent(fake_llm) if r == "user"] == ["m2", "m3", "m4", "m5", "m6", "after restart"]
     await assert_window_is_the_database(again, session)
+
+
+async def test_agent_changes_reach_the_next_turn(runtime_env: Any, spawn: Any, fake_llm: Any) -> None:
+    """What a turn derives from the agent's record (prompt, tools) is remembered per record revision:
+    an update, a rename, a mode change and a kill are all seen by the very next turn."""
+    kernel, client = runtime_env
+    agent_id = await spawn(kernel, "changing")
+    await say(client, agent_id, "one")
+    first = fake_llm.requests[-1].body
+    assert "careful test agent" in first["messages"][0]["content"] and first.get("tools")
+    manifest = ('name = "changing"\n[model]\nprovider = "openai"\nmodel = "fake-model"\n'
+                'system_prompt = "You are now a pirate."\n')
+    assert (await client.put(f"/api/agents/{agent_id}/update", json={"manifest_toml": manifest})).status_code == 200
+    await say(client, agent_id, "two")
+    assert "pirate" in fake_llm.requests[-1].body["messages"][0]["content"]
+    assert (await client.patch(f"/api/agents/{agent_id}", json={"description": "Speaks in riddles."})).status_code == 200
+    await say(client, agent_id, "three")
+    assert "Speaks in riddles." in fake_llm.requests[-1].body["messages"][0]["content"]
+    assert (await client.put(f"/api/agents/{agent_id}/mode", json={"mode": "observe"})).status_code == 200
+    await say(client, agent_id, "four")
+    assert not fake_llm.requests[-1].body.get("tools")  # observe: no tools offered
+    assert (await client.delete(f"/api/agents/{agent_id}")).status_code == 200
+    response = await client.post(f"/api/agents/{agent_id}/message", json={"message": "five"})
+    assert response.status_code == 404

@@ -9,6 +9,7 @@ publishes ``runtime.turn_completed`` on the event bus.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 import uuid
@@ -57,6 +58,7 @@ CATALOG_SERVICE = "providers.catalog"
 BTW_PREFIX = "/btw "
 TOUCH_INTERVAL = 10.0  # seconds between two last_active writes for one agent and session
 MAX_TOUCHED = 10_000
+MAX_VIEWS = 1_000
 
 
 @dataclass
@@ -78,6 +80,27 @@ class Turn:
     context_window: int | None = None
     attachments: Any = None  # attachments.Attached: the files the message attaches
     module: Any = None  # an AgentModule (librefang_runtime.modules) answers instead of the LLM loop
+
+
+@dataclass
+class AgentView:
+    """What a turn derives from one revision of an agent's record: the validated manifest, the tools
+    it may use and their definitions, and its system prompt (rebuilt when the minute changes)."""
+
+    manifest: Any
+    allowed: list[str]
+    definitions: list[Any]
+    fallback_models: list[dict[str, Any]]
+    _prompt: tuple[str, str] = ("", "")  # (minute, prompt)
+
+    def system_prompt(self, name: str) -> str:
+        now = dt.datetime.now(dt.UTC)
+        minute = now.strftime("%Y%m%d%H%M")
+        if self._prompt[0] != minute:
+            self._prompt = (minute, build_system_prompt(
+                base=self.manifest.model.system_prompt, agent_name=name, description=self.manifest.description,
+                tools=self.definitions, now=now))
+        return self._prompt[1]
 
 
 def llm_error(exc: LLMError) -> ApiError:
@@ -138,6 +161,8 @@ class RuntimeService:
         self.ws_connections: dict[str, int] = {}  # client IP -> open WebSockets (bounded by the limit)
         self._web_client: Any = None
         self._touched: dict[tuple[str, str | None], float] = {}
+        # (agent id, revision, name, mode) -> what turns derive from that record (bounded, oldest go first)
+        self._views: dict[tuple[str, int, str, str], AgentView] = {}
 
     def web_client(self) -> Any:
         """The HTTP client of ``web_fetch`` (created on first use, closed by :meth:`aclose`)."""
@@ -205,7 +230,8 @@ class RuntimeService:
         self.check_size(body.message)
         attached = (await resolve_attachments(self.kernel, record.id, body.attachments, self.config)
                     if body.attachments else None)
-        manifest = record.parsed()
+        view = self._views.get((record.id, record.revision, record.name, record.mode))
+        manifest = view.manifest if view is not None else record.parsed()
         module = modules.resolve(self, manifest)  # a plugin-served module (wasm:...) needs no model: 412 if unserved
         provider, model = (module.scheme, module.module) if module else self.resolve_model(manifest)
         text = body.message
@@ -222,7 +248,8 @@ class RuntimeService:
             session_id, pinned = await self.resolve_session(record, body.session_id)
         if body.is_group and body.sender_name:
             text = f"[{body.sender_name}]: {text}"
-        allowed = usable_tools(manifest, agents_api.visible_tools(manifest, record.mode, self.tools.names()))
+        view = self._view(record, manifest)
+        allowed = view.allowed
         cfg = self.config
         max_iterations = manifest.autonomous.max_iterations if manifest.autonomous else cfg.max_iterations
         settings = LoopSettings(
@@ -232,15 +259,11 @@ class RuntimeService:
             max_tool_calls_per_reply=cfg.max_tool_calls_per_reply, loop_guard_warn=cfg.loop_guard_warn,
             loop_guard_block=cfg.loop_guard_block,
             base_url=manifest.model.base_url, api_key_env=manifest.model.api_key_env,
-            fallback_models=[f.model_dump(exclude_none=True, include={"provider", "model", "base_url", "api_key_env"})
-                             for f in manifest.fallback_models] or None,
+            fallback_models=[dict(f) for f in view.fallback_models] or None,
         )
         context = ToolContext(kernel=self.kernel, agent_id=record.id, agent_name=record.name, session_id=session_id,
                               workspace=agents_api.workspace_of(self.kernel, record))
-        settings.system_prompt = build_system_prompt(
-            base=manifest.model.system_prompt, agent_name=record.name, description=manifest.description,
-            tools=self.tools.definitions(allowed),
-        )
+        settings.system_prompt = view.system_prompt(record.name)
         return Turn(
             agent_id=record.id, agent_name=record.name, session_id=session_id, pinned=pinned,
             persist=not (ephemeral or body.incognito), load_history=not ephemeral, text=text,
@@ -248,6 +271,22 @@ class RuntimeService:
             max_history=manifest.max_history_messages, context=context, attachments=attached,
             context_window=manifest.model.context_window, module=module,
         )
+
+    def _view(self, record: Any, manifest: Any) -> AgentView:
+        """What a turn derives from the agent's record alone, computed once per record revision (every
+        registry write bumps the revision, so an updated agent gets a new view)."""
+        key = (record.id, record.revision, record.name, record.mode)
+        view = self._views.get(key)
+        if view is None:
+            allowed = usable_tools(manifest, agents_api.visible_tools(manifest, record.mode, self.tools.names()))
+            view = AgentView(
+                manifest=manifest, allowed=allowed, definitions=self.tools.definitions(allowed),
+                fallback_models=[f.model_dump(exclude_none=True, include={"provider", "model", "base_url", "api_key_env"})
+                                 for f in manifest.fallback_models])
+            if len(self._views) >= MAX_VIEWS:
+                self._views.pop(next(iter(self._views)))
+            self._views[key] = view
+        return view
 
     async def _sections(self, turn: Turn) -> list[str]:
         sections: list[str] = []
