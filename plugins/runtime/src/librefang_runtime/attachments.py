@@ -12,6 +12,10 @@
   text block, up to ``max_attachment_text_chars`` (longer files are cut with a note).
 - Anything else is refused (400 ``unsupported_attachment`` naming the file).
 
+Images that arrive inline (OpenAI image parts) are stored with :func:`store_image`: the same bytes
+for the same agent are one upload (found by SHA-256), so a client resending its picture on every call
+does not fill the agent's upload quota.
+
 Refusals, all before the turn runs: 400 ``invalid_file_id`` / ``too_many_attachments``, 404
 ``upload_not_found``, 403 ``attachment_not_owned`` (an upload of another agent), 413
 ``attachments_too_large`` (total size over ``max_attachments_bytes``).
@@ -19,9 +23,12 @@ Refusals, all before the turn runs: 400 ``invalid_file_id`` / ``too_many_attachm
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +67,30 @@ def sniff_image(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return None
+
+
+HASH_OFF_LOOP_BYTES = 1 << 20  # hashing a bigger image (~2 ms per MiB) goes to a thread
+# One lock per (agent, SHA-256) being stored: two concurrent calls with the same new image make one
+# upload, not two. Weak values: a lock lives only while someone holds or waits for it.
+_storing: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+async def store_image(kernel: Any, agent_id: str, filename: str, media_type: str, data: bytes) -> dict[str, Any]:
+    """The upload of the agent holding exactly ``data``: an existing one with the same SHA-256, else
+    a new one (stored as ``POST /api/agents/{id}/upload`` does, with its limits). Returns its metadata."""
+    if len(data) > HASH_OFF_LOOP_BYTES:
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    else:
+        digest = hashlib.sha256(data).hexdigest()
+    key = (agent_id, digest)
+    lock = _storing.get(key)
+    if lock is None:
+        lock = _storing[key] = asyncio.Lock()
+    async with lock:
+        found = await agents_api.find_upload(kernel, agent_id, digest)
+        if found is not None:
+            return found
+        return await agents_api.save_upload(kernel, agent_id, filename, media_type, data)
 
 
 def is_text_file(content_type: str, filename: str) -> bool:

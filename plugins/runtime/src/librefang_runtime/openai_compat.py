@@ -21,12 +21,11 @@ from typing import Any
 
 from librefang import Router, current_kernel
 from librefang.errors import ApiError
-from librefang_agents import api as agents_api
 from librefang_providers.api import TextDelta, ToolUseEnd, ToolUseStart
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Response
 
-from librefang_runtime.attachments import sniff_image
+from librefang_runtime.attachments import sniff_image, store_image
 from librefang_runtime.loop import LoopEvent
 from librefang_runtime.schemas import AttachmentRef, MessageRequest
 from librefang_runtime.service import RuntimeService
@@ -182,11 +181,12 @@ async def chat_completions(body: ChatCompletionRequest) -> Any:
         return openai_error(400, "images are not supported with stream: true; send the request without streaming",
                             "streaming_vision_unsupported")
     try:
-        # The images are stored as uploads of the agent: the session keeps a reference, not the bytes.
+        # The images are stored as uploads of the agent (the session keeps a reference, not the
+        # bytes); an image the agent already has is not stored again (clients resend them every call).
         refs = []
         for index, (media_type, data) in enumerate(images):
             name = f"chat-image-{index + 1}.{media_type.split('/')[1]}"
-            meta = await agents_api.save_upload(runtime.kernel, record.id, name, media_type, data)
+            meta = await store_image(runtime.kernel, record.id, name, media_type, data)
             refs.append(AttachmentRef(file_id=meta["file_id"], filename=name))
         turn = await runtime.prepare(record.id, MessageRequest(message=text, attachments=refs))
     except ApiError as exc:
