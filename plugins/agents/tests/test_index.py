@@ -7,7 +7,7 @@ import random
 import time
 import uuid
 
-from librefang_agents.index import AgentIndex, Entry, search_text
+from librefang_agents.index import MATCH_CACHE_QUERIES, AgentIndex, Entry, search_text
 from librefang_agents.manifest import parse_manifest
 from librefang_agents.service import AgentService
 
@@ -128,7 +128,7 @@ def test_random_operations_match_a_brute_force_listing():
             index.update(victim, name=f"renamed-{step}", description=rng.choice(words))
         else:
             index.remove(rng.choice(list(index.entries)))
-        if step % 20 == 0:
+        if step % 3 == 0:  # often, so remembered query results meet every kind of change
             for _ in range(5):
                 q = rng.choice([None, "", "a", "mail", "renamed", "zzz", "ta-1", "MAIL"])
                 state = rng.choice([None, "Running", "Suspended", "Crashed"])
@@ -152,3 +152,33 @@ async def test_old_tombstones_are_forgotten_at_start(start_agents, spawn):
     _kernel, again = await start_agents()
     response = await again.delete(f"/api/agents/{agent_id}")
     assert response.status_code == 404
+
+
+def test_remembered_query_results_follow_every_change():
+    index = AgentIndex()
+    a, b, c = entry("report-a", created=1), entry("report-b", created=2, state="Suspended"), entry("other", created=3)
+    for e in (a, b, c):
+        index.put(e)
+
+    def ids(**kw):
+        got, total = index.page(**{"q": "report", "state": None, "sort": "name", "descending": False,
+                                   "limit": 50, "offset": 0, **kw})
+        return [e.name for e in got], total
+
+    assert ids() == (["report-a", "report-b"], 2)
+    assert ids(descending=True) == (["report-b", "report-a"], 2)
+    assert ids() == (["report-a", "report-b"], 2)  # the remembered list was not reversed in place
+    assert ids(state="Running") == (["report-a"], 1)
+    index.update(b.id, state="Running")  # a state change keeps the name view's memory, read fresh
+    assert ids(state="Running") == (["report-a", "report-b"], 2)
+    index.update(c.id, name="report-c")  # a rename
+    assert ids() == (["report-a", "report-b", "report-c"], 3)
+    index.remove(a.id)
+    assert ids() == (["report-b", "report-c"], 2)
+    index.put(entry("report-0", created=4))
+    assert ids() == (["report-0", "report-b", "report-c"], 3)
+    index.update(b.id, description="no longer", name="x")
+    assert ids(q="no longer") == (["x"], 1) and ids() == (["report-0", "report-c"], 2)
+    for i in range(100):  # many different needles: the memory stays bounded
+        index.page(q=f"needle-{i}", state=None, sort="name", descending=False, limit=5, offset=0)
+    assert all(len(corpus[2]) <= MATCH_CACHE_QUERIES for corpus in index._corpus.values())

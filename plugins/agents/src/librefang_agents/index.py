@@ -68,6 +68,10 @@ def search_text(name: str, description: str) -> str:
     return f"{name}\n{description}".lower()
 
 
+# Remembered substring-query results per sorted view (see AgentIndex._matches).
+MATCH_CACHE_QUERIES = 64
+MATCH_CACHE_ENTRIES = 1000
+
 _DATA_FIELDS = tuple(f for f in Entry.__slots__ if f not in ("created_iso", "active_iso", "fragment", "fragment_key"))
 
 SORT_KEYS = {
@@ -91,7 +95,7 @@ class AgentIndex:
         self._views: dict[str, list[Entry]] = {}
         # Per sorted view: every entry's search text joined by NUL, and where each one starts, so a
         # substring query is a few str.find calls in C instead of a Python loop over every agent.
-        self._corpus: dict[str, tuple[str, list[int]]] = {}
+        self._corpus: dict[str, tuple[str, list[int], dict[str, list[Entry]]]] = {}
         self.state_counts: dict[str, int] = {}
 
     def load(self, rows: list[Any]) -> None:
@@ -199,7 +203,13 @@ class AgentIndex:
         return view
 
     def _matches(self, sort: str, needle: str) -> list[Entry]:
-        """Entries of a view whose search text contains ``needle``, in view order."""
+        """Entries of a view whose search text contains ``needle``, in view order.
+
+        Results are remembered per view until the view's corpus changes (any change of a name,
+        description or the set of agents drops it), so a polled filter costs a dict lookup instead
+        of a scan of every agent's text. Bounded: ``MATCH_CACHE_QUERIES`` needles per view, and
+        only results of at most ``MATCH_CACHE_ENTRIES`` agents.
+        """
         view = self._view(sort)
         corpus = self._corpus.get(sort)
         if corpus is None:
@@ -207,9 +217,12 @@ class AgentIndex:
             for entry in view:
                 starts.append(offset)
                 offset += len(entry.search) + 1
-            corpus = self._corpus[sort] = ("\x00".join(e.search for e in view), starts)
-        text, starts = corpus
-        found: list[Entry] = []
+            corpus = self._corpus[sort] = ("\x00".join(e.search for e in view), starts, {})
+        text, starts, remembered = corpus
+        found = remembered.get(needle)
+        if found is not None:
+            return found
+        found = []
         pos = text.find(needle)
         while pos != -1:
             i = bisect.bisect_right(starts, pos) - 1
@@ -217,6 +230,10 @@ class AgentIndex:
             if i + 1 >= len(starts):
                 break
             pos = text.find(needle, starts[i + 1])  # one hit per entry is enough
+        if len(found) <= MATCH_CACHE_ENTRIES:
+            if len(remembered) >= MATCH_CACHE_QUERIES:
+                del remembered[next(iter(remembered))]  # the oldest
+            remembered[needle] = found
         return found
 
     def page(
@@ -226,10 +243,12 @@ class AgentIndex:
         if q:
             needle = q.lower()
             matches = [] if "\x00" in needle else self._matches(sort, needle)
+            # The remembered result is never changed (filter and reverse work on copies); states are
+            # read now, not when it was remembered.
             if state:
                 matches = [e for e in matches if e.state == state]
             if descending:
-                matches.reverse()
+                matches = matches[::-1]
             return matches[offset:offset + limit], len(matches)
         view = self._view(sort)
         if state:
