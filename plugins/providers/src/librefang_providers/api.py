@@ -87,7 +87,7 @@ def create_registry(kernel: Kernel) -> LLMRegistry:
     the built-in wire formats, and every plugin's ``register_llm_providers`` hook."""
     from librefang.plugins import PluginBound
 
-    from librefang_providers.drivers import BUILTIN_FORMATS
+    from librefang_providers.drivers import BUILTIN_FORMATS, builtin_factory
 
     config = kernel.config.section("providers") if kernel.config.has_section("providers") else ProvidersConfig()
     try:
@@ -113,8 +113,9 @@ def create_registry(kernel: Kernel) -> LLMRegistry:
                            vault_get=vault_get, vault_names=vault_names)
 
     # Built-in formats first, whatever the plugin order: a third party cannot take their names over.
-    for name, driver_class in BUILTIN_FORMATS.items():
-        registry.register(name, driver_class, owner="providers")
+    # (their modules, and httpx, are imported when the first driver is built).
+    for name in BUILTIN_FORMATS:
+        registry.register(name, builtin_factory(name), owner="providers")
 
     def register(plugin: str, name: str, factory: Any) -> None:
         registry.register(name, factory, owner=plugin)

@@ -12,9 +12,6 @@ import math
 import time
 from typing import Any
 
-from librefang_providers.drivers.gemini import GeminiDriver
-from librefang_providers.drivers.ollama import OllamaDriver
-from librefang_providers.drivers.openai import OpenAIDriver
 from librefang_providers.errors import BadResponse, LLMError, UnknownProvider
 from librefang_providers.registry import LLMRegistry
 from librefang_providers.types import CompletionRequest, Target
@@ -56,6 +53,11 @@ async def embed(registry: LLMRegistry, texts: list[str], *, provider: str, model
 
 
 async def _call(driver: Any, texts: list[str], request: CompletionRequest, dimensions: int | None) -> Any:
+    # The driver exists, so its module is loaded; these imports cost nothing more (none at start-up).
+    from librefang_providers.drivers.gemini import GeminiDriver
+    from librefang_providers.drivers.ollama import OllamaDriver
+    from librefang_providers.drivers.openai import OpenAIDriver
+
     model = request.model
     if isinstance(driver, OllamaDriver):
         url = driver.base_url.removesuffix("/v1") + "/api/embed"

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from librefang.errors import BadGateway, NotFound, ServiceUnavailable
 
 from librefang_providers.service import catalog_service
@@ -57,6 +56,8 @@ def _purge(flows: dict[str, DeviceFlow]) -> None:
 
 async def _post_form(kernel: Kernel, url: str, form: dict[str, str], timeout_secs: float) -> tuple[int, dict[str, Any]]:
     """POST a form to GitHub, asking for JSON; a body that is not a JSON object is a bad gateway."""
+    import httpx  # the client below already imported it; kept out of start-up
+
     client = catalog_service(kernel).http_client()
     try:
         response = await client.post(url, data=form, headers={"Accept": "application/json"}, timeout=timeout_secs,

@@ -11,9 +11,10 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # pragma: no cover - imported in probe(): start-up does not need httpx
+    import httpx
 
 MAX_DISCOVERED = 200
 MAX_PROBE_BYTES = 1024 * 1024
@@ -63,6 +64,8 @@ def _model_names(body: Any) -> list[str]:
 async def probe(client: httpx.AsyncClient, base_url: str, api_format: str, timeout_secs: float) -> ProbeResult:
     """Probe one server now through ``client`` (a shared pool: building a client per probe costs
     more than the probe). Never raises: failures are a result with ``reachable=False``."""
+    import httpx
+
     url = probe_url(base_url, api_format)
     started = time.perf_counter()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

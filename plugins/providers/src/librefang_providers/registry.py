@@ -25,7 +25,6 @@ from typing import Any
 
 from librefang_providers.config import FallbackProvider, ProvidersConfig
 from librefang_providers.drivers import BUILTIN_SPECS
-from librefang_providers.drivers.base import new_http_client
 from librefang_providers.errors import (
     AllProvidersExhausted,
     Attempt,
@@ -215,6 +214,8 @@ class LLMRegistry:
     def http_client(self) -> Any:
         """The connection pool shared by the built-in drivers."""
         if self._client is None:
+            from librefang_providers.drivers.base import new_http_client  # imports httpx: first use only
+
             self._client = new_http_client(self.config.max_connections)
         return self._client
 

@@ -20,9 +20,11 @@ import fnmatch
 import ipaddress
 import socket
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 
-import httpx
+if TYPE_CHECKING:  # pragma: no cover - httpx is imported by whoever builds the client
+    import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from librefang_providers.drivers import DEFAULT_BASE_URLS
 from librefang_providers.drivers.base import HTTPDriver, parse_tool_input
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.types import (
@@ -102,7 +103,7 @@ def _usage(raw: Any, usage: Usage) -> None:
 class AnthropicDriver(HTTPDriver):
     """Messages API over httpx."""
 
-    default_base_url = "https://api.anthropic.com"
+    default_base_url = DEFAULT_BASE_URLS["anthropic"]
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json",

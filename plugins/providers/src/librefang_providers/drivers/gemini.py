@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
+from librefang_providers.drivers import DEFAULT_BASE_URLS
 from librefang_providers.drivers.base import HTTPDriver
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.retry import parse_duration
@@ -88,7 +89,7 @@ def _usage(raw: Any) -> Usage:
 class GeminiDriver(HTTPDriver):
     """Generative Language API over httpx."""
 
-    default_base_url = "https://generativelanguage.googleapis.com/v1beta"
+    default_base_url = DEFAULT_BASE_URLS["gemini"]
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from librefang_providers.drivers import DEFAULT_BASE_URLS
 from librefang_providers.drivers.base import HTTPDriver, parse_tool_input
 from librefang_providers.drivers.sse import LineDecoder, StreamTooLarge
 from librefang_providers.types import (
@@ -82,7 +83,7 @@ def _usage(obj: dict[str, Any]) -> Usage:
 class OllamaDriver(HTTPDriver):
     """Ollama's native API over httpx (no key needed locally; a key is sent as Bearer for remote hosts)."""
 
-    default_base_url = "http://127.0.0.1:11434"
+    default_base_url = DEFAULT_BASE_URLS["ollama"]
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/x-ndjson"}

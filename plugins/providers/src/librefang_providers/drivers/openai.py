@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from librefang_providers.drivers import DEFAULT_BASE_URLS
 from librefang_providers.drivers.base import HTTPDriver, parse_tool_input
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.types import (
@@ -105,7 +106,7 @@ def _usage(raw: Any) -> Usage:
 class OpenAIDriver(HTTPDriver):
     """Chat Completions over httpx (``{base_url}/chat/completions``)."""
 
-    default_base_url = "https://api.openai.com/v1"
+    default_base_url = DEFAULT_BASE_URLS["openai"]
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
