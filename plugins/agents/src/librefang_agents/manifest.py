@@ -7,12 +7,16 @@ manifest raises :class:`ManifestError`, whose message names the key and its line
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import tomllib
 from typing import Any, Literal
 
-import tomlkit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# tomlkit is imported when a manifest is written (dump_toml); a missing one still fails this import.
+if importlib.util.find_spec("tomlkit") is None:  # pragma: no cover - tomlkit is a declared dependency
+    raise ImportError("librefang-agents needs the 'tomlkit' package (pip install tomlkit)")
 
 NAME_PATTERN = re.compile(r"^[\w][\w .\-]{0,63}$")
 TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_*?.:\-]{1,128}$")
@@ -363,6 +367,8 @@ def dump_toml(data: dict[str, Any]) -> str:
     """Render a manifest dict as TOML: scalars first, then tables (TOML requires that order)."""
     ordered = {k: v for k, v in data.items() if not _is_table(v)}
     ordered.update({k: v for k, v in data.items() if _is_table(v)})
+    import tomlkit  # only writing TOML needs it; kept out of the daemon's start-up
+
     return tomlkit.dumps(ordered)
 
 

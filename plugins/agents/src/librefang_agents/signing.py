@@ -11,12 +11,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+if TYPE_CHECKING:  # pragma: no cover - PyNaCl is imported where keys are made or checked, not at start-up
+    from nacl.signing import SigningKey
+
+# A missing PyNaCl still fails this module's import (find_spec does not import the package).
+if importlib.util.find_spec("nacl") is None:  # pragma: no cover - pynacl is a declared dependency
+    raise ImportError("librefang-agents needs the 'pynacl' package (pip install pynacl)")
 
 MAX_ENVELOPE_BYTES = 2 * 1024 * 1024
 
@@ -72,11 +77,15 @@ def parse_trusted_signers(values: Any) -> list[bytes]:
 
 def new_signing_key() -> SigningKey:
     """A fresh random Ed25519 key."""
+    from nacl.signing import SigningKey
+
     return SigningKey.generate()
 
 
 def load_signing_key(text: str) -> SigningKey:
     """A signing key from its 32-byte seed (hex or base64)."""
+    from nacl.signing import SigningKey
+
     return SigningKey(decode_bytes(text, 32, "signing key seed"))
 
 
@@ -126,6 +135,9 @@ def verify_envelope(envelope: Any, trusted: list[bytes]) -> VerifiedManifest:
         raise SignatureError(f"signer {public_key.hex()} is not in trusted_manifest_signers")
     if hash_manifest(manifest) != content_hash.lower():
         raise SignatureError("content hash mismatch: the manifest was changed after signing")
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
     try:
         VerifyKey(public_key).verify(content_hash.encode("ascii"), signature)
     except (BadSignatureError, UnicodeEncodeError):
