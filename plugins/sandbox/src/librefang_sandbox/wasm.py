@@ -23,25 +23,35 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import logging
 import math
+import sys
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import wasmtime
+from typing import TYPE_CHECKING, Any
 
 from librefang_sandbox.config import WasmSandboxConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import wasmtime
+
+# wasmtime (4-5 MiB and a native library) is imported when the first module is compiled or run,
+# not at daemon start-up; a missing wasmtime still fails this module's import, as it did.
+if importlib.util.find_spec("wasmtime") is None:  # pragma: no cover - wasmtime is a declared dependency
+    raise ImportError("librefang-sandbox needs the 'wasmtime' package (pip install wasmtime)")
 
 log = logging.getLogger("librefang.sandbox.wasm")
 MAX_CACHED_MODULES = 64
 
 
 def host_call_type() -> wasmtime.FuncType:
+    import wasmtime
+
     # Built per use: wasmtime-py hands the type's native handle over, so a shared one dies after a call.
     return wasmtime.FuncType([wasmtime.ValType.i32(), wasmtime.ValType.i32()], [wasmtime.ValType.i64()])
 
@@ -111,16 +121,37 @@ class WasmSandbox:
 
     def __init__(self, config: WasmSandboxConfig) -> None:
         self.config = config
-        engine_config = wasmtime.Config()
-        engine_config.consume_fuel = True
-        engine_config.epoch_interruption = True
-        self.engine = wasmtime.Engine(engine_config)
-        self.ticker = EpochTicker(self.engine, config.epoch_tick_ms / 1000)
+        self._engine: wasmtime.Engine | None = None  # built on first use (see engine)
+        self._ticker: EpochTicker | None = None
+        self._engine_lock = threading.Lock()
         self.modules: OrderedDict[tuple[str, bool], wasmtime.Module] = OrderedDict()
         self.modules_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrent, thread_name_prefix="librefang-wasm")
         self.slots = asyncio.Semaphore(config.max_concurrent)
+
+    @property
+    def engine(self) -> wasmtime.Engine:
+        """The sandbox's engine (fuel and epochs on), made on first use: start-up needs no wasmtime."""
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    import wasmtime
+
+                    engine_config = wasmtime.Config()
+                    engine_config.consume_fuel = True
+                    engine_config.epoch_interruption = True
+                    engine = wasmtime.Engine(engine_config)
+                    self._ticker = EpochTicker(engine, self.config.epoch_tick_ms / 1000)
+                    self._engine = engine
+        return self._engine
+
+    @property
+    def ticker(self) -> EpochTicker:
+        """The epoch timer of :attr:`engine` (made with it)."""
+        self.engine  # noqa: B018 - makes the engine and its ticker
+        assert self._ticker is not None
+        return self._ticker
 
     def load(self, path: Path) -> wasmtime.Module:
         """Compile ``path`` (``.wat`` text or binary ``.wasm``). Compiled once per content: the cache
@@ -145,6 +176,8 @@ class WasmSandbox:
                 self.modules.move_to_end(key)
                 self.counts["cache_hits"] += 1
                 return self.modules[key]
+        import wasmtime
+
         try:
             module = wasmtime.Module(self.engine, data.decode("utf-8") if path.suffix == ".wat" else data)
         except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
@@ -161,6 +194,8 @@ class WasmSandbox:
         """Run ``entry`` (``execute`` for tools, ``handle`` for agents) of a fresh instance of
         ``module`` on ``payload``; returns the result text. ``host(request) -> response`` serves
         ``host_call``. Blocks: call from a worker thread."""
+        import wasmtime
+
         cfg = self.config
         if len(payload) > cfg.max_input_bytes:
             raise WasmError(f"input is {len(payload)} bytes; the limit is {cfg.max_input_bytes}", "input_too_large")
@@ -206,6 +241,8 @@ class WasmSandbox:
             raise WasmError("the module returned a buffer outside its memory", "bad_module")
 
     def _trap_error(self, trap: wasmtime.Trap) -> WasmError:
+        import wasmtime
+
         code = trap.trap_code
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             self.counts["fuel_exhausted"] += 1
@@ -219,6 +256,8 @@ class WasmSandbox:
         return WasmError(f"the module trapped: {name}", "trap")
 
     def _host_function(self, host: Callable[[bytes], bytes] | None) -> Callable[..., int]:
+        import wasmtime
+
         max_request = self.config.max_input_bytes
 
         def host_call(caller: wasmtime.Caller, ptr: int, length: int) -> int:
@@ -251,14 +290,15 @@ class WasmSandbox:
 
     def close(self) -> None:
         """Stop the epoch timer and the worker threads."""
-        self.ticker.stop()
+        if self._ticker is not None:
+            self._ticker.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def describe(self) -> dict[str, Any]:
         """Live limits and counters for ``/api/security``."""
         c = self.config
         return {
-            "engine": f"wasmtime {getattr(wasmtime, '__version__', '')}".strip(),
+            "engine": f"wasmtime {getattr(sys.modules.get('wasmtime'), '__version__', '')}".strip(),
             "fuel_per_call": c.fuel,
             "epoch_deadline_secs": c.timeout_secs,
             "epoch_tick_ms": c.epoch_tick_ms,
