@@ -95,6 +95,40 @@ def fingerprint(body: bytes, query: bytes, content_type: str) -> str:
     return digest.hexdigest()
 
 
+_CLAIM = text(
+    "INSERT INTO core_idempotency (key, body_hash, state, status, headers, body, created_at)"
+    " VALUES (:key, :hash, :state, NULL, :owner, NULL, :now) ON CONFLICT (key) DO NOTHING"
+)
+_READ = text("SELECT body_hash, state, status, headers, body, created_at FROM core_idempotency WHERE key = :key")
+_DROP_STALE = text("DELETE FROM core_idempotency WHERE key = :key AND created_at = :created")
+_COMPLETE = text(
+    "UPDATE core_idempotency SET state = :state, status = :status, headers = :headers, body = :body WHERE key = :key"
+)
+_RELEASE = text("DELETE FROM core_idempotency WHERE key = :key AND state = :state")
+
+
+def _try_claim(conn: Any, key: str, request_hash: str, now: float) -> tuple[bool, dict[str, Any] | None]:
+    """One claim attempt in one transaction: (claimed, the existing row unless it was stale)."""
+    inserted = conn.execute(
+        _CLAIM, {"key": key, "hash": request_hash, "state": IN_PROGRESS, "now": now, "owner": _claimant()}
+    )
+    if inserted.rowcount == 1:
+        return True, None
+    row = conn.execute(_READ, {"key": key}).mappings().first()
+    if row is None:
+        return False, None
+    age = now - float(row["created_at"])
+    abandoned = row["state"] == IN_PROGRESS and (age > IN_PROGRESS_LEASE_SECONDS or _claimant_is_gone(row["headers"]))
+    if age > TTL_SECONDS or abandoned:
+        conn.execute(_DROP_STALE, {"key": key, "created": row["created_at"]})
+        return False, None
+    return False, dict(row)
+
+
+def _execute(conn: Any, statement: Any, params: dict[str, Any]) -> None:
+    conn.execute(statement, params)
+
+
 @dataclass
 class StoredResponse:
     status: int
@@ -115,39 +149,16 @@ class IdempotencyStore:
         """Claim ``key`` for a new request (``None``), or return the stored response to replay.
 
         Raises :class:`Conflict` for a different body or a duplicate of a request still running.
+        Each attempt is one transaction run by ``Database.run`` (one hop to the database thread
+        with SQLite).
         """
         for _ in range(3):  # a stale row is removed and the claim retried
             now = self.clock()
-            async with self.db.begin() as conn:
-                inserted = await conn.execute(
-                    text(
-                        "INSERT INTO core_idempotency (key, body_hash, state, status, headers, body, created_at)"
-                        " VALUES (:key, :hash, :state, NULL, :owner, NULL, :now) ON CONFLICT (key) DO NOTHING"
-                    ),
-                    {"key": key, "hash": request_hash, "state": IN_PROGRESS, "now": now, "owner": _claimant()},
-                )
-                if inserted.rowcount == 1:
-                    return None
-                row = (
-                    await conn.execute(
-                        text("SELECT body_hash, state, status, headers, body, created_at FROM core_idempotency"
-                             " WHERE key = :key"),
-                        {"key": key},
-                    )
-                ).mappings().first()
-                if row is None:
-                    continue  # released between our insert and select: try again
-                age = now - float(row["created_at"])
-                abandoned = row["state"] == IN_PROGRESS and (
-                    age > IN_PROGRESS_LEASE_SECONDS or _claimant_is_gone(row["headers"])
-                )
-                stale = age > TTL_SECONDS or abandoned
-                if stale:
-                    await conn.execute(
-                        text("DELETE FROM core_idempotency WHERE key = :key AND created_at = :created"),
-                        {"key": key, "created": row["created_at"]},
-                    )
-                    continue
+            claimed, row = await self.db.run(_try_claim, key, request_hash, now)
+            if claimed:
+                return None
+            if row is None:
+                continue  # released between our insert and select, or stale and removed: try again
             self.conflicts += 1
             if row["body_hash"] != request_hash:
                 raise Conflict(
@@ -165,21 +176,14 @@ class IdempotencyStore:
 
     async def complete(self, key: str, response: StoredResponse) -> None:
         """Store the response of the claimed request for replay."""
-        async with self.db.begin() as conn:
-            await conn.execute(
-                text("UPDATE core_idempotency SET state = :state, status = :status, headers = :headers,"
-                     " body = :body WHERE key = :key"),
-                {"state": DONE, "status": response.status, "headers": json.dumps(response.headers),
-                 "body": response.body, "key": key},
-            )
+        await self.db.run(_execute, _COMPLETE, {
+            "state": DONE, "status": response.status, "headers": json.dumps(response.headers),
+            "body": response.body, "key": key,
+        })
 
     async def release(self, key: str) -> None:
         """Forget a claim whose request failed, so the client can retry with the same key."""
-        async with self.db.begin() as conn:
-            await conn.execute(
-                text("DELETE FROM core_idempotency WHERE key = :key AND state = :state"),
-                {"key": key, "state": IN_PROGRESS},
-            )
+        await self.db.run(_execute, _RELEASE, {"key": key, "state": IN_PROGRESS})
 
     async def sweep(self) -> int:
         """Delete expired responses and abandoned claims; returns how many."""
