@@ -71,5 +71,6 @@ def test_in_process_micro_benchmark_counts_calls_and_cpu() -> None:
         for key in ("bare", "ours", "ours_limiter"):
             assert result[figure][key] > 0
     calls = result["calls_per_request"]
-    # The edge does real work on every request, and the limiter path does more than the exempt one.
-    assert calls["bare"] < calls["ours"] < calls["ours_limiter"]
+    # The limiter path does more than the exempt one. (The edge may cost fewer calls than the Quart
+    # hook machinery it bypasses, so "ours" is not necessarily above "bare".)
+    assert calls["ours"] < calls["ours_limiter"]

@@ -3,6 +3,7 @@ status, and the body guards (size with and without Content-Length, depth, syntax
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -315,3 +316,181 @@ def test_live_server_stream_headers_and_chunked_413(librefang_home):
         assert response.headers["x-content-type-options"] == "nosniff"
     finally:
         server.stop()
+
+
+# -- per-route body limits ------------------------------------------------------------------------
+class LimitsPlugin:
+    """Routes declaring their own body limit: a number, a [core] config key, a callable."""
+
+    @librefang.hookimpl
+    def register_routes(self, register):
+        router = Router("limits")
+
+        async def received():
+            from quart import request
+
+            return {"received": len(await request.get_data())}
+
+        router.post("/api/limits/small", max_body=1024)(received)
+        router.post("/api/limits/upload", max_body="max_upload_size_bytes")(_named(received, "upload"))
+        router.post("/api/limits/computed", max_body=lambda kernel: kernel.config.core.max_upload_size_bytes * 2)(
+            _named(received, "computed"))
+        router.post("/api/limits/global")(_named(received, "global_limit"))
+        register(router)
+
+
+def _named(fn, name):
+    async def wrapper():
+        return await fn()
+
+    wrapper.__name__ = name
+    return wrapper
+
+
+async def post_bytes(client, path: str, size: int):
+    return await client.post(path, data=b"x" * size, headers={"Content-Type": "application/octet-stream"})
+
+
+async def test_route_body_limit_overrides_the_global_one_for_that_route_only(make_kernel):
+    kernel = await make_kernel(config="max_request_body_bytes = 4096\nmax_upload_size_bytes = 16384\n",
+                               plugins={"limits": LimitsPlugin()}, load_entry_points=False)
+    client = make_client(build_app(kernel))
+    assert (await post_bytes(client, "/api/limits/small", 1024)).status_code == 200
+    body = await assert_error(await post_bytes(client, "/api/limits/small", 1025), 413, "payload_too_large")
+    assert "1024" in body["error"]
+    # Larger than the global limit, within the route's (a [core] key, or a callable of the kernel).
+    ok = await post_bytes(client, "/api/limits/upload", 16384)
+    assert ok.status_code == 200 and (await ok.get_json())["received"] == 16384
+    await assert_error(await post_bytes(client, "/api/limits/upload", 16385), 413, "payload_too_large")
+    assert (await post_bytes(client, "/api/limits/computed", 32768)).status_code == 200
+    await assert_error(await post_bytes(client, "/api/limits/computed", 32769), 413, "payload_too_large")
+    # Routes without a declaration keep the global limit.
+    assert (await post_bytes(client, "/api/limits/global", 4096)).status_code == 200
+    body = await assert_error(await post_bytes(client, "/api/limits/global", 4097), 413, "payload_too_large")
+    assert "4096" in body["error"]
+
+
+async def test_route_body_limit_is_enforced_while_streaming(make_kernel):
+    kernel = await make_kernel(config="max_request_body_bytes = 4096\nmax_upload_size_bytes = 16384\n",
+                               plugins={"limits": LimitsPlugin()}, load_entry_points=False)
+    client = make_client(build_app(kernel))
+    chunk = b"y" * 1024
+    fits = await stream_body(client, "/api/limits/upload", [chunk] * 16, "application/octet-stream")
+    assert fits.status_code == 200 and (await fits.get_json())["received"] == 16384
+    body = await assert_error(await stream_body(client, "/api/limits/upload", [chunk] * 17, "application/octet-stream"),
+                              413, "payload_too_large")
+    assert "16384" in body["error"]
+    body = await assert_error(await stream_body(client, "/api/limits/small", [chunk] * 2, "application/octet-stream"),
+                              413, "payload_too_large")
+    assert "1024" in body["error"]
+
+
+async def test_route_body_limit_follows_a_config_reload(make_kernel, librefang_home):
+    kernel = await make_kernel(config="max_upload_size_bytes = 16384\n", plugins={"limits": LimitsPlugin()},
+                               load_entry_points=False)
+    client = make_client(build_app(kernel))
+    assert (await post_bytes(client, "/api/limits/upload", 16000)).status_code == 200
+    (librefang_home / "config.toml").write_text("max_upload_size_bytes = 8192\n")
+    reload = await client.post("/api/config/reload")
+    assert reload.status_code == 200, await reload.get_data(as_text=True)
+    await assert_error(await post_bytes(client, "/api/limits/upload", 16000), 413, "payload_too_large")
+
+
+def test_route_body_limit_declarations_are_checked():
+    router = Router("badlimits")
+    for bad in (0, -5, True, 1.5):
+        with pytest.raises(ValueError, match="max_body"):
+            router.post("/api/bad", max_body=bad)
+
+
+async def test_route_body_limit_naming_no_config_key_fails_the_build(make_kernel):
+    class Typo:
+        @librefang.hookimpl
+        def register_routes(self, register):
+            router = Router("typo")
+            router.post("/api/typo", max_body="max_uplod_size")(_named(lambda: None, "typo"))
+            register(router)
+
+    kernel = await make_kernel(plugins={"typo": Typo()}, load_entry_points=False)
+    with pytest.raises(librefang.errors.PluginError, match="max_uplod_size"):
+        build_app(kernel)
+
+
+# -- paths with empty segments ------------------------------------------------------------------------
+async def asgi_get(app, path: str, headers: list[tuple[bytes, bytes]] = (), client=("127.0.0.1", 5)):
+    """``GET path`` straight through the ASGI app, the path exactly as a server passes it (the test
+    client would read ``//api/...`` as a URL with a host): (status, headers, JSON body)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:4545"), *headers], "client": client, "server": ("127.0.0.1", 4545)}
+    messages = []
+    received = []
+
+    async def receive():
+        if received:  # the body was sent; a client that stays connected sends nothing more
+            await asyncio.Event().wait()
+        received.append(True)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        messages.append(message)
+
+    await app(scope, receive, send)
+    start = messages[0]
+    body = b"".join(m.get("body", b"") for m in messages[1:])
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body)
+
+
+@pytest.mark.parametrize("path", ["/api//health", "/api//agents", "/api/v1//health", "/api/health//", "//"])
+async def test_double_slash_paths_get_a_json_404_not_a_redirect(make_kernel, path):
+    kernel, _ = await build(make_kernel)
+    status, headers, body = await asgi_get(build_app(kernel), path)
+    assert status == 404 and "location" not in headers
+    assert body["code"] == "not_found" and body["error"].startswith("no route for GET /")
+    assert body["request_id"] == headers["x-request-id"] and headers["x-frame-options"] == "DENY"
+
+
+async def test_leading_slashes_are_one_slash_for_routing_and_for_auth_alike(make_kernel):
+    # Werkzeug reads "//api/x" as "/api/x"; the edge decides public/cost/auth through the same matcher.
+    kernel, _ = await build(make_kernel, 'api_key = "k-0123456789"\n')
+    app = build_app(kernel)
+    status, _, body = await asgi_get(app, "//api/health", client=("203.0.113.5", 1234))
+    assert status == 200 and body["status"] == "ok"
+    status, headers, body = await asgi_get(app, "//api/status", client=("203.0.113.5", 1234))
+    assert status == 401 and body["code"] == "missing_credential" and headers["www-authenticate"] == "Bearer"
+    status, _, body = await asgi_get(app, "///api/status", [(b"authorization", b"Bearer k-0123456789")])
+    assert status == 200 and body["status"] == "running"
+    status, _, body = await asgi_get(app, "/api//status", client=("203.0.113.5", 1234))
+    assert status == 401  # an interior "//" matches no route, and unknown paths need the key too
+    status, _, body = await asgi_get(app, "/api//status", [(b"authorization", b"Bearer k-0123456789")])
+    assert status == 404 and "//" in body["error"]
+
+
+# -- what handlers see ----------------------------------------------------------------------------------
+async def test_handlers_see_the_request_id_and_principal_the_edge_decided(make_kernel):
+    class Who:
+        @librefang.hookimpl
+        def register_routes(self, register):
+            router = Router("who")
+
+            @router.get("/api/who")
+            async def who():
+                from quart import g
+
+                return {"request_id": g.request_id, "principal": getattr(g, "principal", None),
+                        "has": "request_id" in g, "get": g.get("principal")}
+
+            @router.get("/api/who/public", public=True)
+            async def who_public():
+                from quart import g
+
+                return {"principal": getattr(g, "principal", None)}
+
+            register(router)
+
+    kernel = await make_kernel(config='api_key = "k-0123456789"\n', plugins={"who": Who()}, load_entry_points=False)
+    client = make_client(build_app(kernel))
+    response = await client.get("/api/who", headers={"Authorization": "Bearer k-0123456789"})
+    body = await response.get_json()
+    assert body == {"request_id": response.headers["x-request-id"], "principal": "root", "has": True, "get": "root"}
+    assert (await (await client.get("/api/who/public")).get_json()) == {"principal": None}

@@ -1,56 +1,62 @@
-"""The edge every request passes: request id, CORS preflight, body limit, rate limit, auth, JSON
-errors, security headers and metrics.
+"""The edge every HTTP request passes, as ASGI middleware around the Quart app.
 
-Order: request id → CORS preflight → public shell/assets shortcut → body-size limit → rate limit →
-auth → route → JSON errors → security headers, CORS and metrics on the way out. The limiter runs
-before auth on purpose: a client guessing keys pays for every guess, and a 401 flood stops at 429
-before it costs an audit tally. Loopback peers without forwarding headers skip the limiter (the
-dashboard and CLI poll).
+Order: ``/api/v1`` rewrite → request id → route facts → CORS preflight → body-size limit →
+(public shell/assets: done) → rate limit → auth → the Quart app (route, JSON errors) → request id,
+security headers and CORS stamped on the response start → metrics and the access log. The
+limiter runs before auth on purpose: a client guessing keys pays for every guess, and a 401 flood
+stops at 429 before it costs an audit tally. Loopback peers without forwarding headers skip the
+limiter (the dashboard and CLI poll).
 
-Everything runs in one ``before_request`` and one ``after_request`` function and reads its
-settings from :class:`EdgeState` attributes, so the hot path (``GET /api/health`` from loopback:
-a uuid, two dict lookups, a cached loopback check, eight header sets) stays short; a benchmark
-holds it to ≥ 0.8x a bare Quart app.
+Why ASGI rather than Quart ``before_request``/``after_request`` hooks: a hook costs Quart a walk of
+the blueprint chain and werkzeug ``Headers`` round-trips on every request, and a refusal (401,
+429, 413) answered here never builds a Quart request at all. The per-route facts (public, cost,
+body limit, route template) are computed once per app in :class:`RouteFacts` and looked up by
+``(method, path)``; only paths with parameters go through werkzeug's matcher (cached, bounded).
+The security headers are pre-encoded bytes appended to ``http.response.start``, so they are on
+every response (errors and streams included) for the cost of one list ``extend``.
+
+Quart keeps what needs its request context: the JSON error handlers (404/405/413 raised inside
+Quart, :class:`~librefang.errors.ApiError` from handlers, unexpected exceptions) and the
+WebSocket handshake checks (see :mod:`librefang.edgequart`). ``g.request_id`` and
+``g.principal`` are read from a context variable this middleware sets.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
 import math
 import time
-import traceback
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from quart import Quart, Response, g, has_request_context, request, websocket
-from werkzeug.exceptions import HTTPException
 
 from librefang.auth import (
     ALWAYS_PUBLIC_PATHS,
     PUBLIC_ASSET_PREFIXES,
-    WS_BEARER_PREFIX,
     Authenticator,
     AuthFailureAudit,
     browser_guard,
-    choose_subprotocol,
-    is_static_public,
 )
 from librefang.errors import (
     ApiError,
     ConfigError,
     Forbidden,
     PayloadTooLarge,
+    PluginError,
     TooManyRequests,
     Unauthorized,
-    code_for_status,
 )
 from librefang.metrics import Metrics
-from librefang.netutil import ProxyTrust, has_forwarding_headers, is_loopback
+from librefang.netutil import FORWARDING_HEADERS, ProxyTrust, is_loopback
 from librefang.ratelimit import DEFAULT_COST, GcraLimiter, RateLimiter
 
 if TYPE_CHECKING:  # pragma: no cover
     from librefang.kernel import Kernel
+    from librefang.routing import RouteSpec
 
 log = logging.getLogger("librefang.edge")
 access_log = logging.getLogger("librefang.access")
@@ -74,23 +80,43 @@ NO_KEY_PRINCIPALS = frozenset({"local", "anonymous"})  # admitted without a cred
 EDGE_HEADER_NAMES = frozenset({"x-request-id", *(name.lower() for name in SECURITY_HEADERS)})
 EDGE_HEADER_BYTES = frozenset(name.encode() for name in EDGE_HEADER_NAMES)
 SECURITY_HEADER_BYTES = tuple((name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items())
-REQUEST_ID_KEY = "librefang.request_id"  # ASGI scope key: the id the ASGI edge gave this request
+REQUEST_ID_KEY = "librefang.request_id"  # ASGI scope key: the id the edge gave this request
+MAX_BODY_KEY = "librefang.max_body"  # ASGI scope key: the body limit of the matched route
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-API-Key, Idempotency-Key, X-Request-Id, Accept"
 CORS_EXPOSE_HEADERS = "x-request-id, Retry-After"
+API_V1 = "/api/v1/"
+UNMATCHED = "<unmatched>"  # the metrics route label of a request no route matched
+DRAIN_TIMEOUT = 10.0  # seconds an error response waits for an unread request body to arrive
+MATCH_CACHE_SIZE = 2048
+
+# (request id, principal) of the request being served; read through ``g`` (see edgequart.EdgeGlobals).
+EDGE_CONTEXT: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "librefang.edge", default=(None, None)
+)
+
+_FORWARDING = frozenset(name.encode() for name in FORWARDING_HEADERS)
+# The request headers the edge reads; one pass over the raw ASGI headers picks them out.
+_WANTED = frozenset({
+    b"origin", b"authorization", b"x-api-key", b"content-length", b"transfer-encoding", b"host",
+    b"access-control-request-method", *_FORWARDING,
+})
+_CORS_PREFLIGHT = (
+    (b"access-control-allow-methods", CORS_ALLOW_METHODS.encode()),
+    (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
+    (b"access-control-max-age", b"600"),
+)
+_JSON = (b"content-type", b"application/json")
 
 
 class EdgeState:
-    """Per-kernel edge services. The limiter and the auth-failure tallies survive app rebuilds (hot
-    reload) and config reloads; :meth:`configure` re-reads everything else from the config."""
+    """Per-kernel edge services. The limiter, the metrics and the auth-failure tallies survive app
+    rebuilds (hot reload) and config reloads; :meth:`configure` re-reads everything else."""
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.metrics = Metrics(kernel)
-        # A plain counter read at scrape time: a prometheus Gauge takes a lock on every inc/dec.
-        self.in_flight = 0
-        self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.auth_audit = AuthFailureAudit(kernel)
         self.limiter: Any = None
         self._custom_limiter = False
@@ -121,6 +147,12 @@ class EdgeState:
         self.retry_after = rl.retry_after_secs
         self.max_body = core.max_request_body_bytes
         self.cors_origins = self._cors_origins()
+        self.cors_origin_bytes = frozenset(origin.encode("latin-1") for origin in self.cors_origins)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served right now."""
+        return self.metrics.in_flight
 
     def use_limiter(self, limiter: RateLimiter) -> None:
         """Replace the in-process limiter (e.g. by one backed by a store shared between processes)."""
@@ -145,177 +177,266 @@ class EdgeState:
         return frozenset(origins)
 
 
-def error_response(exc: ApiError, request_id: str | None) -> Response:
-    """The JSON error response for ``exc`` (headers such as Retry-After included)."""
-    response = Response(json.dumps(exc.body(request_id)), status=exc.status, mimetype="application/json")
-    for name, value in exc.headers.items():
-        response.headers[name] = value
-    return response
+@dataclass(frozen=True, slots=True)
+class RouteFacts:
+    """What the edge needs to know about a matched route, computed once per app."""
+
+    public: bool
+    cost: int
+    template: str  # the route template: the metrics label
+    max_body: Callable[[], int] | None  # None: the global max_request_body_bytes
 
 
-def install_edge(app: Quart, kernel: Kernel) -> None:
-    """Attach the edge to a freshly built app."""
-    state: EdgeState = kernel.edge
-    specs = kernel.routes.by_endpoint()
-    metrics = state.metrics
-    security_headers = list(SECURITY_HEADERS.items())
-    app.config["MAX_CONTENT_LENGTH"] = state.max_body
-
-    async def before() -> Any:
-        # Proxies resolved once: every attribute read through quart's LocalProxy costs a lookup.
-        req = request._get_current_object()
-        ctx = g._get_current_object()
-        request_id = ctx.request_id = req.scope.get(REQUEST_ID_KEY) or str(uuid.uuid4())
-        ctx.started = time.perf_counter()
-        state.in_flight += 1
-        headers = req.headers
-        method = req.method
-        if method == "OPTIONS" and "access-control-request-method" in headers and "origin" in headers:
-            return _preflight(state, headers.get("origin", ""))
-        endpoint = req.endpoint
-        spec = specs.get(endpoint) if endpoint else None
-        path = req.path
-        if spec is not None:
-            public, cost = spec.public, spec.cost
-        else:
-            public, cost = is_static_public(method, path), DEFAULT_COST
-        if public and (path in ALWAYS_PUBLIC_PATHS or path.startswith(PUBLIC_ASSET_PREFIXES)):
-            return None  # the WebChat shell and its assets: no limiter, no credential
-        length = req.content_length
-        if length is not None and length > state.max_body:
-            raise PayloadTooLarge(
-                f"request body of {length} bytes exceeds the limit of {state.max_body} bytes",
-                code="payload_too_large",
-            )
-        peer = (req.scope.get("client") or ("",))[0] or ""
-        local = is_loopback(peer) and not has_forwarding_headers(headers)
-        if not local:
-            await _charge(state, state.proxies.client_ip(peer, headers), cost)
-        if not public:
-            try:
-                principal = ctx.principal = state.auth.check(headers, peer)
-            except Unauthorized as exc:
-                metrics.auth_failures.inc()
-                client = peer if local else state.proxies.client_ip(peer, headers)
-                state.auth_audit.note(client or "unknown", path, exc.code, request_id)
-                raise
-            if principal in NO_KEY_PRINCIPALS:
-                refusal = browser_guard(headers, state.cors_origins, local=principal == "local")
-                if refusal is not None:
-                    raise Forbidden(refusal, code="cross_origin_refused")
+def body_limit_reader(kernel: Kernel, spec: RouteSpec) -> Callable[[], int] | None:
+    """The per-request reader of ``spec.max_body`` (None when the route uses the global limit)."""
+    declared = spec.max_body
+    if declared is None:
         return None
+    if isinstance(declared, int):
+        return lambda: declared
+    if isinstance(declared, str):
+        if not hasattr(kernel.config.core, declared):
+            raise PluginError(f"route {spec.method} {spec.path}: max_body names no [core] config key {declared!r}")
+        core_config = kernel.config
+        return lambda: int(getattr(core_config.core, declared))
+    return lambda: int(declared(kernel))
 
-    async def after(response: Response) -> Response:
-        req = request._get_current_object()
-        ctx = g._get_current_object()
-        request_id = getattr(ctx, "request_id", None)
-        headers = response.headers  # x-request-id and security headers are stamped by the ASGI edge (app.py)
-        origin = req.headers.get("origin")
-        if origin and origin in state.cors_origins:
-            headers["Access-Control-Allow-Origin"] = origin
-            headers.add("Vary", "Origin")
-            headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
-        started = getattr(ctx, "started", None)
-        status = response.status_code
-        if started is not None:
-            state.in_flight -= 1
-            rule = req.url_rule
-            route = rule.rule if rule is not None else "<unmatched>"
-            metrics.observe(req.method, route, status, time.perf_counter() - started)
-        if status >= 400:
-            if status != 413 and req.method in BODY_METHODS:
-                await _drain_body(req)
-            log_at = access_log.error if status >= 500 else access_log.warning
-            log_at("%s %s %s rid=%s", req.method, req.path, status, request_id)
-        return response
 
-    async def before_ws() -> Any:
-        request_id = g.request_id = str(uuid.uuid4())
-        endpoint = websocket.endpoint
-        spec = specs.get(endpoint) if endpoint else None
-        headers = websocket.headers
-        peer = (websocket.scope.get("client") or ("",))[0] or ""
-        offered = websocket.requested_subprotocols
-        local = is_loopback(peer) and not has_forwarding_headers(headers)
+class RouteTable:
+    """``(method, path)`` → :class:`RouteFacts`: a dict for paths without parameters, werkzeug's
+    matcher (results cached, bounded) for the rest."""
+
+    def __init__(self, url_map: Any, facts: dict[tuple[str, str], RouteFacts]) -> None:
+        """``facts`` is keyed by (app endpoint, method); the app's rules are already in ``url_map``."""
+        self.by_endpoint = facts
+        self.exact: dict[tuple[str, str], RouteFacts] = {}
+        for rule in url_map.iter_rules():
+            if rule.arguments or getattr(rule, "websocket", False):
+                continue
+            for method in rule.methods or ():
+                found = facts.get((rule.endpoint, "GET" if method == "HEAD" else method))
+                if found is not None:
+                    self.exact[(method, rule.rule)] = found
+        self.adapter = url_map.bind("localhost")
+        self._cache: dict[tuple[str, str], RouteFacts | None] = {}
+
+    def match(self, method: str, path: str) -> RouteFacts | None:
+        """The facts of the route ``method path`` reaches, or None (404, 405, or not a declared route)."""
+        key = (method, path)
+        if key in self._cache:
+            return self._cache[key]
+        from werkzeug.exceptions import HTTPException
+
         try:
-            if not local:
-                await _charge(state, state.proxies.client_ip(peer, headers), spec.cost if spec else DEFAULT_COST)
-            if spec is None or not spec.public:
-                try:
-                    principal = g.principal = state.auth.check(headers, peer, offered)
-                except Unauthorized as exc:
-                    metrics.auth_failures.inc()
-                    client = peer if local else state.proxies.client_ip(peer, headers)
-                    state.auth_audit.note(client or "unknown", websocket.path, exc.code, request_id)
-                    raise
-                if principal in NO_KEY_PRINCIPALS:  # cross-site WebSocket hijacking, DNS rebinding
-                    refusal = browser_guard(headers, state.cors_origins, local=principal == "local")
-                    if refusal is not None:
-                        raise Forbidden(refusal, code="cross_origin_refused")
-        except ApiError as exc:
-            return _with_edge_headers(error_response(exc, request_id), request_id, security_headers)
-        if any(p.startswith(WS_BEARER_PREFIX) for p in offered):
-            # The handler cannot know to echo a credential sub-protocol, and a browser that offered
-            # sub-protocols drops a handshake that selects none: accept here with the right one.
-            g.websocket_subprotocol = choose_subprotocol(offered)
-            await websocket.accept(subprotocol=g.websocket_subprotocol)
-        return None
-
-    async def handle_api_error(exc: ApiError) -> Response:
-        return error_response(exc, getattr(g, "request_id", None))
-
-    async def handle_http_exception(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        message = exc.description or exc.name
-        method, path = (request.method, request.path) if has_request_context() else ("GET", websocket.path)
-        if status == 404:
-            message = f"no route for {method} {path}"
-        elif status == 405:
-            message = f"method {method} is not allowed for {path}"
-        elif status == 413:
-            message = f"request body exceeds the limit of {state.max_body} bytes"
-        elif status >= 500:
-            message = "Internal server error"
-        response = error_response(ApiError(message, status=status, code=code_for_status(status)), getattr(g, "request_id", None))
-        valid = getattr(exc, "valid_methods", None)
-        if status == 405 and valid:
-            response.headers["Allow"] = ", ".join(sorted(valid))
-        return response
-
-    async def handle_unexpected(exc: Exception) -> Response:
-        # The client learns only the request id; the traceback goes to the log under that id, with
-        # credential shapes and known secret values scrubbed (exception messages do carry them).
-        request_id = getattr(g, "request_id", None)
-        where = f"{request.method} {request.path}" if has_request_context() else f"WS {websocket.path}"
-        log.error("unhandled error rid=%s %s\n%s", request_id, where, scrubbed_traceback(kernel, exc))
-        return error_response(ApiError("Internal server error", status=500, code="internal_error"), request_id)
-
-    app.before_request(before)
-    app.after_request(after)
-    app.before_websocket(before_ws)
-    app.register_error_handler(ApiError, handle_api_error)
-    app.register_error_handler(HTTPException, handle_http_exception)
-    app.register_error_handler(Exception, handle_unexpected)
+            rule, _ = self.adapter.match(path, method, return_rule=True, websocket=False)
+        except HTTPException:
+            found = None
+        else:
+            lookup = "GET" if method == "HEAD" else method
+            found = self.by_endpoint.get((rule.endpoint, lookup)) or self.by_endpoint.get((rule.endpoint, "*"))
+        if len(self._cache) >= MATCH_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
 
 
-async def _drain_body(req: Any) -> None:
-    """Read a body the handler never consumed (an error answered early), so the keep-alive
-    connection stays usable: with unread bytes left, Hypercorn drops it and a client's next
-    request on it fails with "server disconnected"."""
-    if not req.content_length and "chunked" not in req.headers.get("transfer-encoding", ""):
-        return
+class Edge:
+    """The ASGI middleware: see the module docstring for what it does, in which order."""
+
+    def __init__(self, app: Any, state: EdgeState, routes: RouteTable) -> None:
+        self.app = app
+        self.state = state
+        self.routes = routes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if path.startswith(API_V1):
+            scope = _rewrite_v1(scope)
+            path = scope["path"]
+        if scope["type"] != "http":
+            EDGE_CONTEXT.set((None, None))  # the WebSocket hook sets g.request_id itself
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        metrics = state.metrics
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        scope[REQUEST_ID_KEY] = request_id
+        method = scope["method"]
+        found: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in _WANTED and name not in found:
+                found[name] = value
+        facts = self.routes.exact.get((method, path)) or self.routes.match(method, path)
+        if facts is None:
+            public = method in ("GET", "HEAD") and path.startswith(PUBLIC_ASSET_PREFIXES) or path in ALWAYS_PUBLIC_PATHS
+            cost, template, limit = DEFAULT_COST, UNMATCHED, state.max_body
+        else:
+            public, cost, template = facts.public, facts.cost, facts.template
+            limit = state.max_body if facts.max_body is None else facts.max_body()
+        scope[MAX_BODY_KEY] = limit
+        origin = found.get(b"origin")
+        stamp = [(b"x-request-id", request_id.encode()), *SECURITY_HEADER_BYTES]
+        if origin is not None and origin in state.cors_origin_bytes:
+            stamp += ((b"access-control-allow-origin", origin), (b"vary", b"Origin"),
+                      (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()))
+        metrics.in_flight += 1
+        status = 0
+        try:
+            if method == "OPTIONS" and origin is not None and b"access-control-request-method" in found:
+                status = 204
+                await _preflight(send, stamp, origin in state.cors_origin_bytes)
+                return
+            principal = None
+            try:
+                length = found.get(b"content-length")
+                if length is not None and length.isdigit() and int(length) > limit:
+                    raise PayloadTooLarge(
+                        f"request body of {int(length)} bytes exceeds the limit of {limit} bytes",
+                        code="payload_too_large",
+                    )
+                if not (public and (path in ALWAYS_PUBLIC_PATHS or path.startswith(PUBLIC_ASSET_PREFIXES))):
+                    # Not the WebChat shell or its assets: the limiter and the credential apply.
+                    principal = await self._admit(scope, found, path, public, cost, request_id)
+            except ApiError as exc:
+                status = exc.status
+                if status != 413 and method in BODY_METHODS:
+                    await _drain(receive, found, limit)
+                await _send_error(send, exc, request_id, stamp)
+                return
+            EDGE_CONTEXT.set((request_id, principal))
+
+            async def send_stamped(message: dict[str, Any]) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    headers = [h for h in message.get("headers", ()) if h[0] not in EDGE_HEADER_BYTES]
+                    headers += stamp
+                    message["headers"] = headers
+                    if status >= 400 and body_done is not None and status != 413 and not body_done.is_set():
+                        await _wait_for_body(body_done)
+                await send(message)
+
+            body_done: asyncio.Event | None = None
+            if method in BODY_METHODS and _has_body(found):
+                # An error answered before the handler read the body must still let the body
+                # arrive (Quart's receiver keeps reading it), or Hypercorn drops the keep-alive
+                # connection and the client's next request on it fails.
+                body_done = asyncio.Event()
+                receive = _tracking(receive, body_done)
+            await self.app(scope, receive, send_stamped)
+        finally:
+            metrics.in_flight -= 1
+            status = status or 500
+            metrics.observe(method, template, status, time.perf_counter() - started)
+            if status >= 400:
+                log_at = access_log.error if status >= 500 else access_log.warning
+                log_at("%s %s %s rid=%s", method, path, status, request_id)
+
+    async def _admit(self, scope: dict[str, Any], found: dict[bytes, bytes], path: str, public: bool,
+                     cost: int, request_id: str) -> str | None:
+        """Charge the limiter (unless a local peer) and check the credential (unless public)."""
+        state = self.state
+        peer = (scope.get("client") or ("",))[0] or ""
+        local = _FORWARDING.isdisjoint(found) and is_loopback(peer)
+        if local and public:
+            return None
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in found.items()}
+        if not local:
+            await charge(state, state.proxies.client_ip(peer, headers), cost)
+        if public:
+            return None
+        try:
+            principal = state.auth.check(headers, peer)
+        except Unauthorized as exc:
+            state.metrics.auth_failures += 1
+            client = peer if local else state.proxies.client_ip(peer, headers)
+            state.auth_audit.note(client or "unknown", path, exc.code, request_id)
+            raise
+        if principal in NO_KEY_PRINCIPALS:
+            refusal = browser_guard(headers, state.cors_origins, local=principal == "local")
+            if refusal is not None:
+                raise Forbidden(refusal, code="cross_origin_refused")
+        return principal
+
+
+def _rewrite_v1(scope: dict[str, Any]) -> dict[str, Any]:
+    """Serve ``/api/v1/...`` as ``/api/...`` (a new scope: the server's own dict is left alone)."""
+    scope = dict(scope)
+    scope["path"] = "/api/" + scope["path"][len(API_V1):]
+    raw = scope.get("raw_path")
+    if raw:
+        scope["raw_path"] = b"/api/" + raw[len(API_V1):]
+    return scope
+
+
+def _has_body(found: dict[bytes, bytes]) -> bool:
+    length = found.get(b"content-length")
+    if length is not None:
+        return length != b"0"
+    return b"chunked" in found.get(b"transfer-encoding", b"").lower()
+
+
+def _tracking(receive: Any, done: asyncio.Event) -> Any:
+    async def tracked() -> dict[str, Any]:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            done.set()
+        return message
+
+    return tracked
+
+
+async def _wait_for_body(done: asyncio.Event) -> None:
     try:
-        await req.get_data(cache=True)
-    except Exception:  # noqa: BLE001 - too large or cut off: closing the connection is right then
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            await done.wait()
+    except TimeoutError:  # a client that stops sending: the connection is closed after the answer
         return
 
 
-async def _charge(state: EdgeState, client: str, cost: int) -> None:
+async def _drain(receive: Any, found: dict[bytes, bytes], limit: int) -> None:
+    """Read the body of a request refused before the app ran (keep-alive stays usable); a body
+    larger than ``limit`` is left unread and the server closes the connection."""
+    if not _has_body(found):
+        return
+    received = 0
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False) or received > limit:
+                    return
+    except TimeoutError:
+        return
+
+
+async def _send_error(send: Any, exc: ApiError, request_id: str, stamp: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps(exc.body(request_id)).encode()
+    headers = [_JSON, (b"content-length", str(len(body)).encode())]
+    headers += ((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items())
+    headers += stamp
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _preflight(send: Any, stamp: list[tuple[bytes, bytes]], allowed: bool) -> None:
+    headers = [(b"content-length", b"0"), *stamp]
+    if allowed:
+        headers += _CORS_PREFLIGHT
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def charge(state: EdgeState, client: str, cost: int) -> None:
     """Take ``cost`` tokens from ``client``'s quota or raise 429 with an honest Retry-After."""
     allowed, wait = await state.limiter.acquire(client, cost)
     if allowed:
         return
-    state.metrics.rate_limited.inc()
+    state.metrics.rate_limited += 1
     # The real time until the request fits, capped by retry_after_secs (a request that can never fit,
     # cost above the burst, is told to come back after the cap).
     retry = min(max(1, math.ceil(wait)), state.retry_after)
@@ -323,36 +444,3 @@ async def _charge(state: EdgeState, client: str, cost: int) -> None:
         "Rate limit exceeded", code="rate_limited", headers={"Retry-After": str(retry)},
         details={"retry_after_seconds": retry, "cost": cost},
     )
-
-
-def scrubbed_traceback(kernel: Kernel, exc: BaseException) -> str:
-    """The formatted traceback of ``exc`` without secrets: credential shapes (see
-    :func:`librefang.logs.scrub`), the API key and every value stored in the vault."""
-    from librefang.logs import scrub
-
-    text = "".join(traceback.format_exception(exc)).rstrip()
-    secrets = list(kernel.vault.known_values())
-    key = kernel.edge.secret_value
-    if key:
-        secrets.append(key)
-    for value in sorted(secrets, key=len, reverse=True):
-        text = text.replace(value, "***")
-    return scrub(text)
-
-
-def _with_edge_headers(response: Response, request_id: str, security_headers: list[tuple[str, str]]) -> Response:
-    response.headers["x-request-id"] = request_id
-    for name, value in security_headers:
-        response.headers[name] = value
-    return response
-
-
-def _preflight(state: EdgeState, origin: str) -> Response:
-    response = Response("", status=204)
-    if origin in state.cors_origins:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
-        response.headers["Access-Control-Allow-Methods"] = CORS_ALLOW_METHODS
-        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
-        response.headers["Access-Control-Max-Age"] = "600"
-    return response

@@ -48,6 +48,27 @@ class RouteSpec:
     idempotent: bool = False
     plugin: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # Largest request body this route accepts, overriding ``max_request_body_bytes``: bytes, the
+    # name of a ``[core]`` config key, or a callable ``(kernel) -> bytes`` (read per request).
+    max_body: int | str | Callable[[Any], int] | None = None
+
+
+@dataclass(frozen=True)
+class RouteView:
+    """One view function as added to the router's blueprint (``endpoint`` without the router name)."""
+
+    path: str
+    endpoint: str
+    view: Callable[..., Any]
+    methods: tuple[str, ...]
+    websocket: bool
+
+
+def _check_max_body(max_body: Any) -> None:
+    if max_body is None or callable(max_body) or isinstance(max_body, str):
+        return
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
+        raise ValueError(f"max_body must be a positive number of bytes, a config key or a callable, not {max_body!r}")
 
 
 def format_validation_error(exc: ValidationError, where: str) -> str:
@@ -76,6 +97,9 @@ class Router:
         self.blueprint = Blueprint(name, __name__)
         self.specs: list[RouteSpec] = []
         self.tags = tags or (name,)
+        # What was added to the blueprint, so the app can register the views directly (no
+        # blueprint walk per request); see librefang.app.build_app.
+        self.views: list[RouteView] = []
 
     def route(
         self,
@@ -90,10 +114,19 @@ class Router:
         status: int = 200,
         summary: str = "",
         idempotent: bool = False,
+        max_body: int | str | Callable[[Any], int] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Declare an HTTP route. ``public`` routes need no credential; ``cost`` is in limiter tokens
         (default: the reference cost table, :func:`librefang.ratelimit.route_cost`); ``idempotent``
-        opts a creating POST into ``Idempotency-Key`` replay."""
+        opts a creating POST into ``Idempotency-Key`` replay.
+
+        ``max_body`` replaces the global ``max_request_body_bytes`` for this route only: a number
+        of bytes, the name of a ``[core]`` config key (e.g. ``"max_upload_size_bytes"``), or a
+        callable taking the kernel and returning bytes. Config keys and callables are read on
+        every request, so a config reload applies at once. The edge answers 413 when the declared
+        ``Content-Length`` is larger, and while streaming when the body grows past it.
+        """
+        _check_max_body(max_body)
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             endpoint = fn.__name__
@@ -140,9 +173,11 @@ class Router:
                         summary=summary or (fn.__doc__ or "").strip().split("\n")[0],
                         idempotent=idempotent,
                         tags=self.tags,
+                        max_body=max_body,
                     )
                 )
             self.blueprint.add_url_rule(path, endpoint, view, methods=list(methods))
+            self.views.append(RouteView(path, endpoint, view, tuple(m.upper() for m in methods), False))
             return fn
 
         return decorator
@@ -182,6 +217,7 @@ class Router:
                 )
             )
             self.blueprint.add_websocket(path, endpoint, fn)
+            self.views.append(RouteView(path, endpoint, fn, ("GET",), True))
             return fn
 
         return decorator

@@ -66,7 +66,13 @@ async def delete_agent_file(agent_id: str, filename: str) -> FileDeleted:
 
 
 # -- uploads -----------------------------------------------------------------------------------------
-@router.post("/api/agents/<agent_id>/upload", cost=20, response=UploadResponse)
+def upload_body_limit(kernel: Any) -> int:
+    """The request body limit of the upload route: ``max_upload_size_bytes`` plus room for the
+    multipart framing (it replaces the global 8 MiB ``max_request_body_bytes`` for this route)."""
+    return kernel.config.core.max_upload_size_bytes + 64 * 1024
+
+
+@router.post("/api/agents/<agent_id>/upload", cost=20, response=UploadResponse, max_body=upload_body_limit)
 async def upload_file(agent_id: str) -> dict[str, Any]:
     """Upload a file for an agent: multipart/form-data (field ``file``), or the raw body with
     ``Content-Type`` and ``X-Filename``. Limited by ``max_upload_size_bytes``."""
