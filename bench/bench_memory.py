@@ -103,6 +103,7 @@ async def run(args: argparse.Namespace) -> None:
     embeddings = "wordllama" if args.semantic else "off"
     (home / "config.toml").write_text(
         f'[agents]\nspawn_default_agent = false\n[memory]\nembeddings = "{embeddings}"\n'
+        f"vector_index = {'false' if args.no_vector_index else 'true'}\n"
         f"[proactive_memory]\nmax_memories_per_agent = {args.memories}\n")
     kernel = create_kernel(home, plugins={"agents": agents_plugin, "memory": memory_plugin}, load_entry_points=False)
     await kernel.start()
@@ -191,18 +192,11 @@ async def run(args: argparse.Namespace) -> None:
             for start in range(0, len(live), args.batch):  # the product's write path: table + vector index
                 await service.semantic.embed(live[start:start + args.batch])
             print(f"  embed + store ({service.semantic.backend}): {len(live) / (time.perf_counter() - t):,.0f} items/s")
-            samples = []
-            for n, q in enumerate(queries[:200]):
-                t = time.perf_counter()
-                await service.search(q, agent_id=agents[n % len(agents)], limit=10, touch=False)
-                samples.append((time.perf_counter() - t) * 1000)
-            results.append(summary("hybrid per agent (service)", samples))
-            samples = []
-            for q in queries[:5]:
-                t = time.perf_counter()
-                await service.search(q, limit=10, touch=False)
-                samples.append((time.perf_counter() - t) * 1000)
-            results.append(summary("hybrid global (service)", samples))
+            samples, cpu = await timed([lambda n=n, q=q: service.search(q, agent_id=agents[n % len(agents)], limit=10,
+                                                                        touch=False) for n, q in enumerate(queries[:200])])
+            results.append(summary("hybrid per agent (service)", samples, cpu))
+            samples, cpu = await timed([lambda q=q: service.search(q, limit=10, touch=False) for q in queries[:20]])
+            results.append(summary("hybrid global (service)", samples, cpu))
         if args.json:  # the figures above, for bench/all.py
             args.json.write_text(json.dumps({
                 "memories": args.memories, "agents": args.agents, "batch": args.batch, "queries": args.queries,
@@ -224,6 +218,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--semantic", action="store_true", help="also measure hybrid search (embeddings extra)")
+    parser.add_argument("--no-vector-index", action="store_true",
+                        help="semantic search ranks vectors in-process instead of through sqlite-vec")
     parser.add_argument("--with-user", action="store_true", help='add "user" (in every memory) to each query')
     parser.add_argument("--keep", action="store_true", help="keep the temporary home")
     parser.add_argument("--json", type=Path, help="also write the figures here")

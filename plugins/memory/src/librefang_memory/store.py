@@ -280,8 +280,20 @@ class ItemStore:
         return {(r[0] or "uncategorized"): int(r[1]) for r in rows}
 
     async def by_seq(self, seqs: list[int]) -> dict[int, Item]:
+        """Items by row id (deleted ones included)."""
         if not seqs:
             return {}
+        if self.reader is not None:  # one worker-thread hop on the read pool (a search's hot path)
+            from librefang_memory.fts import COLUMNS
+
+            found: dict[int, Item] = {}
+            for start in range(0, len(seqs), 500):
+                chunk = seqs[start:start + 500]
+                marks = ", ".join(f":s{n}" for n in range(len(chunk)))
+                rows = await self.reader.aquery(f"SELECT {COLUMNS} FROM memory_items WHERE seq IN ({marks})",
+                                                {f"s{n}": seq for n, seq in enumerate(chunk)})
+                found.update((row["seq"], _item(_RowView(row))) for row in rows)
+            return found
         async with self.db.begin() as conn:
             rows = (await conn.execute(sa.select(items).where(items.c.seq.in_(seqs)))).all()
         return {r.seq: _item(r) for r in rows}
