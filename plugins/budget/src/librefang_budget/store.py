@@ -116,12 +116,15 @@ class UsageStore:
         if not filters and add is None:
             return []
         columns = [column for where in filters for column in _window_columns(w, _filter(where))]
-        async with self.db.begin() as conn:
+
+        def run(conn: Any) -> Any:  # one transaction, one hop to the database thread (Database.run)
             if add is not None:
-                await conn.execute(usage.insert().values(**add))
-            if not columns:
-                return []
-            row = (await conn.execute(sa.select(*columns).where(usage.c.created_at >= w.earliest))).one()
+                conn.execute(usage.insert().values(**add))
+            return conn.execute(sa.select(*columns).where(usage.c.created_at >= w.earliest)).one() if columns else None
+
+        row = await self.db.run(run)
+        if row is None:
+            return []
         return [Spend(float(row[i]), float(row[i + 1]), float(row[i + 2]), int(row[i + 3]))
                 for i in range(0, len(columns), 4)]
 
