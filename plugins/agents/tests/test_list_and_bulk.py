@@ -127,6 +127,28 @@ async def test_spawn_and_kill_publish_events_and_audit(client, spawn, agents_ker
     assert (await agents_kernel.audit.verify()).valid
 
 
+async def test_changes_and_their_audit_entries_commit_together(client, spawn, agents_kernel, hello):
+    """Concurrent spawns (one duplicate), mode changes and kills: every change that happened has
+    exactly one audit entry, one that did not (a duplicate name, a second kill) has none."""
+    import asyncio
+
+    names = [f"together-{i}" for i in range(12)] + ["together-3"]
+    responses = await asyncio.gather(
+        *(client.post("/api/agents", json={"manifest_toml": hello.format(name=n)}) for n in names))
+    assert sorted(r.status_code for r in responses) == [201] * 12 + [409]
+    ids = [(await r.get_json())["agent_id"] for r in responses if r.status_code == 201]
+    modes = await asyncio.gather(*(client.put(f"/api/agents/{i}/mode", json={"mode": "observe"}) for i in ids))
+    assert {r.status_code for r in modes} == {200}
+    kills = await asyncio.gather(*(client.delete(f"/api/agents/{ids[0]}") for _ in range(3)))
+    statuses = [(await k.get_json())["status"] for k in kills]
+    assert sorted(statuses) == ["already-deleted", "already-deleted", "killed"]
+    entries, _ = await agents_kernel.audit.recent(200)
+    ours = [(e["action"], e["target"]) for e in entries if e["target"] in ids]
+    assert sorted(a for a, _ in ours) == ["AgentKill"] + ["AgentModeChange"] * 12 + ["AgentSpawn"] * 12
+    assert len(set(ours)) == len(ours)  # one entry per change and agent
+    assert (await agents_kernel.audit.verify()).valid
+
+
 async def test_agent_limit(start_agents, spawn, hello):
     _kernel, client = await start_agents(config="[agents]\nmax_agents = 2\n")
     await spawn(client, "second")

@@ -77,16 +77,23 @@ class AgentService:
         """``[default_model]`` as configured now."""
         return default_model(self.kernel)
 
-    async def _event(self, topic: str, record: AgentRecord, actor: Actor, audit: str | None, detail_: Any) -> None:
+    def _event(self, topic: str, record: AgentRecord, detail_: Any) -> None:
+        """Publish a change on the bus (after it is committed)."""
         data = {"agent_id": record.id, "name": record.name}
         if isinstance(detail_, dict):
             data.update(detail_)
         self.kernel.bus.publish(topic, data, source=SOURCE)
-        if audit:
-            await self.kernel.audit.record(
-                audit, actor=actor.name, target=record.id, detail={"name": record.name, **(detail_ or {})},
-                request_id=actor.request_id,
+
+    def _audited(self, action: str, agent_id: str, actor: Actor, detail_: dict[str, Any]) -> Any:
+        """A store ``commit`` that writes the change and its audit entry in one transaction."""
+
+        async def commit(write: Callable[[Any], Any]) -> Any:
+            _, result = await self.kernel.audit.record_with(
+                write, action, actor=actor.name, target=agent_id, detail=detail_, request_id=actor.request_id,
             )
+            return result
+
+        return commit
 
     async def get(self, agent_id: str) -> AgentRecord:
         """The agent with this id; 400 for a malformed id, 404 when there is none."""
@@ -199,19 +206,13 @@ class AgentService:
         info = {"parent_id": parent_id} if parent_id else {}
         if signer:
             info["signed_by"] = signer
-
-        def commit(write: Callable[[Any], Any]) -> Any:
-            # The row and its audit entry: one transaction, shared with concurrent spawns.
-            return self.kernel.audit.record_with(
-                write, "AgentSpawn", actor=actor.name, target=record.id, detail={"name": record.name, **info},
-                request_id=actor.request_id,
-            )
-
+        # The row and its audit entry: one transaction, shared with concurrent spawns.
+        commit = self._audited("AgentSpawn", record.id, actor, {"name": record.name, **info})
         try:
             await self.store.insert(record, manifest, commit)
         except NameTaken:
             raise Conflict(f"an agent named {manifest.name!r} already exists", code="agent_already_exists") from None
-        await self._event("agent.spawned", record, actor, None, info)
+        self._event("agent.spawned", record, info)
         return record
 
     async def spawn_request(
@@ -349,18 +350,19 @@ class AgentService:
             record.manifest = manifest.to_data()
             record.manifest["name"] = manifest.name
             record.signer = signer  # the signature covers only the exact manifest it signed
+            info: dict[str, Any] = {"change": what} if what else {}
+            if old_name != record.name:
+                info["renamed_from"] = old_name
             try:
-                await self.store.save(record, manifest)
+                # The change and its audit entry: one transaction (none when the save loses a race).
+                await self.store.save(record, manifest, self._audited(audit, record.id, actor, {"name": record.name, **info}))
             except NameTaken:
                 raise Conflict(f"an agent named {manifest.name!r} already exists", code="agent_already_exists") from None
             except StaleRecord:
                 continue
             if old_name != record.name:
                 await asyncio.to_thread(workspace.rename, self.home, old_name, record.name)
-            info: dict[str, Any] = {"change": what} if what else {}
-            if old_name != record.name:
-                info["renamed_from"] = old_name
-            await self._event(topic, record, actor, audit, info)
+            self._event(topic, record, info)
             return record
         raise Conflict("the agent was changed concurrently; retry", code="concurrent_update")
 
@@ -370,10 +372,12 @@ class AgentService:
             raise BadRequest(f"invalid mode {mode!r}: use one of {', '.join(MODES)}", code="invalid_mode")
         record = await self.get(agent_id)
         old = record.mode
-        if not await self.store.set_fields(record.id, mode=mode, updated_at=time.time()):
+        info = {"mode": mode, "previous": old}
+        commit = self._audited("AgentModeChange", record.id, actor, {"name": record.name, **info})
+        if not await self.store.set_fields(record.id, commit=commit, mode=mode, updated_at=time.time()):
             raise NotFound(f"agent {agent_id} not found", code="agent_not_found")
         record.mode = mode
-        await self._event("agent.mode_changed", record, actor, "AgentModeChange", {"mode": mode, "previous": old})
+        self._event("agent.mode_changed", record, info)
         return record
 
     async def set_state(self, agent_id: str, state: str, *, actor: Actor = SYSTEM) -> AgentRecord:
@@ -381,11 +385,13 @@ class AgentService:
         record = await self.get(agent_id)
         old = record.state
         if old != state:
-            if not await self.store.set_fields(record.id, state=state, updated_at=time.time()):
+            action = "AgentResume" if state == "Running" else "AgentSuspend"
+            info = {"state": state, "previous": old}
+            commit = self._audited(action, record.id, actor, {"name": record.name, **info})
+            if not await self.store.set_fields(record.id, commit=commit, state=state, updated_at=time.time()):
                 raise NotFound(f"agent {agent_id} not found", code="agent_not_found")
             record.state = state
-            action = "AgentResume" if state == "Running" else "AgentSuspend"
-            await self._event("agent.state_changed", record, actor, action, {"state": state, "previous": old})
+            self._event("agent.state_changed", record, info)
         return record
 
     async def touch(self, agent_id: str, session_id: str | None = None) -> None:
@@ -399,7 +405,9 @@ class AgentService:
         """Remove an agent (workspace archived, uploads deleted). Repeating it answers ``already-deleted``."""
         canonical = parse_agent_id(agent_id)
         record = await self.store.get(canonical)
-        if record is None or not await self.store.delete(record):
+        if record is None or not await self.store.delete(
+            record, self._audited("AgentKill", record.id, actor, {"name": record.name})
+        ):
             if await self.store.was_killed(canonical):
                 return {"status": "already-deleted", "agent_id": canonical}
             raise NotFound(f"agent {agent_id} not found", code="agent_not_found")
@@ -407,7 +415,7 @@ class AgentService:
         files = self.kernel.services.get("agents.files")
         if files is not None:
             await files.delete_uploads_of(record.id)
-        await self._event("agent.killed", record, actor, "AgentKill", {})
+        self._event("agent.killed", record, {})
         return {"status": "killed", "agent_id": record.id, "name": record.name}
 
     async def clone(

@@ -54,6 +54,14 @@ class StaleRecord(Exception):
     """The row changed (or vanished) since it was read."""
 
 
+class _Unchanged(Exception):
+    """Raised inside a write that matched no row, so the transaction (and an audit entry committed
+    with it) is abandoned."""
+
+
+Commit = Callable[[Callable[[Any], Any]], Awaitable[Any]]
+
+
 @dataclass
 class AgentRecord:
     """One agent as stored: the manifest (keys that were set) plus registry state."""
@@ -197,10 +205,7 @@ class AgentStore:
             await self.load()
 
     # -- writes ---------------------------------------------------------------------------------
-    async def insert(
-        self, record: AgentRecord, manifest: AgentManifest,
-        commit: Callable[[Callable[[Any], Any]], Awaitable[Any]] | None = None,
-    ) -> None:
+    async def insert(self, record: AgentRecord, manifest: AgentManifest, commit: Commit | None = None) -> None:
         """Add a new agent; :class:`NameTaken` when the name is in use.
 
         ``commit(write)`` runs the row's write in a transaction and returns after the commit: the
@@ -228,61 +233,71 @@ class AgentStore:
             self._reserved.discard(key)
         self.index.put(_entry(values, manifest))
 
-    async def save(self, record: AgentRecord, manifest: AgentManifest) -> AgentRecord:
-        """Write a changed record if nobody changed it since it was read (bumps ``revision``)."""
+    async def save(self, record: AgentRecord, manifest: AgentManifest, commit: Commit | None = None) -> AgentRecord:
+        """Write a changed record if nobody changed it since it was read (bumps ``revision``).
+
+        ``commit`` as for :meth:`insert` (the service's audit entry commits with the change).
+        """
         old_revision = record.revision
         record.revision = old_revision + 1
         record.updated_at = time.time()
         values = _columns(record, manifest)
         update = {k: v for k, v in values.items() if k != "id"}
 
-        def write(conn: Any) -> int:
+        def write(conn: Any) -> None:
             result = conn.execute(
                 agents.update().where(agents.c.id == record.id, agents.c.revision == old_revision).values(**update)
             )
-            if result.rowcount == 1:
-                self._bump(conn)
-            return int(result.rowcount)
+            if result.rowcount != 1:
+                raise _Unchanged
+            self._bump(conn)
 
         try:
-            rowcount = await self.db.run(write)
+            await (commit or self.db.run)(write)
         except IntegrityError:
             record.revision = old_revision
             raise NameTaken(record.name) from None
-        if rowcount != 1:
+        except _Unchanged:
             record.revision = old_revision
-            raise StaleRecord(record.id)
+            raise StaleRecord(record.id) from None
         self.index.put(_entry(values, manifest))
         return record
 
-    async def set_fields(self, agent_id: str, **values: Any) -> bool:
-        """Update plain columns (state, mode, last_active, session_id, parent_id); False when gone."""
+    async def set_fields(self, agent_id: str, *, commit: Commit | None = None, **values: Any) -> bool:
+        """Update plain columns (state, mode, last_active, session_id, parent_id); False when gone.
 
-        def write(conn: Any) -> int:
+        ``commit`` as for :meth:`insert`; nothing is committed (no audit entry either) when the
+        agent is gone.
+        """
+
+        def write(conn: Any) -> None:
             result = conn.execute(
                 agents.update().where(agents.c.id == agent_id).values(revision=agents.c.revision + 1, **values)
             )
-            if result.rowcount == 1:
-                self._bump(conn)
-            return int(result.rowcount)
+            if result.rowcount != 1:
+                raise _Unchanged
+            self._bump(conn)
 
-        if await self.db.run(write) != 1:
+        try:
+            await (commit or self.db.run)(write)
+        except _Unchanged:
             return False
         self.index.update(agent_id, **{k: v for k, v in values.items() if k != "updated_at"})
         return True
 
-    async def delete(self, record: AgentRecord) -> bool:
+    async def delete(self, record: AgentRecord, commit: Commit | None = None) -> bool:
         """Remove an agent and leave a tombstone; False when another request removed it first."""
 
-        def write(conn: Any) -> bool:
+        def write(conn: Any) -> None:
             if conn.execute(agents.delete().where(agents.c.id == record.id)).rowcount != 1:
-                return False
+                raise _Unchanged
             conn.execute(tombstones.delete().where(tombstones.c.id == record.id))
             conn.execute(tombstones.insert().values(id=record.id, name=record.name, killed_at=time.time()))
             self._bump(conn)
-            return True
 
-        if not await self.db.run(write):
+        try:
+            await (commit or self.db.run)(write)
+        except _Unchanged:
             return False
         self.index.remove(record.id)
         return True
