@@ -22,6 +22,7 @@ from librefang_agents.manifest import AgentManifest, validate_manifest
 from librefang_agents.models import agents, meta, tombstones
 
 VERSION_KEY = "registry_version"
+MAX_CACHED_ROWS = 2_000
 _INSERT = agents.insert()
 
 STATES = ("Created", "Running", "Suspended", "Terminated", "Crashed")
@@ -172,6 +173,14 @@ class AgentStore:
         self.index = AgentIndex()
         self.version: int | None = None
         self._reserved: set[str] = set()  # lower-cased names of spawns being written
+        # Rows by id as last read, when every write goes through this store (not shared): a turn
+        # reads its agent several times (runtime, budget, memory), each a database hop otherwise.
+        self._rows: dict[str, Any] = {}
+        self._writes = 0  # bumped around every write: a read that overlapped one is not kept
+
+    def _forget(self, agent_id: str) -> None:
+        self._writes += 1
+        self._rows.pop(agent_id, None)
 
     # -- the index ------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -182,6 +191,8 @@ class AgentStore:
             return rows, (_read_version(conn) if self.shared else None)
 
         rows, version = await self.db.run(read)
+        self._writes += 1
+        self._rows.clear()
         self.index.load(rows)
         self.version = version
 
@@ -225,12 +236,14 @@ class AgentStore:
         # Reserved while in flight: two concurrent spawns of one name would otherwise share a
         # transaction and fail it for everyone in it.
         self._reserved.add(key)
+        self._forget(record.id)
         try:
             await (commit or self.db.run)(write)
         except IntegrityError:
             raise NameTaken(record.name) from None
         finally:
             self._reserved.discard(key)
+            self._forget(record.id)
         self.index.put(_entry(values, manifest))
 
     async def save(self, record: AgentRecord, manifest: AgentManifest, commit: Commit | None = None) -> AgentRecord:
@@ -252,6 +265,7 @@ class AgentStore:
                 raise _Unchanged
             self._bump(conn)
 
+        self._forget(record.id)
         try:
             await (commit or self.db.run)(write)
         except IntegrityError:
@@ -260,6 +274,8 @@ class AgentStore:
         except _Unchanged:
             record.revision = old_revision
             raise StaleRecord(record.id) from None
+        finally:
+            self._forget(record.id)
         self.index.put(_entry(values, manifest))
         return record
 
@@ -278,10 +294,13 @@ class AgentStore:
                 raise _Unchanged
             self._bump(conn)
 
+        self._forget(agent_id)
         try:
             await (commit or self.db.run)(write)
         except _Unchanged:
             return False
+        finally:
+            self._forget(agent_id)
         self.index.update(agent_id, **{k: v for k, v in values.items() if k != "updated_at"})
         return True
 
@@ -295,17 +314,31 @@ class AgentStore:
             conn.execute(tombstones.insert().values(id=record.id, name=record.name, killed_at=time.time()))
             self._bump(conn)
 
+        self._forget(record.id)
         try:
             await (commit or self.db.run)(write)
         except _Unchanged:
             return False
+        finally:
+            self._forget(record.id)
         self.index.remove(record.id)
         return True
 
     # -- reads ----------------------------------------------------------------------------------
     async def get(self, agent_id: str) -> AgentRecord | None:
+        """The agent (a fresh record each call: callers may change it)."""
+        row = self._rows.get(agent_id)
+        if row is not None:
+            return _record(row)
+        writes = self._writes
         row = await self.db.run(_first, sa.select(agents).where(agents.c.id == agent_id))
-        return _record(row) if row is not None else None
+        if row is None:
+            return None
+        if not self.shared and writes == self._writes:
+            if len(self._rows) >= MAX_CACHED_ROWS:
+                self._rows.clear()
+            self._rows[agent_id] = row
+        return _record(row)
 
     async def get_by_name(self, name: str) -> AgentRecord | None:
         """The agent with this name, compared without case (as uniqueness is)."""
