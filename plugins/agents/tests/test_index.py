@@ -7,7 +7,7 @@ import random
 import time
 import uuid
 
-from librefang_agents.index import MATCH_CACHE_QUERIES, AgentIndex, Entry, search_text
+from librefang_agents.index import MATCH_CACHE_ENTRIES, MATCH_CACHE_QUERIES, AgentIndex, Entry, search_text
 from librefang_agents.manifest import parse_manifest
 from librefang_agents.service import AgentService
 
@@ -182,3 +182,4 @@ def test_remembered_query_results_follow_every_change():
     for i in range(100):  # many different needles: the memory stays bounded
         index.page(q=f"needle-{i}", state=None, sort="name", descending=False, limit=5, offset=0)
     assert all(len(corpus[2]) <= MATCH_CACHE_QUERIES for corpus in index._corpus.values())
+    assert all(sum(map(len, corpus[2].values())) <= MATCH_CACHE_ENTRIES for corpus in index._corpus.values())

@@ -68,9 +68,13 @@ def search_text(name: str, description: str) -> str:
     return f"{name}\n{description}".lower()
 
 
-# Remembered substring-query results per sorted view (see AgentIndex._matches).
+# Remembered substring-query results per sorted view (see AgentIndex._matches): at most this many
+# needles, holding at most this many entry references in all (8 bytes each: 400 KB per view).
 MATCH_CACHE_QUERIES = 64
-MATCH_CACHE_ENTRIES = 1000
+MATCH_CACHE_ENTRIES = 50_000
+# Above one hit per this many agents, a substring query tests each entry instead of hopping
+# between hits with str.find (measured at 10,000 agents: 0.6 vs 10 ms when every agent matches).
+SPARSE_HITS = 32
 
 _DATA_FIELDS = tuple(f for f in Entry.__slots__ if f not in ("created_iso", "active_iso", "fragment", "fragment_key"))
 
@@ -207,8 +211,8 @@ class AgentIndex:
 
         Results are remembered per view until the view's corpus changes (any change of a name,
         description or the set of agents drops it), so a polled filter costs a dict lookup instead
-        of a scan of every agent's text. Bounded: ``MATCH_CACHE_QUERIES`` needles per view, and
-        only results of at most ``MATCH_CACHE_ENTRIES`` agents.
+        of a scan of every agent's text. Bounded per view: ``MATCH_CACHE_QUERIES`` needles holding
+        ``MATCH_CACHE_ENTRIES`` entry references in all, oldest dropped first.
         """
         view = self._view(sort)
         corpus = self._corpus.get(sort)
@@ -222,18 +226,24 @@ class AgentIndex:
         found = remembered.get(needle)
         if found is not None:
             return found
-        found = []
-        pos = text.find(needle)
-        while pos != -1:
-            i = bisect.bisect_right(starts, pos) - 1
-            found.append(view[i])
-            if i + 1 >= len(starts):
-                break
-            pos = text.find(needle, starts[i + 1])  # one hit per entry is enough
+        if text.count(needle) * SPARSE_HITS > len(view):
+            # Many hits: a per-entry test is cheaper than a find and a bisect per hit.
+            found = [e for e in view if needle in e.search]
+        else:
+            found = []
+            pos = text.find(needle)
+            while pos != -1:
+                i = bisect.bisect_right(starts, pos) - 1
+                found.append(view[i])
+                if i + 1 >= len(starts):
+                    break
+                pos = text.find(needle, starts[i + 1])  # one hit per entry is enough
         if len(found) <= MATCH_CACHE_ENTRIES:
-            if len(remembered) >= MATCH_CACHE_QUERIES:
-                del remembered[next(iter(remembered))]  # the oldest
             remembered[needle] = found
+            held = sum(len(v) for v in remembered.values())
+            while len(remembered) > MATCH_CACHE_QUERIES or held > MATCH_CACHE_ENTRIES:
+                oldest = next(iter(remembered))  # never the one just added: it alone fits
+                held -= len(remembered.pop(oldest))
         return found
 
     def page(
