@@ -11,7 +11,6 @@ checks happen at ``open``, so descriptors already open (the output pipes) keep w
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 from dataclasses import dataclass
@@ -62,7 +61,9 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The process's own symbols, libc's among them: find_library("c") would run `ldconfig -p` in a
+# subprocess at import, that is at every daemon start.
+_libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _prctl = _libc.prctl

@@ -11,7 +11,6 @@ reaches. All structures are built in the daemon; the child only makes system cal
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable
 
@@ -20,7 +19,9 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAPABILITY_VERSION_3 = 0x20080522
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+# The process's own symbols, libc's among them: find_library("c") would run `ldconfig -p` in a
+# subprocess at import, that is at every daemon start.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _Header(ctypes.Structure):
