@@ -157,6 +157,25 @@ async def turn_latency(procs: Processes, turns: int, with_tool: bool) -> dict[st
         return {**summary(times), "daemon_cpu_ms_per_turn": round(cpu / turns * 1000, 3)}
 
 
+async def bare_request(procs: Processes, calls: int) -> dict[str, float]:
+    """``GET /api/health`` on the same daemon and connection setup: the floor of any request (edge,
+    Quart, Hypercorn), to read the turn figures against when the machine is loaded."""
+    async with httpx.AsyncClient(base_url=procs.url, timeout=60, limits=httpx.Limits(max_connections=4)) as http:
+        times = []
+        cpu_start = 0.0
+        for i in range(calls + 10):
+            if i == 10:
+                cpu_start = cpu_seconds(procs.daemon.pid)
+            started = time.perf_counter()
+            response = await http.get("/api/health")
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            if i >= 10:
+                times.append(elapsed)
+        cpu = cpu_seconds(procs.daemon.pid) - cpu_start
+        return {**summary(times), "daemon_cpu_ms_per_request": round(cpu / calls * 1000, 3)}
+
+
 async def provider_alone(procs: Processes, calls: int) -> dict[str, float]:
     """The fake provider answering one streamed chat completion directly (what a turn cannot avoid)."""
     body = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
@@ -269,11 +288,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         spy = None
         if args.profile:  # collapsed stacks of the daemon (all threads) while the measurements run
             spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(procs.daemon.pid),  # noqa: ASYNC220
-                                    "--rate", "250", "--format", "raw", "--threads", "-o", str(args.profile)],
+                                    "--rate", "250", "--format", "raw", "--gil", "-o", str(args.profile)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1)
         if "latency" in parts:
             report["provider_alone"] = await provider_alone(procs, args.turns)
+            report["bare_request"] = await bare_request(procs, args.turns)
             report["turn_no_tool"] = await turn_latency(procs, args.turns, with_tool=False)
             report["turn_one_tool"] = await turn_latency(procs, args.turns, with_tool=True)
         if "throughput" in parts:
@@ -282,6 +302,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             report["sse_relay"] = await sse_relay(procs, args.tokens)
         if "streams" in parts:
             report["held_streams"] = await held_streams(procs, args.streams, args.hold)
+        if "latency" in parts:
+            floor = report["bare_request"]["daemon_cpu_ms_per_request"] or 1e-9
+            report["turn_cpu_in_bare_requests"] = {
+                "no_tool": round(report["turn_no_tool"]["daemon_cpu_ms_per_turn"] / floor, 1),
+                "one_tool": round(report["turn_one_tool"]["daemon_cpu_ms_per_turn"] / floor, 1)}
         report["load_average"] = os.getloadavg()
         if spy is not None:
             spy.send_signal(signal.SIGINT)
