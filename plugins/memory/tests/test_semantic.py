@@ -112,3 +112,24 @@ async def test_vector_index_heals_after_a_restart(start_memory: Any, spawn: Any)
 
     kernel, client = await start_memory(SEMANTIC)  # stale (a row missing): rebuilt from the database
     assert kernel.services["memory"].semantic.index.summary()[0] == 2
+
+
+async def test_an_unusable_vector_index_falls_back_to_in_process_ranking(start_memory: Any, spawn: Any) -> None:
+    need("wordllama", "sqlite_vec", "apsw")
+    kernel, client = await start_memory(SEMANTIC)
+    path = kernel.services["memory"].semantic.index.path
+    await kernel.stop()
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    path.mkdir()  # the index file cannot be opened
+
+    kernel, client = await start_memory(SEMANTIC)
+    assert kernel.services["memory"].semantic.index is None
+    agent_id = await spawn(kernel, "fallback")
+    await client.post("/api/memory", json={"agent_id": agent_id, "content": "The user drinks green tea every morning"})
+    await client.post("/api/memory", json={"agent_id": agent_id, "content": "The car needs new winter tires"})
+    body = await (await client.get(f"/api/memory/agents/{agent_id}/search?q=hot beverages&limit=1")).get_json()
+    assert body["mode"] == "hybrid"
+    assert [m["content"] for m in body["memories"]] == ["The user drinks green tea every morning"]
+    stats = await (await client.get("/api/memory/stats")).get_json()
+    assert stats["vector_backend"] == "in-process"
