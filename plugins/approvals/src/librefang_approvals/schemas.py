@@ -10,11 +10,18 @@ ID = Field(min_length=1, max_length=64)
 CODE = Field(None, min_length=1, max_length=64)
 
 
-class Strict(BaseModel):
+class DeferredModel(BaseModel):
+    """Base of this module's request and response models: pydantic builds each model's validator and
+    serializer on first use (``defer_build``), not when the daemon starts and imports this module."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Strict(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Approval(BaseModel):
+class Approval(DeferredModel):
     id: str
     agent_id: str
     agent_name: str
@@ -43,7 +50,7 @@ class ListQuery(Strict):
     status: Literal["pending", "approved", "rejected", "modified", "timed_out", "skipped"] | None = None
 
 
-class ApprovalList(BaseModel):
+class ApprovalList(DeferredModel):
     approvals: list[Approval]
     total: int
     offset: int
@@ -57,7 +64,7 @@ class AuditQuery(Strict):
     tool_name: str | None = Field(None, max_length=64)
 
 
-class AuditList(BaseModel):
+class AuditList(DeferredModel):
     entries: list[Approval]
     total: int
     offset: int
@@ -72,7 +79,7 @@ class CreateRequest(Strict):
     session_id: str | None = Field(None, min_length=1, max_length=64)
 
 
-class Count(BaseModel):
+class Count(DeferredModel):
     pending: int
 
 
@@ -84,7 +91,7 @@ class ModifyRequest(Strict):
     feedback: str = Field(min_length=1, max_length=2000)
 
 
-class DecisionResult(BaseModel):
+class DecisionResult(DeferredModel):
     id: str
     status: Literal["approved", "rejected", "modified"]
     decided_at: float
@@ -96,19 +103,19 @@ class BatchRequest(Strict):
     decision: Literal["approve", "reject"]
 
 
-class BatchItem(BaseModel):
+class BatchItem(DeferredModel):
     id: str
     status: Literal["ok"]
     decision: Literal["approved", "rejected"]
     decided_at: float
 
 
-class BatchResult(BaseModel):
+class BatchResult(DeferredModel):
     results: list[BatchItem]
     count: int
 
 
-class SessionApprovals(BaseModel):
+class SessionApprovals(DeferredModel):
     session_id: str
     approvals: list[Approval]
     total: int
@@ -121,7 +128,7 @@ class ApproveAllRequest(Strict):
     expected_ids: list[str] | None = Field(None, max_length=1000)
 
 
-class SessionDecision(BaseModel):
+class SessionDecision(DeferredModel):
     session_id: str
     decision: Literal["approved", "rejected"]
     results: list[BatchItem]
@@ -132,7 +139,7 @@ class TotpSetupRequest(Strict):
     current_code: str | None = CODE
 
 
-class TotpSetupResult(BaseModel):
+class TotpSetupResult(DeferredModel):
     otpauth_uri: str
     secret: str
     qr_code: str
@@ -144,12 +151,12 @@ class TotpCodeRequest(Strict):
     code: str = Field(min_length=1, max_length=64)
 
 
-class TotpMessage(BaseModel):
+class TotpMessage(DeferredModel):
     status: str
     message: str
 
 
-class TotpStatus(BaseModel):
+class TotpStatus(DeferredModel):
     enrolled: bool
     confirmed: bool
     enforced: bool

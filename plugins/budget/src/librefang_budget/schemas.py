@@ -11,7 +11,14 @@ Tokens = Annotated[int, Field(ge=0, le=10**15, strict=True)]
 Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]
 
 
-class BudgetUpdate(BaseModel):
+class DeferredModel(BaseModel):
+    """Base of this module's request and response models: pydantic builds each model's validator and
+    serializer on first use (``defer_build``), not when the daemon starts and imports this module."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class BudgetUpdate(DeferredModel):
     """Partial update of ``[budget]``. Each cap accepts its canonical name or the GET alias
     (``hourly_limit`` …); the canonical name wins when both are given. Other keys are ignored, so a
     client may PUT back what GET returned."""
@@ -28,7 +35,7 @@ class BudgetUpdate(BaseModel):
     default_max_llm_tokens_per_hour: Tokens | None = None
 
 
-class BudgetStatus(BaseModel):
+class BudgetStatus(DeferredModel):
     """Global spend per window with its cap; ``*_pct`` is spend / cap (0 when the cap is 0 = unlimited)."""
 
     hourly_spend: float
@@ -44,7 +51,7 @@ class BudgetStatus(BaseModel):
     default_max_llm_tokens_per_hour: int
 
 
-class AgentBudgetUpdate(BaseModel):
+class AgentBudgetUpdate(DeferredModel):
     """Per-agent caps (0 = unlimited); a missing or null field keeps its current value."""
 
     model_config = ConfigDict(extra="forbid")
@@ -55,7 +62,7 @@ class AgentBudgetUpdate(BaseModel):
     max_llm_tokens_per_hour: Tokens | None = None
 
 
-class ProviderBudgetUpdate(BaseModel):
+class ProviderBudgetUpdate(DeferredModel):
     """Per-provider caps (0 = unlimited); a missing or null field keeps its current value."""
 
     model_config = ConfigDict(extra="forbid")
@@ -66,19 +73,19 @@ class ProviderBudgetUpdate(BaseModel):
     max_tokens_per_hour: Tokens | None = None
 
 
-class Window(BaseModel):
+class Window(DeferredModel):
     spend: float
     limit: float
     pct: float
 
 
-class TokenWindow(BaseModel):
+class TokenWindow(DeferredModel):
     used: int
     limit: int
     pct: float
 
 
-class AgentBudgetStatus(BaseModel):
+class AgentBudgetStatus(DeferredModel):
     agent_id: str
     agent_name: str
     hourly: Window
@@ -87,7 +94,7 @@ class AgentBudgetStatus(BaseModel):
     tokens: TokenWindow
 
 
-class AgentBudgetRow(BaseModel):
+class AgentBudgetRow(DeferredModel):
     agent_id: str
     name: str
     daily_cost_usd: float
@@ -97,19 +104,19 @@ class AgentBudgetRow(BaseModel):
     max_llm_tokens_per_hour: int
 
 
-class AgentBudgetRanking(BaseModel):
+class AgentBudgetRanking(DeferredModel):
     items: list[AgentBudgetRow]
     total: int
     offset: int
     limit: int
 
 
-class StatusMessage(BaseModel):
+class StatusMessage(DeferredModel):
     status: str
     message: str
 
 
-class ProviderBudgetRow(BaseModel):
+class ProviderBudgetRow(DeferredModel):
     provider: str
     cap_hourly_usd: float
     cap_daily_usd: float
@@ -124,19 +131,19 @@ class ProviderBudgetRow(BaseModel):
     unconfigured: bool
 
 
-class ProviderBudgets(BaseModel):
+class ProviderBudgets(DeferredModel):
     providers: list[ProviderBudgetRow]
     total: int
 
 
-class PageQuery(BaseModel):
+class PageQuery(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     offset: int = Field(0, ge=0, le=1_000_000)
     limit: int = Field(100, ge=1, le=1000)
 
 
-class AgentUsage(BaseModel):
+class AgentUsage(DeferredModel):
     agent_id: str
     name: str
     is_hand: bool
@@ -149,14 +156,14 @@ class AgentUsage(BaseModel):
     tool_calls: int
 
 
-class UsagePage(BaseModel):
+class UsagePage(DeferredModel):
     items: list[AgentUsage]
     total: int
     offset: int
     limit: int
 
 
-class UsageSummary(BaseModel):
+class UsageSummary(DeferredModel):
     total_input_tokens: int
     total_output_tokens: int
     total_cost_usd: float
@@ -164,7 +171,7 @@ class UsageSummary(BaseModel):
     total_tool_calls: int
 
 
-class ModelUsage(BaseModel):
+class ModelUsage(DeferredModel):
     model: str
     total_cost_usd: float
     total_input_tokens: int
@@ -180,22 +187,22 @@ class ModelPerformance(ModelUsage):
     avg_latency_per_call: float
 
 
-class UsageByModel(BaseModel):
+class UsageByModel(DeferredModel):
     models: list[ModelUsage]
 
 
-class PerformanceByModel(BaseModel):
+class PerformanceByModel(DeferredModel):
     models: list[ModelPerformance]
 
 
-class Day(BaseModel):
+class Day(DeferredModel):
     date: str
     cost_usd: float
     tokens: int
     calls: int
 
 
-class UsageDaily(BaseModel):
+class UsageDaily(DeferredModel):
     days: list[Day]
     today_cost_usd: float
     first_event_date: str | None

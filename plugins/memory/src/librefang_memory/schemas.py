@@ -12,12 +12,19 @@ Level = Literal["user", "session", "agent"]
 MAX_IDS = 100_000
 
 
-class Strict(BaseModel):
+class DeferredModel(BaseModel):
+    """Base of this module's request and response models: pydantic builds each model's validator and
+    serializer on first use (``defer_build``), not when the daemon starts and imports this module."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Strict(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
 
 # -- KV ---------------------------------------------------------------------------------------------
-class KvPut(BaseModel):
+class KvPut(DeferredModel):
     """``{"value": <json>}``; any other JSON body is taken as the value itself."""
 
     value: Any = None
@@ -30,16 +37,16 @@ class KvPut(BaseModel):
         return {"value": data}
 
 
-class KvPair(BaseModel):
+class KvPair(DeferredModel):
     key: str
     value: Any = None
 
 
-class KvList(BaseModel):
+class KvList(DeferredModel):
     kv_pairs: list[KvPair]
 
 
-class KvStored(BaseModel):
+class KvStored(DeferredModel):
     status: str
     key: str
     version: int
@@ -52,13 +59,13 @@ class KvImport(Strict):
     version: int | None = None
 
 
-class KvExport(BaseModel):
+class KvExport(DeferredModel):
     agent_id: str
     version: int
     kv: dict[str, Any]
 
 
-class KvImported(BaseModel):
+class KvImported(DeferredModel):
     status: str
     agent_id: str
     imported: int
@@ -75,7 +82,7 @@ class ListQuery(Strict):
     limit: int = Field(10, ge=0, le=100)
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(DeferredModel):
     role: str = Field("user", max_length=32)
     content: str
 
@@ -100,7 +107,7 @@ class AddBody(Strict):
         return self
 
 
-class MemoryItem(BaseModel):
+class MemoryItem(DeferredModel):
     id: str
     content: str
     level: str
@@ -117,7 +124,7 @@ class MemoryItem(BaseModel):
     score: float | None = None
 
 
-class MemoryList(BaseModel):
+class MemoryList(DeferredModel):
     memories: list[MemoryItem]
     total: int
     offset: int
@@ -125,7 +132,7 @@ class MemoryList(BaseModel):
     proactive_enabled: bool
 
 
-class Added(BaseModel):
+class Added(DeferredModel):
     added: int
     updated: int = 0
     unchanged: int = 0
@@ -139,7 +146,7 @@ class SearchQuery(Strict):
     peer_id: str | None = Field(None, max_length=256)
 
 
-class SearchResults(BaseModel):
+class SearchResults(DeferredModel):
     query: str
     mode: str
     count: int
@@ -202,7 +209,7 @@ class ExportItem(Strict):
     source: str | None = Field(None, max_length=64)
 
 
-class MemoryExport(BaseModel):
+class MemoryExport(DeferredModel):
     agent_id: str
     version: int
     memories: list[ExportItem]

@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from librefang_providers.catalog import ALIAS, MODEL_ID, PROVIDER_ID, Tier
 
 
-class Strict(BaseModel):
+class DeferredModel(BaseModel):
+    """Base of this module's request and response models: pydantic builds each model's validator and
+    serializer on first use (``defer_build``), not when the daemon starts and imports this module."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Strict(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -21,7 +28,7 @@ class ModelsQuery(Strict):
     available: bool | None = Field(None, description="Only models whose provider is usable now")
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(DeferredModel):
     id: str
     display_name: str
     provider: str
@@ -47,19 +54,19 @@ class ModelInfo(BaseModel):
     source: str
 
 
-class ModelList(BaseModel):
+class ModelList(DeferredModel):
     models: list[ModelInfo]
     total: int = Field(description="Models in the whole catalog")
     available: int = Field(description="Models in the whole catalog whose provider is usable now")
 
 
-class AliasInfo(BaseModel):
+class AliasInfo(DeferredModel):
     alias: str
     model_id: str
     user_defined: bool
 
 
-class AliasList(BaseModel):
+class AliasList(DeferredModel):
     aliases: list[AliasInfo]
     total: int
 
@@ -74,13 +81,13 @@ class AliasCreate(Strict):
         return value.strip().lower() if isinstance(value, str) else value
 
 
-class AliasCreated(BaseModel):
+class AliasCreated(DeferredModel):
     alias: str
     model_id: str
     status: str
 
 
-class StatusOnly(BaseModel):
+class StatusOnly(DeferredModel):
     status: str
 
 
@@ -118,7 +125,7 @@ class CustomModelCreate(Strict):
         return out
 
 
-class CustomModelAdded(BaseModel):
+class CustomModelAdded(DeferredModel):
     id: str
     provider: str
     status: str
@@ -126,7 +133,7 @@ class CustomModelAdded(BaseModel):
 
 
 # -- catalog ----------------------------------------------------------------------------------------
-class CatalogStatus(BaseModel):
+class CatalogStatus(DeferredModel):
     last_sync: str | None
     source: str
     bundled_version: str
@@ -146,7 +153,7 @@ class CatalogUpdateRequest(Strict):
     )
 
 
-class CatalogUpdateResult(BaseModel):
+class CatalogUpdateResult(DeferredModel):
     status: str
     source: str
     files_downloaded: int
@@ -158,7 +165,7 @@ class CatalogUpdateResult(BaseModel):
 
 
 # -- providers --------------------------------------------------------------------------------------
-class ProviderInfo(BaseModel, extra="allow"):
+class ProviderInfo(DeferredModel, extra="allow"):
     id: str
     display_name: str
     api_key_env: str
@@ -173,7 +180,7 @@ class ProviderInfo(BaseModel, extra="allow"):
     is_custom: bool
 
 
-class ProviderList(BaseModel):
+class ProviderList(DeferredModel):
     providers: list[ProviderInfo]
     total: int
 
@@ -196,7 +203,7 @@ class ProviderKeyBody(Strict):
         return value
 
 
-class KeySaved(BaseModel):
+class KeySaved(DeferredModel):
     status: str
     provider: str
     auth_status: str
@@ -204,7 +211,7 @@ class KeySaved(BaseModel):
     secret_name: str
 
 
-class KeyRemoved(BaseModel):
+class KeyRemoved(DeferredModel):
     status: str
     provider: str
     auth_status: str
@@ -215,7 +222,7 @@ class ProviderUrlBody(Strict):
     base_url: str = Field(min_length=1, max_length=2048)
 
 
-class UrlSaved(BaseModel):
+class UrlSaved(DeferredModel):
     status: str
     provider: str
     base_url: str
@@ -228,7 +235,7 @@ class TestQuery(Strict):
     model: str | None = Field(None, pattern=MODEL_ID, description="Model to try (default: the provider's cheapest)")
 
 
-class ProviderTestResult(BaseModel):
+class ProviderTestResult(DeferredModel):
     status: str
     provider: str
     model: str
@@ -238,7 +245,7 @@ class ProviderTestResult(BaseModel):
     cost_usd: float | None
 
 
-class OllamaDetect(BaseModel):
+class OllamaDetect(DeferredModel):
     available: bool
     models: list[str]
     base_url: str
@@ -246,7 +253,7 @@ class OllamaDetect(BaseModel):
     error: str | None = None
 
 
-class OAuthStart(BaseModel):
+class OAuthStart(DeferredModel):
     user_code: str
     verification_uri: str
     poll_id: str
@@ -254,7 +261,7 @@ class OAuthStart(BaseModel):
     interval: int
 
 
-class OAuthPoll(BaseModel):
+class OAuthPoll(DeferredModel):
     status: Literal["pending", "complete", "expired", "denied", "error"]
     interval: int | None = None
     error: str | None = None
