@@ -10,7 +10,9 @@ from typing import Any
 import librefang_agents.plugin as agents_plugin
 import librefang_providers.plugin as providers_plugin
 import librefang_runtime.plugin as runtime_plugin
+import sqlalchemy as sa
 from librefang_runtime.history import Window, WindowCache, content_to_json
+from librefang_runtime.models import sessions
 
 from tests.fakes.llm_server import Script, ToolCall
 
@@ -84,7 +86,10 @@ async def assert_window_is_the_database(kernel: Any, session_id: str, limit: int
     stored = await store.load(session_id, limit=limit)
     assert [(s.message.role, content_to_json(s.message), s.created_at) for s in window.items[-limit:]] == \
         [(s.message.role, content_to_json(s.message), s.created_at) for s in stored]
-    assert window.info.message_count == (await store.get(session_id)).message_count
+    row = await kernel.db.run(lambda conn: conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).one())
+    assert vars(await store.get(session_id)) == vars(window.info)
+    assert (window.info.message_count, window.info.updated_at, window.info.label, window.info.summary) == \
+        (row.message_count, row.updated_at, row.label, row.summary)
 
 
 async def test_turns_use_the_window_and_it_matches_the_database(runtime_env: Any, spawn: Any, fake_llm: Any) -> None:

@@ -269,6 +269,10 @@ class WindowCache:
         self._entries.move_to_end(session_id)
         return window
 
+    def peek(self, session_id: str) -> Window | None:
+        """The session's window, whatever it covers (its ``info`` is the session's current row)."""
+        return self._entries.get(session_id)
+
     def _state(self, session_id: str) -> list[int]:
         return self._busy.setdefault(session_id, [0, 0, 0])
 

@@ -93,6 +93,10 @@ def _commit_rows(conn: Any, rows: list[dict[str, Any]], added: dict[str, int], u
     return totals
 
 
+def _first_session(conn: Any, session_id: str) -> Any:
+    return conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
+
+
 def _read_window(conn: Any, session_id: str, limit: int | None) -> tuple[Any, list[StoredMessage]]:
     """The session's row (None when it does not exist) and its last ``limit`` messages, decoded."""
     row = conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
@@ -133,8 +137,11 @@ class SessionStore:
         return self._write_lock if self.db.is_sqlite else contextlib.nullcontext()
 
     async def get(self, session_id: str) -> SessionInfo | None:
-        async with self.db.begin() as conn:
-            row = (await conn.execute(sa.select(sessions).where(sessions.c.id == session_id))).first()
+        """The session's row (from the window cache when the session is in it, else one read)."""
+        window = self.windows.peek(session_id) if self.windows is not None else None
+        if window is not None:
+            return _copy_info(window.info)
+        row = await self.db.run(_first_session, session_id)
         return _info(row) if row is not None else None
 
     async def ensure(self, session_id: str, agent_id: str) -> SessionInfo:
