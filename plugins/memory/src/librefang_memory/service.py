@@ -3,6 +3,7 @@ KV store, one per kernel (``kernel.services["memory"]``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -205,11 +206,15 @@ class MemoryService:
         """Best matches for ``query``: FTS (BM25), fused with cosine ranking by reciprocal rank when
         embeddings are on. Returns (items, mode) with mode ``fts`` or ``hybrid``."""
         check_level(level)
-        found = await self.store.search(query, agent_id=agent_id, level=level, limit=limit, peer_id=peer_id)
+        lexical = self.store.search(query, agent_id=agent_id, level=level, limit=limit, peer_id=peer_id)
         mode = "fts"
-        if self.semantic.enabled and query.strip():
-            # more than asked: deleted or filtered-out items are dropped after ranking
-            semantic = await self.semantic.search(query, agent_id, limit * 4 if level or peer_id else limit * 2)
+        if not (self.semantic.enabled and self.semantic.has_vectors and query.strip()):
+            found = await lexical
+        else:
+            # Both rankings at once (each waits on its own worker thread); more than asked from the
+            # vectors: deleted or filtered-out items are dropped after ranking.
+            found, semantic = await asyncio.gather(
+                lexical, self.semantic.search(query, agent_id, limit * 4 if level or peer_id else limit * 2))
             if semantic:
                 mode = "hybrid"
                 fused = embeddings.reciprocal_rank_fusion([[i.seq for i in found], [s for s, _ in semantic]])
