@@ -11,7 +11,14 @@ from librefang_agents.manifest import MAX_LIST, TOOL_PATTERN
 MAX_BULK = 50
 
 
-class Strict(BaseModel):
+class DeferredModel(BaseModel):
+    """Base of this module's request and response models: pydantic builds each model's validator and
+    serializer on first use (``defer_build``), not when the daemon starts and imports this module."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class Strict(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -26,18 +33,18 @@ class SpawnRequest(Strict):
     )
 
 
-class SpawnResponse(BaseModel):
+class SpawnResponse(DeferredModel):
     agent_id: str
     name: str
 
 
-class Identity(BaseModel):
+class Identity(DeferredModel):
     emoji: str | None = None
     avatar_url: str | None = None
     color: str | None = None
 
 
-class AgentSummary(BaseModel):
+class AgentSummary(DeferredModel):
     id: str
     name: str
     description: str
@@ -59,7 +66,7 @@ class AgentSummary(BaseModel):
     session_id: str
 
 
-class AgentList(BaseModel):
+class AgentList(DeferredModel):
     items: list[AgentSummary]
     total: int
     offset: int
@@ -75,7 +82,7 @@ class AgentListQuery(Strict):
     offset: int = Field(0, ge=0, le=10_000_000)
 
 
-class AgentDetail(BaseModel, extra="allow"):
+class AgentDetail(DeferredModel, extra="allow"):
     id: str
     name: str
     state: str
@@ -89,7 +96,7 @@ class KillQuery(Strict):
     confirm: bool | None = Field(None, description="Accepted for compatibility; a kill needs no confirmation")
 
 
-class KillResponse(BaseModel):
+class KillResponse(DeferredModel):
     status: str
     agent_id: str
     name: str | None = None
@@ -118,7 +125,7 @@ class UpdateAgentRequest(Strict):
     signed_manifest: str | dict[str, Any] | None = None
 
 
-class AgentChanged(BaseModel):
+class AgentChanged(DeferredModel):
     status: str
     agent_id: str
     name: str
@@ -128,13 +135,13 @@ class SetModeRequest(Strict):
     mode: str = Field(..., max_length=20, description="observe | assist | full")
 
 
-class ModeChanged(BaseModel):
+class ModeChanged(DeferredModel):
     status: str
     mode: str
     agent_id: str
 
 
-class StateChanged(BaseModel):
+class StateChanged(DeferredModel):
     status: str
     agent_id: str
 
@@ -181,7 +188,7 @@ class SetModelRequest(Strict):
     provider: str | None = Field(None, min_length=1, max_length=100)
 
 
-class ModelChanged(BaseModel):
+class ModelChanged(DeferredModel):
     status: str
     agent_id: str
     provider: str
@@ -210,7 +217,7 @@ class SetToolsRequest(Strict):
     _check = field_validator("capabilities_tools", "tool_allowlist", "tool_blocklist")(_patterns)
 
 
-class ToolsView(BaseModel):
+class ToolsView(DeferredModel):
     agent_id: str
     profile: str | None
     mode: str
@@ -225,14 +232,14 @@ class NameList(RootModel[list[str]]):
     """A JSON array of names."""
 
 
-class SkillsView(BaseModel):
+class SkillsView(DeferredModel):
     agent_id: str
     skills: list[str]
     skills_mode: str
     skills_disabled: bool
 
 
-class McpServersView(BaseModel):
+class McpServersView(DeferredModel):
     agent_id: str
     mcp_servers: list[str]
     mcp_servers_mode: str
@@ -247,7 +254,7 @@ class BulkIdsRequest(Strict):
     agent_ids: list[str] = Field(..., min_length=1, max_length=MAX_BULK)
 
 
-class BulkItem(BaseModel):
+class BulkItem(DeferredModel):
     index: int
     success: bool
     agent_id: str | None = None
@@ -257,27 +264,27 @@ class BulkItem(BaseModel):
     code: str | None = None
 
 
-class BulkResult(BaseModel):
+class BulkResult(DeferredModel):
     total: int
     succeeded: int
     failed: int
     results: list[BulkItem]
 
 
-class FileEntry(BaseModel):
+class FileEntry(DeferredModel):
     name: str
     size: int
     modified: str
 
 
-class FileList(BaseModel):
+class FileList(DeferredModel):
     agent_id: str
     files: list[FileEntry]
     total: int
     truncated: bool
 
 
-class FileContent(BaseModel):
+class FileContent(DeferredModel):
     agent_id: str
     name: str
     content: str
@@ -291,20 +298,20 @@ class SetFileRequest(Strict):
     encoding: Literal["utf-8", "base64"] = "utf-8"
 
 
-class FileWritten(BaseModel):
+class FileWritten(DeferredModel):
     status: str
     agent_id: str
     name: str
     size: int
 
 
-class FileDeleted(BaseModel):
+class FileDeleted(DeferredModel):
     status: str
     agent_id: str
     name: str
 
 
-class UploadResponse(BaseModel):
+class UploadResponse(DeferredModel):
     file_id: str
     agent_id: str
     filename: str
@@ -315,13 +322,13 @@ class UploadResponse(BaseModel):
     url: str
 
 
-class TemplateSummary(BaseModel, extra="allow"):
+class TemplateSummary(DeferredModel, extra="allow"):
     name: str
     source: str
     description: str
 
 
-class TemplateList(BaseModel):
+class TemplateList(DeferredModel):
     templates: list[TemplateSummary]
     total: int
 
@@ -330,7 +337,7 @@ class TemplateDetail(TemplateSummary):
     manifest: dict[str, Any] | None
 
 
-class Profile(BaseModel):
+class Profile(DeferredModel):
     name: str
     description: str
     tools: list[str]

@@ -7,7 +7,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class AttachmentRef(BaseModel):
+class DeferredModel(BaseModel):
+    """Base of this module's request and response models: pydantic builds each model's validator and
+    serializer on first use (``defer_build``), not when the daemon starts and imports this module."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class AttachmentRef(DeferredModel):
     """A file uploaded through ``/api/agents/{id}/upload``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -17,7 +24,7 @@ class AttachmentRef(BaseModel):
     content_type: str = Field("", max_length=200)
 
 
-class MessageRequest(BaseModel):
+class MessageRequest(DeferredModel):
     """``POST /api/agents/{id}/message`` (and ``/message/stream``). Unknown fields are refused.
 
     The text limits (bytes and characters, ``[runtime]``) are checked by the handler, which answers
@@ -40,7 +47,7 @@ class MessageRequest(BaseModel):
     was_mentioned: bool = False
 
 
-class MessageResponse(BaseModel):
+class MessageResponse(DeferredModel):
     """The reply of one turn. ``session_id`` is set only when the caller did not pin one; ``cost_usd``
     is null when the catalog does not price the model that served."""
 
@@ -61,7 +68,7 @@ class MessageResponse(BaseModel):
     model: str | None = None
 
 
-class SessionQuery(BaseModel):
+class SessionQuery(DeferredModel):
     """``GET /api/agents/{id}/session?session_id=`` (default: the agent's canonical session)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -69,7 +76,7 @@ class SessionQuery(BaseModel):
     session_id: str | None = Field(None, max_length=64)
 
 
-class SessionTool(BaseModel):
+class SessionTool(DeferredModel):
     name: str
     input: dict[str, Any] = Field(default_factory=dict)
     result: str | None = None
@@ -78,7 +85,7 @@ class SessionTool(BaseModel):
     expanded: bool = False
 
 
-class SessionImage(BaseModel):
+class SessionImage(DeferredModel):
     """An image of a message: ``url`` is ``/api/uploads/{file_id}`` for an attached upload (or a
     ``data:`` URI for an image imported inline)."""
 
@@ -87,7 +94,7 @@ class SessionImage(BaseModel):
     file_id: str | None = None
 
 
-class SessionMessage(BaseModel):
+class SessionMessage(DeferredModel):
     """One message as the dashboard shows it: text, the images it attached, plus the tools an
     assistant message called."""
 
@@ -99,7 +106,7 @@ class SessionMessage(BaseModel):
     timestamp: str | None = None
 
 
-class SessionView(BaseModel):
+class SessionView(DeferredModel):
     """``GET /api/agents/{id}/session``."""
 
     session_id: str
@@ -111,7 +118,7 @@ class SessionView(BaseModel):
     messages: list[SessionMessage]
 
 
-class StopResponse(BaseModel):
+class StopResponse(DeferredModel):
     """``POST /api/agents/{id}/stop`` and ``…/sessions/{sid}/stop``."""
 
     status: str
@@ -122,7 +129,7 @@ class StopResponse(BaseModel):
 LABEL = r"^[^\x00-\x1f]{1,128}$"
 
 
-class CreateSessionRequest(BaseModel):
+class CreateSessionRequest(DeferredModel):
     """``POST /api/agents/{id}/sessions``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -130,7 +137,7 @@ class CreateSessionRequest(BaseModel):
     label: str | None = Field(None, pattern=LABEL)
 
 
-class LabelRequest(BaseModel):
+class LabelRequest(DeferredModel):
     """``PUT /api/sessions/{id}/label`` (null clears the label)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -138,7 +145,7 @@ class LabelRequest(BaseModel):
     label: str | None = Field(None, pattern=LABEL)
 
 
-class SessionSummary(BaseModel):
+class SessionSummary(DeferredModel):
     session_id: str
     agent_id: str
     label: str | None = None
@@ -149,12 +156,12 @@ class SessionSummary(BaseModel):
     is_canonical: bool
 
 
-class SessionList(BaseModel):
+class SessionList(DeferredModel):
     sessions: list[SessionSummary]
     total: int
 
 
-class SessionListQuery(BaseModel):
+class SessionListQuery(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_id: str | None = Field(None, max_length=64)
@@ -162,7 +169,7 @@ class SessionListQuery(BaseModel):
     offset: int = Field(0, ge=0, le=10_000_000)
 
 
-class SearchQuery(BaseModel):
+class SearchQuery(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     q: str = Field(min_length=1, max_length=500)
@@ -170,7 +177,7 @@ class SearchQuery(BaseModel):
     limit: int = Field(50, ge=1, le=500)
 
 
-class SearchHit(BaseModel):
+class SearchHit(DeferredModel):
     session_id: str
     agent_id: str
     label: str | None = None
@@ -179,12 +186,12 @@ class SearchHit(BaseModel):
     created_at: str
 
 
-class SearchResults(BaseModel):
+class SearchResults(DeferredModel):
     results: list[SearchHit]
     total: int
 
 
-class StatusMessage(BaseModel):
+class StatusMessage(DeferredModel):
     status: str
     message: str
     session_id: str | None = None
@@ -192,13 +199,13 @@ class StatusMessage(BaseModel):
     deleted: int | None = None
 
 
-class ExportQuery(BaseModel):
+class ExportQuery(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     format: str = Field("json", pattern=r"^json$")
 
 
-class ExportedMessage(BaseModel):
+class ExportedMessage(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     role: str = Field(pattern=r"^(user|assistant)$")
@@ -206,7 +213,7 @@ class ExportedMessage(BaseModel):
     timestamp: str | None = Field(None, max_length=64)
 
 
-class SessionExport(BaseModel):
+class SessionExport(DeferredModel):
     """``GET …/sessions/{sid}/export``; the same shape is accepted by ``POST …/sessions/import``."""
 
     model_config = ConfigDict(extra="ignore")
