@@ -38,7 +38,8 @@ class ManifestError(ValueError):
 class Table(BaseModel):
     """Base of every manifest table: unknown keys are kept, assignments re-validated."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True)
+    # defer_build: validators are built when the first manifest is read, not at daemon start.
+    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True, defer_build=True)
 
 
 def check_agent_name(name: str) -> str:
@@ -242,7 +243,7 @@ class Schedule(BaseModel):
     """``schedule``: ``"reactive"`` or one of ``{periodic={cron=..}}``, ``{proactive={conditions=[..]}}``,
     ``{continuous={check_interval_secs=300}}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     periodic: PeriodicSchedule | None = None
     proactive: ProactiveSchedule | None = None
