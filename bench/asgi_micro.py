@@ -65,22 +65,29 @@ async def drive(app: Any, scope: dict[str, Any], count: int) -> float:
     return elapsed / count
 
 
-async def calls_per_request(app: Any, scope: dict[str, Any], count: int = 100) -> float:
+async def calls_per_request(app: Any, scope: dict[str, Any], count: int = 100, runs: int = 3) -> float:
     """Python and C function calls per request (``sys.setprofile``): a count, so unlike time it
-    does not move with the load of the machine; what the application adds shows as more calls."""
-    calls = 0
+    does not move with the load of the machine; what the application adds shows as more calls.
 
-    def profile(_frame: Any, event: str, _arg: Any) -> None:
-        nonlocal calls
-        if event in ("call", "c_call"):
-            calls += 1
+    The fewest of ``runs`` counts: background work of the kernels sharing this event loop (start-up
+    sweeps, the health route's cached ping) only ever adds calls to the run it lands in, and on a
+    loaded machine it lands in one more often."""
+    best = float("inf")
+    for _ in range(runs):
+        calls = 0
 
-    sys.setprofile(profile)
-    try:
-        await drive(app, scope, count)
-    finally:
-        sys.setprofile(None)
-    return calls / count
+        def profile(_frame: Any, event: str, _arg: Any) -> None:
+            nonlocal calls
+            if event in ("call", "c_call"):
+                calls += 1
+
+        sys.setprofile(profile)
+        try:
+            await drive(app, scope, count)
+        finally:
+            sys.setprofile(None)
+        best = min(best, calls / count)
+    return best
 
 
 async def daemon_app(home: Path) -> tuple[Any, Any]:
