@@ -96,7 +96,10 @@ async def test_incognito_turns_are_recalled_into_but_not_remembered(env: Any, sp
                           json={"message": "My favorite color is orange now. And my name is Zed.", "incognito": True})
     assert r.status_code == 200
     assert "- The user's favorite color is teal" in system_prompt(fake_llm.requests[0])
-    assert [m["content"] for m in await listed(client, agent_id)] == ["The user's favorite color is teal"]
+    await kernel.services["memory"].access.flush()
+    memories = await listed(client, agent_id)
+    assert [m["content"] for m in memories] == ["The user's favorite color is teal"]
+    assert memories[0]["access_count"] == 0  # read without a trace
     await say(client, agent_id, "My name is Zed.")  # the same kind of message, not incognito: remembered
     assert "The user's name is Zed" in [m["content"] for m in await listed(client, agent_id)]
 

@@ -52,14 +52,16 @@ class Pipeline:
             override = None
         return for_agent(self.service.proactive, override)
 
-    async def recall(self, agent_id: str, message: str) -> str | None:
-        """The "Personal context" prompt section for this turn, or None."""
+    async def recall(self, agent_id: str, message: str, *, incognito: bool = False) -> str | None:
+        """The "Personal context" prompt section for this turn, or None. An incognito turn reads
+        without leaving a trace (the recalled memories' access counts are not touched)."""
         config = await self.config_for(agent_id)
         if not config.enabled:
             return None
         if not config.auto_retrieve or config.max_retrieve == 0:
             return None
-        found, _ = await self.service.search(message, agent_id=agent_id, limit=config.max_retrieve)
+        found, _ = await self.service.search(message, agent_id=agent_id, limit=config.max_retrieve,
+                                             touch=not incognito)
         if not found:
             return None
         lines, size = [CONTEXT_HEADER], len(CONTEXT_HEADER)

@@ -67,11 +67,11 @@ async def shutdown(kernel: Any) -> None:
 
 
 @librefang.hookimpl(optionalhook=True)  # offered by the runtime plugin, if loaded
-async def before_prompt_build(kernel: Any, agent_id: str, message: str) -> Any:
+async def before_prompt_build(kernel: Any, agent_id: str, message: str, incognito: bool) -> Any:
     memory = kernel.services.get("memory")
     if memory is None:
         return None
-    return await memory.pipeline.recall(agent_id, message)
+    return await memory.pipeline.recall(agent_id, message, incognito=incognito)
 
 
 @librefang.hookimpl(optionalhook=True)  # offered by the runtime plugin, if loaded
