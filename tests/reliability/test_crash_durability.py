@@ -86,6 +86,7 @@ class Writers:
         self.stop = asyncio.Event()
         self.acked: set[str] = set()  # the kinds acknowledged at least once in this round
         self.progress = asyncio.Event()  # set on every new kind acknowledged in this round
+        self.refusals: list[str] = []  # 4xx answers to memory writes (for the failure message)
 
     def ack(self, kind: str) -> None:
         self.ledger.ack(kind)
@@ -198,10 +199,11 @@ class Writers:
                 continue
             self.ledger.kv_pending[slot].remove(value)
             self.ledger.counts["sent"] -= 1
-            if self.unsupported(response, self.ledger.kv_acked):
+            if self.unsupported(response):
                 self.ledger.kv_supported = False
                 self.progress.set()  # the kind is no longer required this round
                 return
+            await asyncio.sleep(0.05)  # a refusal: do not hammer
 
     async def memory_writer(self, client: httpx.AsyncClient) -> None:
         while not self.stop.is_set() and self.ledger.memory_supported is not False:
@@ -225,22 +227,20 @@ class Writers:
                 self.ack("memories")
                 continue
             self.ledger.counts["sent"] -= 1
-            if self.unsupported(response, self.ledger.memories):
+            if self.unsupported(response):
                 self.ledger.memory_supported = False
                 self.progress.set()
                 return
+            await asyncio.sleep(0.05)
 
-    def unsupported(self, response: httpx.Response, acked: dict[Any, Any]) -> bool:
-        """Whether a refused memory write means this harness cannot write that kind at all: the
-        memory plugin is not installed (404 "no route"), or its API moved (another 4xx). A 5xx is
-        recorded as a server error by ``note_status`` and the writer goes on."""
-        if response.status_code >= 500:
-            return False
-        if response.status_code == 404 and response.json().get("error", "").startswith("no route"):
-            return True
-        # A body shape this harness does not speak: stop writing rather than guess; what was
-        # acknowledged so far is still verified (and the kind stays required if any was).
-        return not acked
+    def unsupported(self, response: httpx.Response) -> bool:
+        """Whether a refused write means the memory plugin is not installed (404 "no route"). Any
+        other refusal is kept (the round fails with it if the kind never gets acknowledged) and the
+        writer goes on; a 5xx is also recorded as a server error by ``note_status``."""
+        if response.status_code < 500:
+            self.refusals.append(f"{response.request.method} {response.request.url.path}: "
+                                 f"{response.status_code} {response.text[:200]}")
+        return response.status_code == 404 and response.json().get("error", "").startswith("no route")
 
     async def wait_for_every_kind(self, limit: float) -> None:
         """Until every required kind has been acknowledged in this round; fails the test after ``limit`` s."""
@@ -251,7 +251,7 @@ class Writers:
                 state = "exited" if not self.daemon.alive() else f"not done after {limit:.0f} s"
                 pytest.fail(f"round {self.round}: the daemon {state} without acknowledging one write of "
                             f"{sorted(self.required() - self.acked)} (acknowledged: {sorted(self.acked)}; "
-                            f"server errors: {self.ledger.server_errors[-5:]}); log:\n{self.daemon.log_tail()}")
+                            f"server errors: {self.ledger.server_errors[-5:]}; refusals: {self.refusals[-5:]}); log:\n{self.daemon.log_tail()}")
             self.progress.clear()
             try:
                 await asyncio.wait_for(self.progress.wait(), min(left, 0.5))
