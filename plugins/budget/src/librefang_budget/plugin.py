@@ -59,7 +59,9 @@ def startup(kernel: Any) -> None:
 
 @librefang.hookimpl
 def shutdown(kernel: Any) -> None:
-    kernel.services.pop("budget", None)
+    service = kernel.services.pop("budget", None)
+    if service is not None:
+        service.close()
 
 
 # optionalhook: the plugin still loads (and serves its API) when the runtime is not installed.

@@ -18,6 +18,7 @@ from typing import Any
 from librefang.errors import ApiError, ServiceUnavailable, TooManyRequests
 
 from librefang_budget.config import BudgetConfig
+from librefang_budget.ledger import Key, Ledger, key_of
 from librefang_budget.pricing import call_cost, tokens
 from librefang_budget.store import LIMIT_FIELDS, Spend, UsageStore, Windows
 
@@ -28,6 +29,9 @@ SOURCE = "budget"
 WINDOW_WORDS = {"hourly": "hourly", "daily": "daily", "monthly": "monthly", "tokens_hour": "tokens-per-hour"}
 OVERRIDE_TTL = 2.0
 MAX_CACHED_AGENTS = 10_000
+MAX_CLAIMED = 10_000
+# Agent events after which the manifest's caps are read again (a state change leaves them as they are).
+CAPS_EVENTS_IGNORED = frozenset({"agent.state_changed"})
 AGENT_WINDOWS = {"max_cost_per_hour_usd": "hourly", "max_cost_per_day_usd": "daily",
                  "max_cost_per_month_usd": "monthly", "max_llm_tokens_per_hour": "tokens_hour"}
 
@@ -53,6 +57,14 @@ class Cap:
         return {"hourly": "in the last hour", "daily": "today (UTC)", "monthly": "this month (UTC)"}[self.window]
 
 
+def _key(where: dict[str, str]) -> Key:
+    if "agent_id" in where:
+        return key_of("agent", where["agent_id"])
+    if "provider" in where:
+        return key_of("provider", where["provider"])
+    return key_of("global", "")
+
+
 def fraction(spend: float, limit: float) -> float:
     """``spend / limit`` (0 when unlimited), rounded for display."""
     return round(spend / limit, 6) if limit > 0 else 0.0
@@ -68,6 +80,20 @@ class BudgetService:
         self.refused = 0
         self.alerts_raised = 0
         self._overrides: dict[str, tuple[float, dict[str, Any]]] = {}
+        # Effective per-agent caps, read from the manifest at most every OVERRIDE_TTL seconds and
+        # dropped at once when the agents plugin announces a change of that agent (the bus delivers
+        # synchronously into this queue, so it is drained before every use).
+        self._caps: dict[str, tuple[float, dict[str, float], Any]] = {}
+        self._agent_events = kernel.bus.subscribe("agent.*", maxsize=1000, name="budget:agent-caps")
+        self._agent_events_dropped = 0
+        # Alerts this process already raised or saw raised (their period key): no insert attempt again.
+        self._claimed: set[tuple[str, str, str, str, str]] = set()
+        # Running totals (SQLite: one daemon owns the database); None keeps the per-call query.
+        self.ledger = Ledger(kernel.db) if getattr(kernel.db, "is_sqlite", False) else None
+
+    def close(self) -> None:
+        """Stop listening to agent events (plugin shutdown)."""
+        self._agent_events.close()
 
     @property
     def config(self) -> BudgetConfig:
@@ -83,6 +109,31 @@ class BudgetService:
         except KeyError:
             raise ServiceUnavailable("the agents plugin is not running", code="agents_unavailable") from None
         return await registry.get(agent_id)
+
+    def _drain_agent_events(self) -> None:
+        events = self._agent_events
+        if events.dropped != self._agent_events_dropped:  # some events were lost: forget every agent
+            self._agent_events_dropped = events.dropped
+            self._caps.clear()
+        queue = events.queue
+        while not queue.empty():
+            event = queue.get_nowait()
+            if event.topic not in CAPS_EVENTS_IGNORED:
+                self._caps.pop(str(event.data.get("agent_id") or ""), None)
+
+    async def cached_agent_caps(self, agent_id: str) -> dict[str, float]:
+        """:meth:`agent_caps` of a metered call: cached for ``OVERRIDE_TTL`` seconds, dropped when the
+        agent changes (``agent.*`` events), its overrides are set or ``[budget]`` changes."""
+        self._drain_agent_events()
+        now = time.monotonic()
+        cached = self._caps.get(agent_id)
+        if cached is not None and cached[0] > now and cached[2] is self.config:
+            return cached[1]
+        values = await self.agent_caps(agent_id)
+        if len(self._caps) >= MAX_CACHED_AGENTS:
+            self._caps.clear()
+        self._caps[agent_id] = (now + OVERRIDE_TTL, values, self.config)
+        return values
 
     async def agent_caps(self, agent_id: str, record: Any = None) -> dict[str, float]:
         """Effective per-agent caps: stored override, else manifest ``[resources]``, else defaults."""
@@ -118,6 +169,7 @@ class BudgetService:
         """Store caps for an agent (merged into what is stored) and drop the cached copy."""
         await self.store.set_agent_limits(agent_id, values)
         self._overrides.pop(agent_id, None)
+        self._caps.pop(agent_id, None)
 
     # -- caps ---------------------------------------------------------------------------------------
     def global_caps(self) -> list[Cap]:
@@ -137,7 +189,7 @@ class BudgetService:
     async def caps_for(self, agent_id: str, provider: str) -> list[tuple[list[Cap], dict[str, str]]]:
         """The caps a call of ``agent_id`` to ``provider`` must respect, grouped by the spend they read
         (each group with the filter of its spend query); groups without any cap are left out."""
-        agent = await self.agent_caps(agent_id)
+        agent = await self.cached_agent_caps(agent_id)
         groups = [
             (self.global_caps(), {}),
             (self.provider_caps(provider), {"provider": provider}),
@@ -151,12 +203,29 @@ class BudgetService:
         agent_id, provider = str(call.get("agent_id") or ""), str(call.get("provider") or "")
         w = Windows.at()
         groups = await self.caps_for(agent_id, provider)
-        spends = await self.store.spends(w, [where for _, where in groups])
+        spends = await self._spends(w, groups)
         for (caps, where), spend in zip(groups, spends, strict=True):
             for cap in caps:
                 used = spend.of(cap.window)
                 if used >= cap.limit:
                     await self._refuse(cap, used, w, where, call)
+
+    async def _spends(self, w: Windows, groups: list[tuple[list[Cap], dict[str, str]]]) -> list[Spend]:
+        if self.ledger is None:
+            return await self.store.spends(w, [where for _, where in groups])
+        return await self.ledger.spends(w, [_key(where) for _, where in groups])
+
+    async def _claim(self, kind: str, cap: Cap, period: str, used: float) -> bool:
+        """True the first time (in any process) this alert is raised for this period; a claim this
+        process already made or lost is not tried again."""
+        key = (kind, cap.scope, cap.scope_id, cap.window, period)
+        if key in self._claimed:
+            return False
+        claimed = await self.store.claim_alert(kind, cap.scope, cap.scope_id, cap.window, period, used, cap.limit)
+        if len(self._claimed) >= MAX_CLAIMED:
+            self._claimed.clear()
+        self._claimed.add(key)
+        return claimed
 
     async def _refuse(self, cap: Cap, used: float, w: Windows, where: dict[str, str], call: dict[str, Any]) -> None:
         self.refused += 1
@@ -167,8 +236,7 @@ class BudgetService:
                    f"Calls resume in about {retry} s, or raise the cap.")
         details = {"scope": cap.scope, "scope_id": cap.scope_id, "window": cap.window, "spend": round(used, 6),
                    "limit": cap.limit, "retry_after_secs": retry}
-        if await self.store.claim_alert("exceeded", cap.scope, cap.scope_id, cap.window, w.period(cap.window),
-                                        used, cap.limit):
+        if await self._claim("exceeded", cap, w.period(cap.window), used):
             self.kernel.bus.publish("budget.exceeded", {**details, "agent_id": call.get("agent_id"),
                                                         "provider": call.get("provider")}, source=SOURCE)
             await self.kernel.audit.record("BudgetExceeded", target=f"{cap.scope}:{cap.scope_id or '*'}",
@@ -194,7 +262,13 @@ class BudgetService:
         threshold = self.config.alert_threshold
         w = Windows.at(row["created_at"])
         groups = await self.caps_for(row["agent_id"], row["provider"]) if threshold > 0 else []  # 0: no alerts
-        spends = await self.store.spends(w, [where for _, where in groups], add=row)
+        if self.ledger is None:
+            spends = await self.store.spends(w, [where for _, where in groups], add=row)
+        else:
+            if groups:  # the scopes are loaded before the row is written (it then counts once, as added)
+                await self._spends(w, groups)
+            await self.ledger.record(row, lambda r: self.store.spends(w, [], add=r))
+            spends = await self._spends(w, groups)
         self.metered += 1
         await self._alerts(w, threshold, groups, spends, row["agent_name"])
         return row
@@ -206,8 +280,7 @@ class BudgetService:
                 used = spend.of(cap.window)
                 if used < threshold * cap.limit:
                     continue
-                if not await self.store.claim_alert("alert", cap.scope, cap.scope_id, cap.window,
-                                                    w.period(cap.window), used, cap.limit):
+                if not await self._claim("alert", cap, w.period(cap.window), used):
                     continue
                 self.alerts_raised += 1
                 data = {"scope": cap.scope, "scope_id": cap.scope_id, "window": cap.window, "spend": round(used, 6),
