@@ -75,6 +75,7 @@ class FakeLLMServer:
     models: list[str] = field(default_factory=lambda: ["fake-model", "fake-model-large"])
     scripts: list[Script] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
+    set_cookie: str | None = None  # a Set-Cookie header value sent with every reply (cookie tests)
 
     def __post_init__(self) -> None:
         self._server: asyncio.AbstractServer | None = None
@@ -200,6 +201,8 @@ class FakeLLMServer:
         head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", "content-type: application/json",
                 f"content-length: {len(payload)}"]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if self.set_cookie:
+            head.append(f"set-cookie: {self.set_cookie}")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
         await writer.drain()
 
@@ -292,8 +295,9 @@ class FakeLLMServer:
 
     async def _stream(self, fmt: str, script: Script, events: Iterator[bytes], content_type: str,
                       reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        cookie = f"set-cookie: {self.set_cookie}\r\n" if self.set_cookie else ""
         writer.write(f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncache-control: no-cache\r\n"
-                     "transfer-encoding: chunked\r\n\r\n".encode())
+                     f"{cookie}transfer-encoding: chunked\r\n\r\n".encode())
         fault = script.fault if script.fault in wire.STREAM_FAULTS else None
         pending = bytearray()
         sent_events = 0

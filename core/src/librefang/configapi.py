@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from librefang import current_kernel
 from librefang.config import Config, flatten, read_toml, redact
 from librefang.errors import BadRequest, ConfigError
+from librefang.logs import quiet_http_loggers
 from librefang.routing import Router
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,6 +148,7 @@ def apply_candidate(kernel: Kernel, candidate: Config, report: ConfigReloadRespo
             target.config["MAX_CONTENT_LENGTH"] = edge.max_body
     if candidate.core.log_level != old_level:
         logging.getLogger().setLevel(_level(candidate.core.log_level))
+        quiet_http_loggers(_level(candidate.core.log_level))
     if report.status != "no_changes":
         kernel.bus.publish(
             "config.reloaded",

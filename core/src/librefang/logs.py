@@ -120,6 +120,18 @@ def redacting_filters(logger: logging.Logger | None = None) -> list[RedactingFil
     return [f for h in target.handlers for f in h.filters if isinstance(f, RedactingFilter)]
 
 
+# Libraries that log a line per HTTP request at INFO (httpx) or DEBUG (httpcore): every LLM call
+# would otherwise go through the daemon's handlers and log stream.
+CHATTY_HTTP_LOGGERS = ("httpx", "httpcore")
+
+
+def quiet_http_loggers(level: int) -> None:
+    """Keep the per-request HTTP client loggers at WARNING unless debug logging is on (``level``
+    is the daemon's log level; with debug they inherit it again)."""
+    for name in CHATTY_HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level <= logging.DEBUG else logging.WARNING)
+
+
 def setup_logging(home: Path, level: str = "info") -> Redactor:
     """Log to stderr with redaction on every handler; returns the redactor kernels add sources to."""
     numeric = _LEVELS.get(level.lower(), getattr(logging, level.upper(), logging.INFO))
@@ -133,4 +145,5 @@ def setup_logging(home: Path, level: str = "info") -> Redactor:
         handler.addFilter(RedactingFilter(redactor))
         root.addHandler(handler)
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    quiet_http_loggers(numeric)
     return redactor
