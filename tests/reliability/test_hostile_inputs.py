@@ -217,7 +217,21 @@ def test_overlong_and_numerous_headers(live_daemon: Daemon) -> None:
         assert refused.status_code == 400 and refused.json()["code"] == "invalid_idempotency_key"
 
 
+def served_latencies(daemon: Daemon, rounds: int = 30) -> list[float]:
+    """Seconds each of ``rounds`` health + agent-list pairs took, sorted."""
+    latencies = []
+    with daemon.client(timeout=10) as client:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            assert client.get("/api/health").status_code == 200
+            assert client.get("/api/agents", params={"limit": 5}).status_code == 200
+            latencies.append(time.perf_counter() - started)
+    return sorted(latencies)
+
+
 def test_slowloris_clients_do_not_block_others(live_daemon: Daemon) -> None:
+    # The same requests without slow clients first: on a loaded machine the bound scales with it.
+    baseline = served_latencies(live_daemon)
     stop = threading.Event()
     sockets: list[socket.socket] = []
 
@@ -239,15 +253,11 @@ def test_slowloris_clients_do_not_block_others(live_daemon: Daemon) -> None:
     worker.start()
     try:
         time.sleep(1.0)
-        latencies = []
-        with live_daemon.client(timeout=10) as client:
-            for _ in range(30):
-                started = time.perf_counter()
-                assert client.get("/api/health").status_code == 200
-                assert client.get("/api/agents", params={"limit": 5}).status_code == 200
-                latencies.append(time.perf_counter() - started)
-        latencies.sort()
-        assert latencies[len(latencies) // 2] < 1.0, latencies  # others are served while 50 clients trickle
+        latencies = served_latencies(live_daemon)
+        # Others are served while 50 clients trickle: a server blocked by them would answer after a
+        # slow client's timeout (or never: the client gives up after 10 s), far above this bound.
+        bound = max(1.0, 10 * baseline[len(baseline) // 2])
+        assert latencies[len(latencies) // 2] < bound, (latencies, baseline)
         assert len(sockets) > 0, "slow clients were dropped at once; the test did not exercise anything"
     finally:
         stop.set()
