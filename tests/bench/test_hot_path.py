@@ -78,3 +78,92 @@ def test_proxy_trust_answers_stay_right_past_the_cache_bound() -> None:
         assert trust.trusts(inside) and not trust.trusts(outside)
         assert len(trust._trusted) <= TRUST_CACHE_SIZE
     assert not trust.trusts("garbage")
+
+
+# -- the edge as ASGI middleware (see docs/benchmarks.md, "Microkernel and edge") ----------------------
+def test_request_ids_are_canonical_distinct_uuid4() -> None:
+    import uuid
+
+    from librefang.edge import new_request_id
+
+    seen = set()
+    for _ in range(5000):
+        rid = new_request_id()
+        parsed = uuid.UUID(rid)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == rid
+        seen.add(rid)
+    assert len(seen) == 5000
+
+
+async def test_the_edge_runs_no_quart_hook_and_routes_walk_no_blueprint(make_kernel) -> None:
+    from librefang.app import build_app
+    from librefang.edge import Edge
+    from librefang.testing import make_client
+    from quart import request
+
+    kernel = await make_kernel(load_entry_points=False)
+    app = build_app(kernel)
+    assert isinstance(app.asgi_app, Edge)
+    # Quart looks hooks up per request; with none registered, and no blueprint in the endpoint
+    # names, that lookup stays as cheap as for a bare app.
+    assert not any(app.before_request_funcs.values()) and not any(app.after_request_funcs.values())
+    assert not app.blueprints
+    seen = []
+
+    @app.after_request  # test-only probe, registered after the build
+    async def probe(response):
+        seen.append((request.endpoint, request.blueprint))
+        return response
+
+    response = await make_client(app).get("/api/health")
+    assert response.status_code == 200
+    assert seen == [("core:health", None)]
+
+
+async def test_metrics_histogram_is_cumulative_and_counts_every_request(make_kernel) -> None:
+    from librefang.app import build_app
+    from librefang.testing import make_client
+
+    kernel = await make_kernel(load_entry_points=False)
+    client = make_client(build_app(kernel))
+    for _ in range(3):
+        assert (await client.get("/api/health")).status_code == 200
+    metrics = kernel.edge.metrics
+    assert metrics.requests_total("GET", "/api/health", 200) == 3
+    metrics.observe("GET", "/api/slow", 200, 7.0)  # lands in the 10 s bucket only
+    text = (await (await client.get("/api/metrics")).get_data(as_text=True)).splitlines()
+    assert 'librefang_http_request_duration_seconds_count{method="GET",route="/api/health"} 3.0' in text
+    assert 'librefang_http_request_duration_seconds_bucket{le="+Inf",method="GET",route="/api/health"} 3.0' in text
+    assert 'librefang_http_request_duration_seconds_bucket{le="5.0",method="GET",route="/api/slow"} 0.0' in text
+    assert 'librefang_http_request_duration_seconds_bucket{le="10.0",method="GET",route="/api/slow"} 1.0' in text
+    assert 'librefang_http_request_duration_seconds_sum{method="GET",route="/api/slow"} 7.0' in text
+
+
+def test_prometheus_client_is_imported_only_when_metrics_are_scraped(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = """
+import asyncio, sys
+from librefang.app import build_app
+from librefang.kernel import create_kernel
+from librefang.testing import make_client
+
+async def main():
+    kernel = create_kernel(sys.argv[1], load_entry_points=False)
+    await kernel.start()
+    try:
+        client = make_client(build_app(kernel))
+        assert (await client.get("/api/health")).status_code == 200
+        before = "prometheus_client" in sys.modules
+        text = await (await client.get("/api/metrics")).get_data(as_text=True)
+        print(before, "prometheus_client" in sys.modules, "librefang_http_requests_total" in text)
+    finally:
+        await kernel.stop()
+
+asyncio.run(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "LIBREFANG_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "True", "True"]
