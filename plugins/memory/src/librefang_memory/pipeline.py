@@ -12,6 +12,7 @@ replaces it (update, kept in the history), anything else is added.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,11 @@ from librefang_memory.service import MemoryService
 
 log = logging.getLogger("librefang.memory")
 
+# An agent's [proactive_memory] overrides are read from its manifest at most this often (twice per
+# turn otherwise: recall and extraction); an agent.* event of that agent drops them at once, the TTL
+# covers another daemon changing the manifest in a shared database.
+OVERRIDE_TTL = 2.0
+MAX_CACHED_AGENTS = 10_000
 CONTEXT_HEADER = "## Personal context\nWhat you remember from earlier conversations (use it when relevant):"
 
 
@@ -39,9 +45,33 @@ class Pipeline:
 
     def __init__(self, service: MemoryService) -> None:
         self.service = service
+        self._overrides: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # The bus puts events into this queue synchronously: draining it before each use sees every
+        # change published so far.
+        self._agent_events = service.kernel.bus.subscribe("agent.*", maxsize=1000, name="memory:agent-config")
+        self._agent_events_dropped = 0
+
+    def close(self) -> None:
+        """Stop listening to agent events (plugin shutdown)."""
+        self._agent_events.close()
+
+    def _drain_agent_events(self) -> None:
+        events = self._agent_events
+        if events.dropped != self._agent_events_dropped:  # events were lost: forget every agent
+            self._agent_events_dropped = events.dropped
+            self._overrides.clear()
+        while not events.queue.empty():
+            event = events.queue.get_nowait()
+            if event.topic != "agent.state_changed":  # a state change leaves the manifest as it is
+                self._overrides.pop(str(event.data.get("agent_id") or ""), None)
 
     async def config_for(self, agent_id: str) -> ProactiveMemoryConfig:
         """The global ``[proactive_memory]`` with the agent manifest's overrides."""
+        self._drain_agent_events()
+        now = time.monotonic()
+        cached = self._overrides.get(agent_id)
+        if cached is not None and cached[0] > now:
+            return for_agent(self.service.proactive, cached[1])
         override = None
         try:
             from librefang_agents.api import registry
@@ -50,6 +80,9 @@ class Pipeline:
             override = record.parsed().proactive_memory
         except Exception:  # noqa: BLE001 - an agent we cannot read gets the global settings
             override = None
+        if len(self._overrides) >= MAX_CACHED_AGENTS:
+            self._overrides.clear()
+        self._overrides[agent_id] = (now + OVERRIDE_TTL, override)
         return for_agent(self.service.proactive, override)
 
     async def recall(self, agent_id: str, message: str, *, incognito: bool = False) -> str | None:

@@ -62,6 +62,8 @@ async def shutdown(kernel: Any) -> None:
         try:
             await memory.access.flush()
         finally:
+            if memory.pipeline is not None:
+                memory.pipeline.close()
             memory.store.close()
             memory.semantic.close()
 
