@@ -201,8 +201,10 @@ class BudgetService:
     async def check(self, call: dict[str, Any]) -> None:
         """Raise 429 ``budget_exceeded`` when any cap of this call's scopes is reached."""
         agent_id, provider = str(call.get("agent_id") or ""), str(call.get("provider") or "")
-        w = Windows.at()
         groups = await self.caps_for(agent_id, provider)
+        if not groups:  # nothing capped for this call
+            return
+        w = Windows.at()
         spends = await self._spends(w, groups)
         for (caps, where), spend in zip(groups, spends, strict=True):
             for cap in caps:
@@ -260,14 +262,17 @@ class BudgetService:
             "latency_ms": max(0.0, float(call.get("latency_ms") or 0.0)),
         }
         threshold = self.config.alert_threshold
-        w = Windows.at(row["created_at"])
         groups = await self.caps_for(row["agent_id"], row["provider"]) if threshold > 0 else []  # 0: no alerts
+        if not groups:  # nothing capped: only the record is stored
+            await (self.store.add(row) if self.ledger is None else self.ledger.record(row, self.store.add))
+            self.metered += 1
+            return row
+        w = Windows.at(row["created_at"])
         if self.ledger is None:
             spends = await self.store.spends(w, [where for _, where in groups], add=row)
         else:
-            if groups:  # the scopes are loaded before the row is written (it then counts once, as added)
-                await self._spends(w, groups)
-            await self.ledger.record(row, lambda r: self.store.spends(w, [], add=r))
+            await self._spends(w, groups)  # the scopes are loaded before the row is written: it counts once
+            await self.ledger.record(row, self.store.add)
             spends = await self._spends(w, groups)
         self.metered += 1
         await self._alerts(w, threshold, groups, spends, row["agent_name"])

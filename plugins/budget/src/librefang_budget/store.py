@@ -128,6 +128,10 @@ class UsageStore:
         return [Spend(float(row[i]), float(row[i + 1]), float(row[i + 2]), int(row[i + 3]))
                 for i in range(0, len(columns), 4)]
 
+    async def add(self, row: dict[str, Any]) -> None:
+        """Store one usage row."""
+        await self.db.run(lambda conn: conn.execute(usage.insert().values(**row)))
+
     async def spend_by(self, column: str, w: Windows) -> dict[str, Spend]:
         """Spend per ``agent_id`` or ``provider`` in each window (one grouped query)."""
         key = usage.c[column]
