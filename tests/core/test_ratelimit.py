@@ -308,3 +308,23 @@ async def test_edge_uses_any_rate_limiter_implementation(make_kernel):
     assert kernel.edge.limiter is recording
     with pytest.raises(TypeError):
         kernel.edge.use_limiter(object())  # type: ignore[arg-type]
+
+
+class BrokenLimiter(RecordingLimiter):
+    """A shared-store limiter whose store is down."""
+
+    async def acquire(self, key: str, cost: int) -> tuple[bool, float]:
+        raise ConnectionError("limiter store at redis://secret-host unreachable")
+
+
+async def test_a_failing_limiter_gives_a_json_500_not_a_crash(make_kernel, caplog):
+    kernel, client = await build(make_kernel)
+    kernel.edge.use_limiter(BrokenLimiter(set()))
+    response = await client.get("/api/health", scope_base=remote())
+    assert response.status_code == 500
+    body = await response.get_json()
+    assert body["code"] == "internal_error" and body["request_id"] == response.headers["x-request-id"]
+    assert "redis" not in await response.get_data(as_text=True)
+    assert any(response.headers["x-request-id"] in r.getMessage() and "ConnectionError" in r.getMessage()
+               for r in caplog.records if r.name == "librefang.edge")
+    assert (await client.get("/api/health")).status_code == 200  # loopback is exempt: unaffected

@@ -304,6 +304,15 @@ class Edge:
                     await _drain(receive, found, limit)
                 await _send_error(send, exc, request_id, stamp)
                 return
+            except Exception as exc:  # noqa: BLE001 - e.g. a shared limiter store that is down: still JSON
+                from librefang.edgequart import scrubbed_traceback
+
+                log.error("unhandled error rid=%s %s %s\n%s", request_id, method, path,
+                          scrubbed_traceback(state.kernel, exc))
+                status = 500
+                await _send_error(send, ApiError("Internal server error", status=500, code="internal_error"),
+                                  request_id, stamp)
+                return
             EDGE_CONTEXT.set((request_id, principal))
 
             async def send_stamped(message: dict[str, Any]) -> None:
