@@ -248,7 +248,7 @@ class Writers:
         while not self.required() <= self.acked:
             left = deadline - time.monotonic()
             if left <= 0 or not self.daemon.alive():
-                state = "exited" if not self.daemon.alive() else f"not done after {limit:.0f} s"
+                state = "exited" if not self.daemon.alive() else f"served {limit:.0f} s"
                 pytest.fail(f"round {self.round}: the daemon {state} without acknowledging one write of "
                             f"{sorted(self.required() - self.acked)} (acknowledged: {sorted(self.acked)}; "
                             f"server errors: {self.ledger.server_errors[-5:]}; refusals: {self.refusals[-5:]}); log:\n{self.daemon.log_tail()}")
