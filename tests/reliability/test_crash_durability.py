@@ -12,7 +12,7 @@ within ``ACK_TIMEOUT`` fails the test with the kinds missing and the daemon's lo
 going after a transport error (one while the daemon is up is counted as unacknowledged and
 retried with the next write; the ones at the kill end the round).
 
-CI runs 3 rounds (about 30 s); ``LIBREFANG_RELIABILITY_LONG=1`` runs 12 rounds with longer write
+CI runs 3 rounds (20–50 s, depending on the load); ``LIBREFANG_RELIABILITY_LONG=1`` runs 12 rounds with longer write
 windows. ``LIBREFANG_RELIABILITY_SEED`` replays a run (the seed is printed).
 """
 
