@@ -18,6 +18,7 @@ from librefang_budget.models import agent_limits, alerts, usage
 
 HOUR = 3600.0
 DAY = 86400.0
+INSERT_USAGE = usage.insert()
 LIMIT_FIELDS = ("max_cost_per_hour_usd", "max_cost_per_day_usd", "max_cost_per_month_usd", "max_llm_tokens_per_hour")
 
 
@@ -130,7 +131,7 @@ class UsageStore:
 
     async def add(self, row: dict[str, Any]) -> None:
         """Store one usage row."""
-        await self.db.run(lambda conn: conn.execute(usage.insert().values(**row)))
+        await self.db.run(lambda conn: conn.execute(INSERT_USAGE, row))  # one statement, compiled once
 
     async def spend_by(self, column: str, w: Windows) -> dict[str, Spend]:
         """Spend per ``agent_id`` or ``provider`` in each window (one grouped query)."""
