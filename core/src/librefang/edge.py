@@ -452,7 +452,11 @@ async def _preflight(send: Any, stamp: list[tuple[bytes, bytes]], allowed: bool)
 
 async def charge(state: EdgeState, client: str, cost: int) -> None:
     """Take ``cost`` tokens from ``client``'s quota or raise 429 with an honest Retry-After."""
-    allowed, wait = await state.limiter.acquire(client, cost)
+    limiter = state.limiter
+    if type(limiter) is GcraLimiter:  # in-process: its synchronous core, no coroutine to build
+        allowed, wait = limiter.take(client, cost)
+    else:
+        allowed, wait = await limiter.acquire(client, cost)
     if allowed:
         return
     state.metrics.rate_limited += 1
