@@ -1,10 +1,13 @@
 """Semantic search of memories: the embedder, the stored vectors and the way they are searched.
 
-Vectors are written to ``memory_vectors`` (the source of truth, in the kernel's database) and, on
-SQLite with the ``embeddings`` extra, to the ``sqlite-vec`` KNN index
-(:mod:`librefang_memory.vecindex`). A search asks the index; without one (another database, an
-in-memory one, or the extra missing) it ranks the stored vectors in-process (one agent's cached
-in memory, or all of them for a global search).
+Vectors are written to ``memory_vectors`` (the source of truth, in the kernel's database) and to a
+KNN index: on SQLite with the ``embeddings`` extra the ``sqlite-vec`` one
+(:mod:`librefang_memory.vecindex`), on PostgreSQL with the pgvector extension a ``vector`` column
+(:mod:`librefang_memory.pgvector`). A search asks the index; without one (an in-memory SQLite
+database, the extra missing, a PostgreSQL server without pgvector or a role that may not create it,
+``vector_index = false``) it ranks the stored vectors in-process (one agent's cached in memory, or
+all of them for a global search). Which one ranks is logged once at INFO at startup and reported as
+``vector_backend`` by ``/api/memory/stats``.
 
 An embedding that fails (a provider that is down) never fails the write of a memory: the memory is
 stored and found by full-text search, and logged as not embedded.
@@ -21,6 +24,7 @@ import sqlalchemy as sa
 from librefang_memory import embeddings, vecindex
 from librefang_memory.config import MemoryConfig
 from librefang_memory.models import vectors
+from librefang_memory.pgvector import PgVectorIndex
 
 log = logging.getLogger("librefang.memory")
 REBUILD_BATCH = 2000
@@ -63,6 +67,7 @@ class SemanticSearch:
         self.embedder: Any = None
         self.cache = embeddings.VectorCache(config.vector_cache_items)
         self.index: vecindex.VectorIndex | None = None
+        self.pg: PgVectorIndex | None = None
         self._sqlite_file = sqlite_file
         # Until a vector of the model exists, a search need not embed its query (a thread hop and
         # about a millisecond of CPU per query on a store without vectors).
@@ -74,9 +79,11 @@ class SemanticSearch:
 
     @property
     def backend(self) -> str | None:
-        """``sqlite-vec``, ``in-process``, or None when semantic search is off."""
+        """``sqlite-vec``, ``pgvector``, ``in-process``, or None when semantic search is off."""
         if self.embedder is None:
             return None
+        if self.pg is not None:
+            return "pgvector"
         return "sqlite-vec" if self.index is not None and self.index.is_open else "in-process"
 
     async def open(self) -> None:
@@ -87,11 +94,22 @@ class SemanticSearch:
         async with self.kernel.db.begin() as conn:
             self.has_vectors = (await conn.execute(
                 sa.select(vectors.c.seq).where(vectors.c.model == self.embedder.name).limit(1))).first() is not None
-        if self._sqlite_file is None or not self.config.vector_index:
-            return
+        reason = await self._open_index()
+        if reason:
+            log.info("semantic search ranks vectors in-process (%s)", reason)
+        else:
+            log.info("semantic search ranks vectors with %s", self.backend)
+
+    async def _open_index(self) -> str | None:
+        """Open the KNN index of this database; None when one is open, otherwise why not."""
+        if not self.config.vector_index:
+            return "[memory] vector_index = false"
+        if self.kernel.db.url.startswith("postgresql"):
+            return await self._open_pgvector()
+        if self._sqlite_file is None:
+            return "no vector index for this database"
         if not vecindex.available():
-            log.info("sqlite-vec or apsw is not installed: semantic search ranks vectors in-process")
-            return
+            return "sqlite-vec or apsw is not installed"
         index = vecindex.VectorIndex(vecindex.index_path(self._sqlite_file))
         try:
             await asyncio.to_thread(index.open)
@@ -100,8 +118,22 @@ class SemanticSearch:
             log.warning("the memory vector index cannot be used (%s: %s): ranking in-process",
                         type(exc).__name__, exc)
             await asyncio.to_thread(index.close)
-            return
+            return "the sqlite-vec index cannot be used"
         self.index = index
+        return None
+
+    async def _open_pgvector(self) -> str | None:
+        pg = PgVectorIndex(self.kernel.db)
+        try:
+            reason = await pg.enable()
+            if reason is None:
+                await pg.open(self.embedder.name)
+        except Exception as exc:  # noqa: BLE001 - the in-process ranking still works
+            log.warning("the pgvector index cannot be used (%s: %s): ranking in-process", type(exc).__name__, exc)
+            return "the pgvector index cannot be used"
+        if reason is None:
+            self.pg = pg
+        return reason
 
     def close(self) -> None:
         """Close the index (blocking, cheap)."""
@@ -153,10 +185,15 @@ class SemanticSearch:
         agents = {i.agent_id for i in added}
         for agent_id in agents:
             self.cache.drop(agent_id)
+        if self.pg is not None:
+            await self.pg.ensure(model, len(rows[0][2]) // 4)  # the table's size is the model's
         async with self.kernel.db.begin() as conn:
+            # (on PostgreSQL the delete also removes their pgvector rows: ON DELETE CASCADE)
             await conn.execute(vectors.delete().where(vectors.c.seq.in_([r[0] for r in rows])))
             await conn.execute(vectors.insert(), [
                 {"seq": seq, "agent_id": agent_id, "model": model, "vector": blob} for seq, agent_id, blob in rows])
+            if self.pg is not None:
+                await self.pg.write(conn, model, rows)
         self.has_vectors = True
         if self.index is not None:
             await asyncio.to_thread(self.index.upsert, model, rows)
@@ -169,9 +206,12 @@ class SemanticSearch:
             await asyncio.to_thread(self.index.remove, seqs)
 
     # -- reading -------------------------------------------------------------------------------
-    async def search(self, query: str, agent_id: str | None, limit: int) -> list[tuple[int, float]]:
-        """(seq, cosine) of the nearest memories at or above ``semantic_min_similarity``, best first
-        (deleted ones included: the caller filters). An embedding failure gives no results."""
+    async def search(self, query: str, agent_id: str | None, limit: int, *, level: str | None = None,
+                     peer_id: str | None = None) -> list[tuple[int, float]]:
+        """(seq, cosine) of the nearest memories at or above ``semantic_min_similarity``, best first.
+        pgvector applies the filters (live items, ``level``, ``peer_id``) before the limit; the other
+        rankings include deleted and filtered-out items (the caller filters them). An embedding
+        failure gives no results."""
         if self.embedder is None or not self.has_vectors or not query.strip():
             return []
         try:
@@ -180,7 +220,9 @@ class SemanticSearch:
             log.warning("embedding a query failed (%s): full-text results only", type(exc).__name__)
             return []
         model = self.embedder.name
-        if self.index is not None:
+        if self.pg is not None:
+            ranked = await self.pg.search(model, embeddings.to_blob(query_vector), limit, agent_id, level, peer_id)
+        elif self.index is not None:
             ranked = await asyncio.to_thread(self.index.search, model, embeddings.to_blob(query_vector), limit,
                                              agent_id)
         else:

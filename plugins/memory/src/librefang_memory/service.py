@@ -214,7 +214,8 @@ class MemoryService:
             # Both rankings at once (each waits on its own worker thread); more than asked from the
             # vectors: deleted or filtered-out items are dropped after ranking.
             found, semantic = await asyncio.gather(
-                lexical, self.semantic.search(query, agent_id, limit * 4 if level or peer_id else limit * 2))
+                lexical, self.semantic.search(query, agent_id, limit * 4 if level or peer_id else limit * 2,
+                                                      level=level, peer_id=peer_id))
             if semantic:
                 mode = "hybrid"
                 fused = embeddings.reciprocal_rank_fusion([[i.seq for i in found], [s for s, _ in semantic]])
