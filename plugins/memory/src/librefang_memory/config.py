@@ -35,7 +35,8 @@ class MemoryConfig(BaseModel):
         None, ge=1, le=8192, description="Shorter vectors from models that offer them (OpenAI text-embedding-3-*)")
     embedding_timeout_secs: float = Field(30.0, gt=0, le=600, description="Budget of one embeddings call")
     vector_index: bool = Field(
-        True, description="Search vectors through the sqlite-vec index when it is installed (SQLite)")
+        True, description="Search vectors through a KNN index: sqlite-vec when installed (SQLite), "
+                          "pgvector when the extension can be created (PostgreSQL)")
     vector_cache_items: int = Field(
         50_000, ge=0, le=10_000_000, description="Vectors kept in memory for per-agent semantic search (~1 KiB each)")
     semantic_min_similarity: float = Field(
