@@ -166,7 +166,9 @@ class PgVectorIndex:
         clauses = ["m.deleted = false"]
         params: dict[str, Any] = {"q": vector_literal(query), "limit": limit}
         if agent_id is not None:
-            clauses.append("p.agent_id = :agent")
+            # on both tables: the planner then reads only the agent's rows of each through their
+            # agent_id indexes (with it on p alone it hashes every live memory_items row)
+            clauses += ["p.agent_id = :agent", "m.agent_id = :agent"]
             params["agent"] = agent_id
         if level is not None:
             clauses.append("m.level = :level")
