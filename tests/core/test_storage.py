@@ -251,27 +251,6 @@ async def test_missing_migrations_folder_is_refused(tmp_path):
         db.add_migrations("notes", tmp_path / "nowhere")
 
 
-@pytest.fixture
-async def postgres_url():
-    """A fresh PostgreSQL database when LIBREFANG_TEST_POSTGRES_URL points at a server
-    (e.g. ``postgresql://postgres@127.0.0.1:54329/postgres``); the test is skipped otherwise."""
-    import os
-    import uuid
-
-    admin_url = os.environ.get("LIBREFANG_TEST_POSTGRES_URL")
-    if not admin_url:
-        pytest.skip("set LIBREFANG_TEST_POSTGRES_URL to run against PostgreSQL")
-    asyncpg = pytest.importorskip("asyncpg")
-    name = f"lf_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f"CREATE DATABASE {name}")
-    await conn.close()
-    yield admin_url.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    await conn.close()
-
-
 async def test_postgres_from_vault_reference_upgrade_keeps_rows(make_kernel, librefang_home, tmp_path, postgres_url):
     from librefang.vault import Vault
 

@@ -181,6 +181,30 @@ def _wait_http(url: str, timeout: float = 20) -> None:
 
 
 @pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database (dropped afterwards) on the server that
+    ``LIBREFANG_TEST_POSTGRES_URL`` points at (an admin URL such as
+    ``postgresql://postgres@127.0.0.1:54329/postgres``; ``.ci/run`` starts one). The test is
+    skipped when the variable is unset or asyncpg is not installed."""
+    import os
+
+    admin_url = os.environ.get("LIBREFANG_TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("set LIBREFANG_TEST_POSTGRES_URL to run against PostgreSQL")
+    asyncpg = pytest.importorskip("asyncpg")
+    name = f"lf_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+    yield admin_url.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
 def live_server(librefang_home: Path) -> Iterator[LiveServer]:
     """A real server on a free loopback port with every installed plugin."""
     server = start_live_server(librefang_home)

@@ -4,28 +4,7 @@ tests), skipped otherwise."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    admin_url = os.environ.get("LIBREFANG_TEST_POSTGRES_URL")
-    if not admin_url:
-        pytest.skip("set LIBREFANG_TEST_POSTGRES_URL to run against PostgreSQL")
-    asyncpg = pytest.importorskip("asyncpg")
-    name = f"lf_memory_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f"CREATE DATABASE {name}")
-    await conn.close()
-    yield admin_url.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(admin_url)
-    await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    await conn.close()
 
 
 async def test_memory_on_postgres(start_memory: Any, spawn: Any, postgres_url: str) -> None:
