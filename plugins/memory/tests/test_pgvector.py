@@ -152,20 +152,39 @@ async def test_pgvector_ranks_like_in_process_and_survives_restarts(start_memory
 
     # a restart finds the table as it was
     kernel, client = await start_memory(SEMANTIC, top=top)
-    assert kernel.services["memory"].semantic.backend == "pgvector"
-    assert await counts(url) == (8, 8)
-    await assert_same_ranking(kernel, url, agents)
-    await kernel.stop()
-
-    # the extension dropped (with the column): the next start installs it again and refills the table
-    await sql(url, "DROP EXTENSION vector CASCADE")
-    kernel, client = await start_memory(SEMANTIC, top=top)
     semantic = kernel.services["memory"].semantic
     assert semantic.backend == "pgvector"
     assert await counts(url) == (8, 8)
+    await assert_same_ranking(kernel, url, agents)
+
+    # the extension dropped (with the column) while running: writes (and searches) go on in-process
+    await sql(url, "DROP EXTENSION vector CASCADE")
+    r = await client.post("/api/memory", json={"agent_id": agents["b"], "content": "The user owns a grand piano"})
+    assert r.status_code == 201
+    piano = (await r.get_json())["memories"][0]["id"]
+    assert semantic.backend == "in-process"
+    body = await (await client.get("/api/memory/search?q=automobile maintenance&limit=1")).get_json()
+    assert body["mode"] == "hybrid" and body["memories"][0]["content"] == "The car needs new winter tires"
+    body = await (await client.get(f"/api/memory/agents/{agents['b']}/search?q=musical instrument&limit=1")).get_json()
+    assert [m["id"] for m in body["memories"]] == [piano]
+    await kernel.stop()
+
+    # the next start installs the extension again and refills the table from memory_vectors
+    kernel, client = await start_memory(SEMANTIC, top=top)
+    semantic = kernel.services["memory"].semantic
+    assert semantic.backend == "pgvector"
+    assert await counts(url) == (9, 9)
     await assert_same_ranking(kernel, url, agents, level="user")
-    body = await (await client.get("/api/memory/search?q=musical instrument&limit=1")).get_json()
-    assert body["mode"] == "hybrid" and body["memories"][0]["id"] == report
+    body = await (await client.get("/api/memory/search?q=musical instrument&limit=2")).get_json()
+    assert body["mode"] == "hybrid" and {m["id"] for m in body["memories"]} == {report, piano}
+
+    # dropped again while running, now seen first by a search: it answers from memory_vectors
+    await sql(url, "DROP EXTENSION vector CASCADE")
+    body = await (await client.get(f"/api/memory/agents/{agents['a']}/search?q=automobile maintenance&limit=1"))\
+        .get_json()
+    assert semantic.backend == "in-process"
+    assert body["mode"] == "hybrid"
+    assert [m["content"] for m in body["memories"]] == ["The car needs new winter tires"]
 
 
 @pytest.fixture

@@ -185,20 +185,37 @@ class SemanticSearch:
         agents = {i.agent_id for i in added}
         for agent_id in agents:
             self.cache.drop(agent_id)
-        if self.pg is not None:
-            await self.pg.ensure(model, len(rows[0][2]) // 4)  # the table's size is the model's
-        async with self.kernel.db.begin() as conn:
-            # (on PostgreSQL the delete also removes their pgvector rows: ON DELETE CASCADE)
-            await conn.execute(vectors.delete().where(vectors.c.seq.in_([r[0] for r in rows])))
-            await conn.execute(vectors.insert(), [
-                {"seq": seq, "agent_id": agent_id, "model": model, "vector": blob} for seq, agent_id, blob in rows])
-            if self.pg is not None:
-                await self.pg.write(conn, model, rows)
+        pg = self.pg
+        try:
+            await self._store(model, rows, pg)
+        except sa.exc.DBAPIError as exc:
+            if pg is None:
+                raise
+            self._lost_pgvector(exc)  # (e.g. DROP EXTENSION vector while running): the vectors still go
+            await self._store(model, rows, None)  # to memory_vectors, the source of truth
         self.has_vectors = True
         if self.index is not None:
             await asyncio.to_thread(self.index.upsert, model, rows)
         for agent_id in agents:  # again: a search may have cached the old ones meanwhile
             self.cache.drop(agent_id)
+
+    async def _store(self, model: str, rows: list[tuple[int, str, bytes]], pg: PgVectorIndex | None) -> None:
+        if pg is not None:
+            await pg.ensure(model, len(rows[0][2]) // 4)  # the table's size is the model's
+        async with self.kernel.db.begin() as conn:
+            # (on PostgreSQL the delete also removes their pgvector rows: ON DELETE CASCADE)
+            await conn.execute(vectors.delete().where(vectors.c.seq.in_([r[0] for r in rows])))
+            await conn.execute(vectors.insert(), [
+                {"seq": seq, "agent_id": agent_id, "model": model, "vector": blob} for seq, agent_id, blob in rows])
+            if pg is not None:
+                await pg.write(conn, model, rows)
+
+    def _lost_pgvector(self, exc: Exception) -> None:
+        if self.pg is not None:
+            self.pg = None
+            reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+            log.warning("pgvector cannot be used any more (%s): semantic search ranks vectors in-process "
+                        "until the next start", reason)
 
     async def remove(self, seqs: list[int]) -> None:
         """Forget the index entries of purged items (their rows are gone from ``memory_vectors``)."""
@@ -220,15 +237,25 @@ class SemanticSearch:
             log.warning("embedding a query failed (%s): full-text results only", type(exc).__name__)
             return []
         model = self.embedder.name
-        if self.pg is not None:
-            ranked = await self.pg.search(model, embeddings.to_blob(query_vector), limit, agent_id, level, peer_id)
-        elif self.index is not None:
+        ranked = await self._pg_search(model, query_vector, limit, agent_id, level, peer_id)
+        if ranked is None and self.index is not None:
             ranked = await asyncio.to_thread(self.index.search, model, embeddings.to_blob(query_vector), limit,
                                              agent_id)
-        else:
+        elif ranked is None:
             blobs = await self._blobs(model, agent_id)
             ranked = await asyncio.to_thread(embeddings.rank, query_vector, blobs, limit) if blobs else []
         return [(seq, score) for seq, score in ranked if score >= self.config.semantic_min_similarity]
+
+    async def _pg_search(self, model: str, query_vector: Any, limit: int, agent_id: str | None, level: str | None,
+                         peer_id: str | None) -> list[tuple[int, float]] | None:
+        """The pgvector KNN; None when pgvector is not (or no longer) in use."""
+        if self.pg is None:
+            return None
+        try:
+            return await self.pg.search(model, embeddings.to_blob(query_vector), limit, agent_id, level, peer_id)
+        except sa.exc.DBAPIError as exc:
+            self._lost_pgvector(exc)
+            return None
 
     async def _blobs(self, model: str, agent_id: str | None) -> list[tuple[int, bytes]]:
         blobs = self.cache.get(agent_id) if agent_id is not None else None
