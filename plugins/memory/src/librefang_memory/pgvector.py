@@ -22,6 +22,7 @@ after an approximate index scan, so a per-agent or per-level query would silentl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -57,6 +58,9 @@ class PgVectorIndex:
         self.model: str | None = None
         self.dimensions: int | None = None
         self.version: str | None = None
+        # Two first writes of a model at once must not both (re)create the table: the second would
+        # drop the rows the first one just wrote.
+        self._shape_lock = asyncio.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def enable(self) -> str | None:
@@ -113,6 +117,12 @@ class PgVectorIndex:
             return
         if dimensions is not None and not 0 < dimensions <= MAX_DIMENSIONS:
             raise ValueError(f"vector size {dimensions} is out of range for pgvector")
+        async with self._shape_lock:
+            if self.model == model and self.dimensions == dimensions:
+                return
+            await self._recreate(model, dimensions)
+
+    async def _recreate(self, model: str, dimensions: int | None) -> None:
         async with self.db.begin() as conn:
             await conn.execute(sa.text(f"DROP TABLE IF EXISTS {TABLE}"))
             await conn.execute(settings.delete().where(settings.c.name == SETTING))
