@@ -165,3 +165,29 @@ def test_registry_refuses_bad_and_duplicate_schemes() -> None:
     assert registry.resolve("wasm:a/b.wat").target == "a/b.wat"
     assert registry.schemes() == {"wasm": "sandbox"}
     assert registry.unregister("wasm", owner="other") is False and registry.unregister("wasm") is True
+
+
+async def test_a_module_agents_session_is_compacted_without_a_model(start_runtime: Any, spawn: Any,
+                                                                      fake_llm: Any, caplog: Any) -> None:
+    # Over the threshold, the session of a module agent is compacted with the plain summary: there is
+    # no model to ask (the scheme is not a provider), so nothing may reach the LLM server.
+    plugin = ModulePlugin()
+    kernel, client = await start_runtime("[compaction]\nthreshold_messages = 3\nkeep_recent = 2\n",
+                                         plugins={"modules": plugin})
+    agent_id = await spawn(kernel, "py-long", PY_AGENT.format(name="py-long", target="echo"))
+    for text in ("one", "two", "three"):
+        status, body = await post(client, agent_id, {"message": text})
+        assert status == 200, body
+    assert fake_llm.requests == []
+    # No summary call was attempted (it used to ask a provider named after the scheme, fail, and fall back).
+    assert not [r for r in caplog.records if "compaction summary failed" in r.getMessage()]
+    # The third turn found 4 stored messages over the threshold: the older ones became a summary.
+    assert body["response"].startswith("echo(3 earlier)"), body
+    first = plugin.requests[-1].history[0]
+    summary = first.content if isinstance(first.content, str) else first.blocks()[0].text
+    assert "one" in summary and first.role == "user"
+    # The explicit compaction (the route and the WebSocket command use it) takes the same path.
+    response = await client.post(f"/api/agents/{agent_id}/session/compact")
+    assert response.status_code == 200, await response.get_data(as_text=True)
+    assert fake_llm.requests == []
+    assert not [r for r in caplog.records if "compaction summary failed" in r.getMessage()]

@@ -154,13 +154,21 @@ def needs_compaction(messages: list[Message], config: CompactionConfig, context_
 
 
 async def compact(runtime: Any, session_id: str, provider: str, model: str, config: CompactionConfig,
-                  base_url: str | None = None, api_key_env: str | None = None) -> CompactionResult | None:
-    """Compact one session now (the caller holds its lock). None when there is nothing to compact."""
+                  base_url: str | None = None, api_key_env: str | None = None, *,
+                  use_llm: bool = True) -> CompactionResult | None:
+    """Compact one session now (the caller holds its lock). None when there is nothing to compact.
+
+    ``use_llm=False`` writes the plain summary without calling a model: the session of an agent
+    answered by a module (``wasm:…``) has no model to ask."""
     stored = [s.message for s in await runtime.store.load(session_id)]
     cut = split_point(stored, config.keep_recent)
     if cut == 0 or cut >= len(stored):
         return None
     older, kept = stored[:cut], stored[cut:]
+    if not use_llm:
+        summary = fallback_summary(older)
+        await runtime.store.compact_prefix(session_id, cut, Message("user", f"{SUMMARY_PREFIX}\n{summary}"), summary)
+        return CompactionResult(summary, len(kept), len(older), 0, True)
     from librefang_providers.api import get_registry
 
     target = {"provider": provider, "model": model, "base_url": base_url, "api_key_env": api_key_env}

@@ -394,21 +394,23 @@ class RuntimeService:
         if emit is not None:
             await emit(PhaseChange("compacting"))
         s = turn.settings
-        result = await compact(self, turn.session_id, s.provider, s.model, config, s.base_url, s.api_key_env)
+        result = await compact(self, turn.session_id, s.provider, s.model, config, s.base_url, s.api_key_env,
+                               use_llm=turn.module is None)
         return result is not None
 
     async def compact_now(self, record: Any, session_id: str | None = None) -> Any:
         """Compact a session of the agent (default: its canonical one) under the session's lock."""
         from librefang_runtime.compactor import compact
 
-        provider, model = self.resolve_model(record.parsed())
+        manifest = record.parsed()
+        module = modules.resolve(self, manifest)  # a module agent has no model: plain summary
+        provider, model = (module.scheme, module.module) if module else self.resolve_model(manifest)
         target = session_id or record.session_id
         async with self.locks.hold(target):
             if await self.store.get(target) is None:
                 return None
-            manifest = record.parsed()
             return await compact(self, target, provider, model, self.kernel.config.section("compaction"),
-                                 manifest.model.base_url, manifest.model.api_key_env)
+                                 manifest.model.base_url, manifest.model.api_key_env, use_llm=module is None)
 
     def active(self, session_id: str) -> bool:
         """Whether a turn is running in ``session_id``."""
