@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import shutil
 import tomllib
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from librefang.config import CONFIG_TEMPLATE, SECRET_KEY_PATTERN
 from librefang.errors import BadRequest, ConfigError, Conflict, Forbidden
+from librefang.fsutil import replace_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from librefang.config import Config
@@ -139,13 +139,7 @@ def plan_set(config: Config, parts: list[str], value: Any) -> tuple[str, Config]
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (0600) so a reader never sees a half-written file."""
-    tmp = path.with_suffix(".toml.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    replace_file(path, text.encode("utf-8"), fsync=True)
 
 
 def apply_set(config: Config, parts: list[str], value: Any) -> tuple[Config, Path | None]:

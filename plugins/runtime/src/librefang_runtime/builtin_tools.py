@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from librefang.fsutil import replace_file
 
 from librefang_runtime.tools import Tool, ToolContext, ToolError
 
@@ -71,15 +71,7 @@ def _write(workspace: Path | None, path: str, content: str) -> str:
     if target.is_dir():
         raise ToolError(f"{path} is a directory")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename: readers never see half a file, and a symlink is replaced.
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    replace_file(target, encoded)  # readers never see half a file; a symlink is replaced, not followed
     return f"Wrote {len(encoded)} bytes to {path}"
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from librefang.fsutil import replace_file
 
 from librefang_sandbox.config import HOST_METHODS
 
@@ -143,15 +143,7 @@ class HostContext:
         if target.is_dir():
             raise HostFailed("the path is a folder")
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside and rename: a symlink at the target is replaced, never followed.
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(encoded)
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        replace_file(target, encoded)  # a symlink at the target is replaced, never followed
         return len(encoded)
 
     def _fs_list(self, params: dict[str, Any]) -> list[str]:
