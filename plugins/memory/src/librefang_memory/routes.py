@@ -21,6 +21,7 @@ from librefang_memory.schemas import (
     MemoryImport,
     MemoryItem,
     MemoryList,
+    MemoryStats,
     RelationsBody,
     RelationsQuery,
     SearchQuery,
@@ -96,10 +97,10 @@ async def search(query: SearchQuery) -> SearchResults:
     return SearchResults(query=query.q, mode=mode, count=len(found), memories=_items(found))
 
 
-@router.get("/api/memory/stats", cost=2)
-async def stats() -> dict[str, Any]:
+@router.get("/api/memory/stats", cost=2, response=MemoryStats)
+async def stats() -> MemoryStats:
     """Counts by level and category across all agents, and the pipeline switches."""
-    return await service().stats()
+    return MemoryStats(**await service().stats())
 
 
 @router.post("/api/memory/cleanup", cost=10)
@@ -198,10 +199,10 @@ async def agent_search(agent_id: str, query: SearchQuery) -> SearchResults:
     return SearchResults(query=query.q, mode=mode, count=len(found), memories=_items(found))
 
 
-@router.get("/api/memory/agents/<agent_id>/stats", cost=2)
-async def agent_stats(agent_id: str) -> dict[str, Any]:
+@router.get("/api/memory/agents/<agent_id>/stats", cost=2, response=MemoryStats)
+async def agent_stats(agent_id: str) -> MemoryStats:
     """The agent's counts by level and category."""
-    return await service().stats(await namespace(agent_id))
+    return MemoryStats(**await service().stats(await namespace(agent_id)))
 
 
 @router.delete("/api/memory/agents/<agent_id>/level/<level>", cost=10)

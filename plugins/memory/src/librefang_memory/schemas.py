@@ -228,3 +228,21 @@ ConfigPatch = create_model(  # type: ignore[call-overload]
     __config__=ConfigDict(extra="forbid"),
     **{name: (field.annotation | None, None) for name, field in ProactiveMemoryConfig.model_fields.items()},
 )
+
+
+class MemoryStats(DeferredModel):
+    """``GET /api/memory/stats`` and ``GET /api/memory/agents/{id}/stats``."""
+
+    total: int
+    user_count: int
+    session_count: int
+    agent_count: int
+    categories: dict[str, int]
+    enabled: bool
+    auto_memorize_enabled: bool
+    auto_retrieve_enabled: bool
+    llm_extraction: bool
+    semantic_search: bool
+    vector_backend: Literal["sqlite-vec", "pgvector", "in-process"] | None = Field(
+        description="what ranks vectors (None: semantic search is off)")
+    agent_id: str | None = Field(default=None, description="present for the per-agent figures")
