@@ -1,4 +1,4 @@
-"""CPU per ``GET /api/health`` inside the application, without sockets or HTTP parsing.
+"""CPU per ``GET /api/health`` (and per JSON ``POST``) inside the application, without sockets or HTTP parsing.
 
 The socket benchmark (``bench/run.py``) is the one the targets are judged on, but on a shared
 machine its wall-clock figures swing by tens of percent. This drives each ASGI app directly in
@@ -12,6 +12,12 @@ Prints one JSON object with two figures for the bare app, the daemon's app with 
 (loopback, no forwarding header) and the same through the limiter (trusted proxy +
 X-Forwarded-For): microseconds of CPU per request (best of ``--repeat`` runs), and function calls
 per request (a count: the same on a busy machine as on a quiet one).
+
+``ours_post`` is the daemon's app answering ``POST /api/micro/items/<id>`` with a small JSON body:
+a route declared like ``POST /api/agents/{id}/message`` (a path parameter, a pydantic body model,
+a response model, the handler returning a dict). ``ours_post_model`` is the same route returning
+the pydantic model itself. Their excess over ``ours`` is what the body, the validation and the
+response encoding cost on top of the edge and Quart.
 """
 
 from __future__ import annotations
@@ -30,26 +36,84 @@ BENCH_DIR = Path(__file__).resolve().parent
 LIMITER_CONFIG = 'trusted_proxies = ["127.0.0.1"]\n\n[rate_limit]\napi_requests_per_minute = 1000000\n'
 
 
-def health_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    """The ASGI scope Hypercorn builds for ``GET /api/health`` from a loopback client."""
+POST_BODY = json.dumps({"message": "Hello there, how are you today?", "session_id": None,
+                        "ephemeral": False}).encode()
+
+
+def health_scope(headers: list[tuple[bytes, bytes]], *, method: str = "GET", path: str = "/api/health") -> dict[str, Any]:
+    """The ASGI scope Hypercorn builds for ``GET /api/health`` (or ``method path``) from a loopback client."""
     return {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": "GET", "scheme": "http", "path": "/api/health", "raw_path": b"/api/health",
+        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
         "query_string": b"", "root_path": "", "headers": [(b"host", b"127.0.0.1:4545"), *headers],
         "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 4545), "extensions": {},
     }
+
+
+def post_scope(path: str) -> dict[str, Any]:
+    """The scope of a JSON ``POST`` carrying :data:`POST_BODY` (what an SDK sends)."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(POST_BODY)).encode()),
+               (b"accept", b"application/json")]
+    return health_scope(headers, method="POST", path=path)
+
+
+class MicroPlugin:
+    """The benchmark's in-process plugin: one JSON POST route declared like the runtime's message route."""
+
+    def __init__(self) -> None:
+        import librefang
+        from librefang.routing import Router
+        from pydantic import BaseModel, Field
+
+        class ItemRequest(BaseModel):
+            message: str = Field(max_length=10_000)
+            session_id: str | None = Field(None, max_length=64)
+            ephemeral: bool = False
+
+        class ItemResponse(BaseModel):
+            response: str
+            input_tokens: int
+            output_tokens: int
+            iterations: int
+            cost_usd: float | None = None
+            memories_used: list[str] = Field(default_factory=list)
+
+        router = Router("micro")
+
+        def answer(item_id: str, body: ItemRequest) -> dict[str, Any]:
+            return {"response": f"{item_id}: {body.message}", "input_tokens": 12, "output_tokens": 7,
+                    "iterations": 1, "cost_usd": None, "memories_used": []}
+
+        @router.post("/api/micro/items/<item_id>", cost=30, body=ItemRequest, response=ItemResponse)
+        async def post_item(item_id: str, body: ItemRequest) -> dict[str, Any]:
+            """Answer a message (a dict, like the runtime's message route)."""
+            return answer(item_id, body)
+
+        @router.post("/api/micro/models/<item_id>", cost=30, body=ItemRequest, response=ItemResponse)
+        async def post_model(item_id: str, body: ItemRequest) -> ItemResponse:
+            """Answer a message (the response model itself)."""
+            return ItemResponse(**answer(item_id, body))
+
+        self.router = router
+
+        @librefang.hookimpl
+        def register_routes(register: Any) -> None:
+            register(self.router)
+
+        self.register_routes = register_routes
 
 
 async def drive(app: Any, scope: dict[str, Any], count: int) -> float:
     """CPU seconds per request over ``count`` sequential requests (each must answer 200)."""
     status: list[int] = []
     never = asyncio.Event()  # after the body, a client that stays connected: nothing more arrives
+    body = POST_BODY if scope["method"] == "POST" else b""
 
     async def receive() -> dict[str, Any]:
         if sent_body:
             await never.wait()
         sent_body.append(True)
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -95,7 +159,7 @@ async def daemon_app(home: Path) -> tuple[Any, Any]:
     from librefang.app import build_app
     from librefang.kernel import create_kernel
 
-    kernel = create_kernel(home)
+    kernel = create_kernel(home, plugins={"micro": MicroPlugin()})
     await kernel.start()
     app = build_app(kernel)
     await app.startup()
@@ -120,6 +184,9 @@ async def measure(requests: int, repeat: int) -> dict[str, Any]:
             kernel, app = await daemon_app(home)
             kernels.append((kernel, app))
             apps[key] = (app, forwarded if key == "ours_limiter" else plain)
+            if key == "ours":
+                apps["ours_post"] = (app, post_scope("/api/micro/items/a1"))
+                apps["ours_post_model"] = (app, post_scope("/api/micro/models/a1"))
         try:
             for app, scope in apps.values():  # warm-up: first-request work is not per-request cost
                 await drive(app, scope, 200)
@@ -157,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         values = result[figure]
         values["ratio_ours"] = round(values["ours"] / values["bare"], 2)
         values["ratio_ours_limiter"] = round(values["ours_limiter"] / values["bare"], 2)
+        values["post_over_health"] = round(values["ours_post"] - values["ours"], 1)
     print(json.dumps(result))
     return 0
 
