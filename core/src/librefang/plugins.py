@@ -248,6 +248,10 @@ class PluginHost:
         self.tracing = tracing_enabled()
         self.live = False
         self.pm = self._new_manager()
+        # Hook calls happen several times per agent turn: the dependency order and each hook's
+        # implementation list are kept, keyed on everything they derive from (see _state_key).
+        self._loaded_cache: tuple[tuple[Any, ...], list[PluginRecord]] | None = None
+        self._impls_cache: dict[tuple[str, str | None], tuple[Any, list[Any], tuple[Any, ...], list[Any]]] = {}
 
     def _new_manager(self) -> pluggy.PluginManager:
         pm = pluggy.PluginManager(PROJECT)
@@ -340,22 +344,43 @@ class PluginHost:
         pm.check_pending()
         return pm
 
+    def _state_key(self) -> tuple[Any, ...]:
+        """What the plugin order depends on: which records there are and whether each is loaded
+        (``records`` and a record's ``module``/``error`` are changed by loading, failing, hot reload)."""
+        return tuple([(r, r.module, r.error) for r in self.records.values()])
+
     def loaded(self) -> list[PluginRecord]:
         """Plugins that imported and are not failed, in dependency order."""
-        return order_by_dependencies([r for r in self.records.values() if r.ok])
+        key = self._state_key()
+        cached = self._loaded_cache
+        if cached is None or cached[0] != key:
+            cached = self._loaded_cache = (key, order_by_dependencies([r for r in self.records.values() if r.ok]))
+        return list(cached[1])
 
     # -- hook calls ----------------------------------------------------------------------------
     def impls(self, hook_name: str, plugin: str | None = None) -> list[tuple[str, Callable[..., Any]]]:
         """(plugin name, function) of every implementation of ``hook_name``, in plugin order, except that
         ``@hookimpl(tryfirst=True)`` implementations come first and ``trylast=True`` ones last."""
-        caller = getattr(self.pm.hook, hook_name, None)
+        pm = self.pm
+        caller = getattr(pm.hook, hook_name, None)
         if caller is None:
             return []
-        found = {impl.plugin_name: impl for impl in caller.get_hookimpls()}
+        hookimpls = caller.get_hookimpls()
+        state = self._state_key()
+        cached = self._impls_cache.get((hook_name, plugin))
+        # Valid while the manager, its implementations of this hook and the plugin records are the
+        # same objects in the same states (a reload swaps the manager; a failure unregisters).
+        if cached is not None and cached[0] is pm and cached[1] == hookimpls and cached[2] == state:
+            return list(cached[3])
+        found = {impl.plugin_name: impl for impl in hookimpls}
         order = [r.name for r in self.loaded()]
         chosen = [found[name] for name in order if name in found and (plugin is None or name == plugin)]
         chosen.sort(key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)  # stable: keeps plugin order
-        return [(impl.plugin_name, impl.function) for impl in chosen]
+        result = [(impl.plugin_name, impl.function) for impl in chosen]
+        if len(self._impls_cache) > 1024:  # bounded: hook names x plugin filters
+            self._impls_cache.clear()
+        self._impls_cache[(hook_name, plugin)] = (pm, hookimpls, state, result)
+        return list(result)
 
     def _trace(self, hook_name: str, plugin: str, started: float, error: BaseException | None) -> None:
         if self.tracing:
