@@ -55,3 +55,41 @@ async def test_a_read_that_raced_a_write_is_not_kept(agents_kernel: Any) -> None
     assert await writing
     assert record.id not in store._rows
     assert (await registry.get(record.id)).state == "Suspended"
+
+
+async def test_records_of_a_cached_row_share_its_validated_manifest_until_it_changes(agents_kernel: Any) -> None:
+    registry = agents_api.registry(agents_kernel)
+    record = await registry.spawn_request(manifest_toml=HELLO.format(name="parsed-once"))
+    first = await registry.get(record.id)
+    second = await registry.get(record.id)
+    assert first is not second and first.parsed() is second.parsed()  # validated once per row
+    assert first.parsed().description == "test agent"
+    # a caller that changes its record's manifest (in place or by assignment) gets its own model
+    second.manifest["description"] = "edited in place"
+    assert second.parsed().description == "edited in place"
+    assert first.parsed().description == "test agent"
+    first.manifest = {**first.manifest, "description": "replaced"}
+    assert first.parsed().description == "replaced"
+    assert (await registry.get(record.id)).parsed().description == "test agent"
+    # every write path: the next record validates what was written
+    await registry.change(record.id, lambda data: data.update(description="patched"))
+    assert (await registry.get(record.id)).parsed().description == "patched"
+    await agents_api.set_model(agents_kernel, record.id, "other-model", "openai")
+    assert (await registry.get(record.id)).parsed().model.model == "other-model"
+    await registry.store.load()  # the index reloaded (shared database): the cache starts over
+    assert (await registry.get(record.id)).parsed().model.model == "other-model"
+
+
+async def test_get_answers_a_cached_id_and_still_checks_other_spellings(agents_kernel: Any) -> None:
+    import pytest
+    from librefang.errors import BadRequest, NotFound
+
+    registry = agents_api.registry(agents_kernel)
+    record = await registry.spawn_request(manifest_toml=HELLO.format(name="spelled"))
+    await registry.get(record.id)
+    assert (await registry.get(record.id.upper())).id == record.id  # not the cached key: parsed, found
+    with pytest.raises(BadRequest):
+        await registry.get("not-a-uuid")
+    await registry.kill(record.id)
+    with pytest.raises(NotFound):
+        await registry.get(record.id)

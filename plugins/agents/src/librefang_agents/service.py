@@ -97,6 +97,9 @@ class AgentService:
 
     async def get(self, agent_id: str) -> AgentRecord:
         """The agent with this id; 400 for a malformed id, 404 when there is none."""
+        record = self.store.cached(agent_id)  # cached ids are canonical: a hit needs no parsing
+        if record is not None:
+            return record
         record = await self.store.get(parse_agent_id(agent_id))
         if record is None:
             raise NotFound(f"agent {agent_id} not found", code="agent_not_found")

@@ -87,8 +87,18 @@ class AgentRecord:
         return dict(value) if isinstance(value, dict) else {}
 
     def parsed(self) -> AgentManifest:
-        """The manifest as a validated model (stored data was validated when written)."""
-        return validate_manifest(self.manifest)
+        """The manifest as a validated model (stored data was validated when written).
+
+        Records read from one stored row share its validated model (a turn reads its agent several
+        times: runtime, budget, memory), used only while this record's manifest still equals the
+        row's (a caller may change ``manifest``); treat the model as read-only."""
+        memo: list[Any] | None = getattr(self, "_memo", None)
+        if memo is not None and memo[1] is not None and self.manifest == memo[0]:
+            return memo[1]
+        manifest = validate_manifest(self.manifest)
+        if memo is not None and self.manifest == memo[0]:
+            memo[1] = manifest
+        return manifest
 
 
 def _columns(record: AgentRecord, manifest: AgentManifest) -> dict[str, Any]:
@@ -176,11 +186,28 @@ class AgentStore:
         # Rows by id as last read, when every write goes through this store (not shared): a turn
         # reads its agent several times (runtime, budget, memory), each a database hop otherwise.
         self._rows: dict[str, Any] = {}
+        # id -> [the cached row's manifest data, its validated model or None]: see AgentRecord.parsed
+        self._memos: dict[str, list[Any]] = {}
         self._writes = 0  # bumped around every write: a read that overlapped one is not kept
 
     def _forget(self, agent_id: str) -> None:
         self._writes += 1
         self._rows.pop(agent_id, None)
+        self._memos.pop(agent_id, None)
+
+    def _cached_record(self, agent_id: str, row: Any) -> AgentRecord:
+        """A fresh record of a cached row, sharing the row's validated manifest."""
+        record = _record(row)
+        memo = self._memos.get(agent_id)
+        if memo is None:
+            memo = self._memos[agent_id] = [json.loads(row.manifest), None]
+        record._memo = memo  # type: ignore[attr-defined]
+        return record
+
+    def cached(self, agent_id: str) -> AgentRecord | None:
+        """The agent when its row is cached (``agent_id`` exactly as stored), without a database read."""
+        row = self._rows.get(agent_id)
+        return self._cached_record(agent_id, row) if row is not None else None
 
     # -- the index ------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -193,6 +220,7 @@ class AgentStore:
         rows, version = await self.db.run(read)
         self._writes += 1
         self._rows.clear()
+        self._memos.clear()
         self.index.load(rows)
         self.version = version
 
@@ -329,7 +357,7 @@ class AgentStore:
         """The agent (a fresh record each call: callers may change it)."""
         row = self._rows.get(agent_id)
         if row is not None:
-            return _record(row)
+            return self._cached_record(agent_id, row)
         writes = self._writes
         row = await self.db.run(_first, sa.select(agents).where(agents.c.id == agent_id))
         if row is None:
@@ -337,7 +365,10 @@ class AgentStore:
         if not self.shared and writes == self._writes:
             if len(self._rows) >= MAX_CACHED_ROWS:
                 self._rows.clear()
+                self._memos.clear()
             self._rows[agent_id] = row
+            self._memos.pop(agent_id, None)
+            return self._cached_record(agent_id, row)
         return _record(row)
 
     async def get_by_name(self, name: str) -> AgentRecord | None:

@@ -193,15 +193,16 @@ class RuntimeService:
                 f"message is {size} bytes / {len(text)} characters; the limit is {self.config.max_message_bytes} "
                 f"bytes and {self.config.max_message_chars} characters", code="message_too_large")
 
-    async def resolve_session(self, record: Any, requested: str | None) -> tuple[str, bool]:
-        """(session id, pinned by the caller). A pinned session of another agent is 400."""
+    async def resolve_session(self, record: Any, requested: str | None, manifest: Any = None) -> tuple[str, bool]:
+        """(session id, pinned by the caller). A pinned session of another agent is 400. ``manifest``:
+        the record's, when the caller has it validated already."""
         if requested:
             session_id = parse_session_id(requested)
             found = await self.store.get(session_id)
             if found is not None and found.agent_id != record.id:
                 raise BadRequest("the session belongs to another agent", code="session_agent_mismatch")
             return session_id, True
-        if record.parsed().session_mode == "new" or not record.session_id:
+        if (manifest or record.parsed()).session_mode == "new" or not record.session_id:
             return str(uuid.uuid4()), False
         return record.session_id, False
 
@@ -245,7 +246,7 @@ class RuntimeService:
         if ephemeral:  # a session of its own that is never stored: it waits for no other turn
             session_id, pinned = str(uuid.uuid4()), True
         else:
-            session_id, pinned = await self.resolve_session(record, body.session_id)
+            session_id, pinned = await self.resolve_session(record, body.session_id, manifest)
         if body.is_group and body.sender_name:
             text = f"[{body.sender_name}]: {text}"
         view = self._view(record, manifest)
