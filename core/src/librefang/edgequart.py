@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Quart, Response, g, has_request_context, request, websocket
 from quart.ctx import _AppCtxGlobals
 from quart.wrappers import Request
+from quart.wrappers.request import Body
 from werkzeug.exceptions import HTTPException
 
 from librefang.auth import WS_BEARER_PREFIX, browser_guard, choose_subprotocol
@@ -58,9 +59,26 @@ class EdgeGlobals(_AppCtxGlobals):
         return hasattr(self, item)
 
 
+class EdgeBody(Body):
+    """Quart's request body, which also hands over a body that has already arrived without waiting."""
+
+    def ready(self) -> bytes | None:
+        """The whole body when it has arrived within its limit, else None (then await it: Quart's
+        ``get_data`` waits with the body timeout and raises 413 past the limit).
+
+        Quart's ``get_data`` always waits through ``asyncio.wait_for``, a task and a timer per call,
+        even for a body already complete; Quart's receiver reads a small body before the handler
+        runs, so a JSON route normally finds it here."""
+        if self._must_raise is None and self._complete.is_set():
+            return bytes(self._data)
+        return None
+
+
 class EdgeRequest(Request):
     """Quart's request, with the body limit the edge chose for the matched route (streamed bodies
     larger than it raise 413 as they arrive, exactly as with the global limit)."""
+
+    body_class = EdgeBody
 
     def __init__(self, *args: Any, max_content_length: int | None = None, scope: Any, **kwargs: Any) -> None:
         limit = scope.get(MAX_BODY_KEY, max_content_length)

@@ -55,15 +55,32 @@ def parse_json_bytes(raw: bytes) -> Any:
     return value
 
 
-async def read_json(request: Any) -> Any:
-    """Read and parse the JSON body of a Quart request, checking its content type."""
+def shallow_json_text(raw: bytes) -> bool:
+    """True when ``raw`` can go straight to pydantic's own JSON parser with the outcome
+    :func:`parse_json_bytes` would give: at most :data:`MAX_JSON_DEPTH` ``{``/``[`` bytes in all (so
+    nothing nests deeper, whatever sits in strings; ASCII bytes never occur inside a multi-byte
+    UTF-8 sequence), and no ``NaN``/``Infinity`` token (pydantic's parser accepts them, ours refuses)."""
+    return (raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH
+            and b"NaN" not in raw and b"Infinity" not in raw)
+
+
+async def read_json_bytes(request: Any) -> bytes:
+    """The raw body of a Quart request whose content type is JSON (or unset)."""
     # The body is read before any refusal: a response sent while part of the body is still unread
     # makes Hypercorn close the keep-alive connection, and the client's next request on it fails
     # ("server disconnected"; found by the reliability harness, tests/reliability).
-    raw = await request.get_data(cache=True, as_text=False)
+    ready = getattr(request.body, "ready", None)  # librefang.edgequart.EdgeBody
+    raw = ready() if ready is not None else None
+    if raw is None:
+        raw = await request.get_data(cache=True, as_text=False)
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
             f"expected Content-Type application/json, got {mimetype}", code="unsupported_media_type"
         )
-    return parse_json_bytes(raw)
+    return raw
+
+
+async def read_json(request: Any) -> Any:
+    """Read and parse the JSON body of a Quart request, checking its content type."""
+    return parse_json_bytes(await read_json_bytes(request))

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, current_app, request
 
 from librefang.errors import BadRequest
-from librefang.jsonbody import read_json
+from librefang.jsonbody import parse_json_bytes, read_json_bytes, shallow_json_text
 from librefang.ratelimit import DEFAULT_COST, route_cost
 
 
@@ -85,8 +85,58 @@ def to_response(result: Any, status: int) -> Any:
     if isinstance(result, BaseModel):
         return Response(result.model_dump_json(), status=status, mimetype="application/json")
     if isinstance(result, dict | list):
-        return result, status
+        # What Quart's make_response does with ``(result, status)``, without its tuple unpacking.
+        response = current_app.json.response(result)
+        if status != 200:
+            response.status_code = status
+        return response
     return result
+
+
+# Markers in a pydantic core schema of what validates differently from JSON text than from the
+# Python objects ``json.loads`` gives: strict fields (a strict UUID/datetime/enum takes a JSON
+# string, not a Python str), types with a JSON-specific schema (e.g. Path), base64 bytes, Decimal
+# (pydantic reads a JSON number's digits; json.loads rounds it to a float first), Json[...].
+_JSON_MODE_MARKERS = ("'strict': True", "json-or-python", "'type': 'decimal'", "val_json_bytes", "'type': 'json'")
+
+
+class BodyReader:
+    """Reads a route's JSON body into its pydantic model (one per route, built at declaration).
+
+    A well-formed body of a model that validates the same from JSON text as from parsed objects
+    goes straight from bytes to the model through pydantic's JSON parser, one call. Anything else,
+    and every body that fails there, takes the guarded path (:func:`parse_json_bytes`, then
+    ``model_validate``), so bad input gets exactly the answers it always got."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+        self._from_json: bool | None = None  # decided on first use: a deferred model builds then
+
+    def from_json(self) -> bool:
+        """True when the model may validate straight from JSON text (see :data:`_JSON_MODE_MARKERS`)."""
+        if self._from_json is None:
+            try:
+                if not self.model.__pydantic_complete__:
+                    self.model.model_rebuild()
+                schema = repr(self.model.__pydantic_core_schema__)
+            except Exception:  # noqa: BLE001 - a model that cannot build: the guarded path reports it
+                self._from_json = False
+            else:
+                self._from_json = not any(marker in schema for marker in _JSON_MODE_MARKERS)
+        return self._from_json
+
+    async def __call__(self) -> BaseModel:
+        raw = await read_json_bytes(request)
+        if shallow_json_text(raw) and self.from_json():
+            try:
+                return self.model.model_validate_json(raw)
+            except ValidationError:
+                pass  # the guarded path below names the problem as it always has
+        data = parse_json_bytes(raw)
+        try:
+            return self.model.model_validate(data)
+        except ValidationError as exc:
+            raise BadRequest(format_validation_error(exc, "body"), code="invalid_body") from None
 
 
 class Router:
@@ -132,28 +182,30 @@ class Router:
             endpoint = fn.__name__
             wants_body = body is not None
             wants_query = query is not None
+            read_body = BodyReader(body) if body is not None else None
+            is_coroutine = inspect.iscoroutinefunction(fn)
 
-            async def run(kwargs: dict[str, Any]) -> Any:
-                if wants_body:
-                    data = await read_json(request)
-                    try:
-                        kwargs["body"] = body.model_validate(data)
-                    except ValidationError as exc:
-                        raise BadRequest(format_validation_error(exc, "body"), code="invalid_body") from None
+            @functools.wraps(fn)
+            async def checked_view(**kwargs: Any) -> Any:
+                if read_body is not None:
+                    kwargs["body"] = await read_body()
                 if wants_query:
                     try:
                         kwargs["query"] = query.model_validate(request.args.to_dict())
                     except ValidationError as exc:
                         raise BadRequest(format_validation_error(exc, "query"), code="invalid_query") from None
-                result = fn(**kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
+                if is_coroutine:
+                    result = await fn(**kwargs)
+                else:
+                    result = fn(**kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
                 return to_response(result, status)
 
             view: Callable[..., Any]
-            if not (wants_body or wants_query or idempotent) and inspect.iscoroutinefunction(fn):
+            if not (wants_body or wants_query or idempotent) and is_coroutine:
                 # The common case (no body, no query model, no replay): one frame between Quart and
-                # the handler instead of three; it runs on every request of such a route.
+                # the handler instead of two; it runs on every request of such a route.
                 @functools.wraps(fn)
                 async def direct_view(**kwargs: Any) -> Any:
                     result = await fn(**kwargs)
@@ -162,15 +214,16 @@ class Router:
                     return to_response(result, status)
 
                 view = direct_view
-            else:
+            elif idempotent:
                 @functools.wraps(fn)
-                async def checked_view(**kwargs: Any) -> Any:
-                    if idempotent:  # Idempotency-Key replay (core service, see librefang.idempotency)
-                        from librefang.idempotency import run_idempotent
+                async def idempotent_view(**kwargs: Any) -> Any:
+                    # Idempotency-Key replay (core service, see librefang.idempotency)
+                    from librefang.idempotency import run_idempotent
 
-                        return await run_idempotent(lambda: run(kwargs))
-                    return await run(kwargs)
+                    return await run_idempotent(lambda: checked_view(**kwargs))
 
+                view = idempotent_view
+            else:
                 view = checked_view
 
             for method in methods:
