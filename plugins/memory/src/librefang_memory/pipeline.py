@@ -28,6 +28,7 @@ log = logging.getLogger("librefang.memory")
 # covers another daemon changing the manifest in a shared database.
 OVERRIDE_TTL = 2.0
 MAX_CACHED_AGENTS = 10_000
+BUILTIN = "builtin:"  # the manifest module of agents the LLM loop answers
 CONTEXT_HEADER = "## Personal context\nWhat you remember from earlier conversations (use it when relevant):"
 
 
@@ -45,7 +46,8 @@ class Pipeline:
 
     def __init__(self, service: MemoryService) -> None:
         self.service = service
-        self._overrides: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # agent id -> (expiry, manifest [proactive_memory] overrides, answered by the LLM loop)
+        self._overrides: dict[str, tuple[float, dict[str, Any] | None, bool]] = {}
         # The bus puts events into this queue synchronously: draining it before each use sees every
         # change published so far.
         self._agent_events = service.kernel.bus.subscribe("agent.*", maxsize=1000, name="memory:agent-config")
@@ -67,31 +69,39 @@ class Pipeline:
 
     async def config_for(self, agent_id: str) -> ProactiveMemoryConfig:
         """The global ``[proactive_memory]`` with the agent manifest's overrides."""
+        return (await self._agent(agent_id))[0]
+
+    async def _agent(self, agent_id: str) -> tuple[ProactiveMemoryConfig, bool]:
+        """(:meth:`config_for`, whether the LLM loop answers the agent: a ``wasm:`` or other module
+        agent never reads a system prompt, so it gets no recalled context)."""
         self._drain_agent_events()
         now = time.monotonic()
         cached = self._overrides.get(agent_id)
         if cached is not None and cached[0] > now:
-            return for_agent(self.service.proactive, cached[1])
-        override = None
+            return for_agent(self.service.proactive, cached[1]), cached[2]
+        override, llm = None, True
         try:
             from librefang_agents.api import registry
 
-            record = await registry(self.service.kernel).get(agent_id)
-            override = record.parsed().proactive_memory
+            manifest = (await registry(self.service.kernel).get(agent_id)).parsed()
+            override = manifest.proactive_memory
+            llm = str(getattr(manifest, "module", BUILTIN) or BUILTIN).startswith(BUILTIN)
         except Exception:  # noqa: BLE001 - an agent we cannot read gets the global settings
-            override = None
+            override, llm = None, True
         if len(self._overrides) >= MAX_CACHED_AGENTS:
             self._overrides.clear()
-        self._overrides[agent_id] = (now + OVERRIDE_TTL, override)
-        return for_agent(self.service.proactive, override)
+        self._overrides[agent_id] = (now + OVERRIDE_TTL, override, llm)
+        return for_agent(self.service.proactive, override), llm
 
     async def recall(self, agent_id: str, message: str, *, incognito: bool = False) -> str | None:
         """The "Personal context" prompt section for this turn, or None. An incognito turn reads
         without leaving a trace (the recalled memories' access counts are not touched)."""
-        config = await self.config_for(agent_id)
+        config, llm = await self._agent(agent_id)
         if not config.enabled:
             return None
-        if not config.auto_retrieve or config.max_retrieve == 0:
+        if not config.auto_retrieve or config.max_retrieve == 0 or not llm:
+            return None
+        if not await self.service.store.may_have_items(agent_id):  # nothing to find: no search
             return None
         found, _ = await self.service.search(message, agent_id=agent_id, limit=config.max_retrieve,
                                              touch=not incognito)
@@ -152,8 +162,10 @@ class Pipeline:
         if provider is None:
             log.warning("extraction_model is set but no provider is known: rule-based extraction")
             return None
-        candidates, _ = await self.service.search(text, agent_id=agent_id, limit=llm_extract.MAX_CANDIDATES,
-                                                  touch=False)
+        candidates: list[Any] = []
+        if await self.service.store.may_have_items(agent_id):
+            candidates, _ = await self.service.search(text, agent_id=agent_id, limit=llm_extract.MAX_CANDIDATES,
+                                                      touch=False)
         try:
             proposals = await llm_extract.propose(
                 self.service.kernel, provider=provider, model=config.extraction_model or "", agent_id=agent_id,
@@ -183,7 +195,9 @@ class Pipeline:
 
     async def _decide(self, agent_id: str, fact: Fact, config: ProactiveMemoryConfig, level: str,
                       peer_id: str | None, source: str, extractor: str = "rules") -> Decision:
-        candidates = await self.service.store.search(fact.content, agent_id=agent_id, level=None, limit=5)
+        candidates = []
+        if await self.service.store.may_have_items(agent_id):
+            candidates = await self.service.store.search(fact.content, agent_id=agent_id, level=None, limit=5)
         words = tokens(fact.content)
         best, best_score = None, 0.0
         for item in candidates:

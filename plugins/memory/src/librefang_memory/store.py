@@ -138,12 +138,15 @@ class ItemStore:
 
     def __init__(self, db: Any) -> None:
         from librefang_memory.fts import ReadPool, TermStats, sqlite_path
+        from librefang_memory.presence import AgentPresence
 
         self.db = db
         self.dialect = db.engine.dialect.name if db.engine is not None else "sqlite"
         path = sqlite_path(db.url) if self.dialect == "sqlite" else None
         self.reader = ReadPool(path) if path is not None else None
         self.term_stats = TermStats(self.reader) if self.reader is not None else None
+        # Which agents have memories (SQLite: this daemon sees every write; see presence.py).
+        self.presence = AgentPresence(enabled=self.dialect == "sqlite")
 
     def close(self) -> None:
         """Close the search connections."""
@@ -159,8 +162,12 @@ class ItemStore:
         if not rows:
             return []
         if conn is None:
-            async with self.db.begin() as conn:
-                return await self.insert(rows, conn, read_back=read_back)
+            try:
+                async with self.db.begin() as conn:
+                    return await self.insert(rows, conn, read_back=read_back)
+            finally:  # committed (or failed, or cancelled: it may have committed): the agents have memories
+                self.presence.inserted({r["agent_id"] for r in rows})
+        # (with a ``conn`` the caller commits, and calls ``self.presence.inserted`` after its commit)
         if self.dialect == "sqlite":
             # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing costs
             # about a third of a bulk insert here, and these values need no conversion.
@@ -200,7 +207,7 @@ class ItemStore:
         now = time.time()
         async with self.db.begin() as conn:
             rows = (await conn.execute(
-                sa.select(items.c.id, items.c.content).where(where, items.c.deleted.is_(False)))).all()
+                sa.select(items.c.id, items.c.content, items.c.agent_id).where(where, items.c.deleted.is_(False)))).all()
             if not rows:
                 return []
             ids = [r.id for r in rows]
@@ -210,6 +217,7 @@ class ItemStore:
             await conn.execute(history.insert(), [
                 {"memory_id": r.id, "event": "DELETE", "old_content": r.content, "new_content": None,
                  "old_metadata": None, "new_metadata": None, "created_at": now} for r in rows])
+        self.presence.removed({r.agent_id for r in rows})  # whether any is left is asked again
         return ids
 
     async def purge(self, where: Any) -> list[int]:
@@ -217,13 +225,33 @@ class ItemStore:
         from librefang_memory.models import vectors
 
         async with self.db.begin() as conn:
-            rows = (await conn.execute(sa.select(items.c.seq, items.c.id).where(where))).all()
+            rows = (await conn.execute(sa.select(items.c.seq, items.c.id, items.c.agent_id).where(where))).all()
             for start in range(0, len(rows), 500):
                 chunk = rows[start:start + 500]
                 await conn.execute(history.delete().where(history.c.memory_id.in_([r.id for r in chunk])))
                 await conn.execute(vectors.delete().where(vectors.c.seq.in_([r.seq for r in chunk])))
                 await conn.execute(items.delete().where(items.c.seq.in_([r.seq for r in chunk])))
+        self.presence.removed({r.agent_id for r in rows})
         return [r.seq for r in rows]
+
+    async def may_have_items(self, agent_id: str) -> bool:
+        """False when the agent has no live memory (known, or looked up once with an indexed
+        ``LIMIT 1`` query); True when it has, or where that is not kept (PostgreSQL: search as always)."""
+        known = self.presence.known(agent_id)
+        if known is not None:
+            return known
+        if not self.presence.enabled:
+            return True
+        generation = self.presence.generation
+        if self.reader is not None:
+            found = bool(await self.reader.aquery(
+                "SELECT 1 FROM memory_items WHERE agent_id = :a AND deleted = 0 LIMIT 1", {"a": agent_id}))
+        else:
+            async with self.db.begin() as conn:
+                found = (await conn.execute(sa.select(items.c.seq).where(
+                    items.c.agent_id == agent_id, items.c.deleted.is_(False)).limit(1))).first() is not None
+        self.presence.learned(agent_id, found, generation)
+        return found
 
     # -- reading -----------------------------------------------------------------------------
     async def get(self, memory_id: str, *, include_deleted: bool = False) -> Item | None:
