@@ -33,7 +33,7 @@ from librefang_providers.api import (
     collect,
 )
 
-from librefang_runtime.history import repair
+from librefang_runtime.repair_memo import RepairMemo
 from librefang_runtime.tools import Policy, ToolContext, ToolOutcome, ToolRegistry, execute
 
 log = logging.getLogger("librefang.runtime.loop")
@@ -166,6 +166,7 @@ class AgentLoop:
         policy: Policy | None = None,
         emit: Emit | None = None,
         commit: Commit | None = None,
+        repairs: RepairMemo | None = None,
     ) -> None:
         self.llm = llm
         self.tools = tools
@@ -177,6 +178,9 @@ class AgentLoop:
         self.commit = commit or _no_commit
         self.guard: dict[str, int] = {}
         self.partial: TurnResult | None = None  # what a failed run had used (set when run raises)
+        # The session's repair memo (kept across its turns by the runtime): each call's history is
+        # the last one's plus what was committed since, and only that part needs checking.
+        self.repairs = repairs if repairs is not None else RepairMemo()
 
     async def _tee(self, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
         async for event in events:
@@ -264,7 +268,7 @@ class AgentLoop:
         iteration = 0
         try:
             for iteration in range(1, s.max_iterations + 1):
-                outgoing, report = repair(working + ([nudge] if nudge is not None else []))
+                outgoing, report = self.repairs.repair(working + ([nudge] if nudge is not None else []))
                 if report.changed:
                     log.info("history repaired before call %d: %s", iteration, report)
                 nudge = None

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ from librefang_runtime.loop import (
     TurnResult,
 )
 from librefang_runtime.prompt import build_system_prompt
+from librefang_runtime.repair_memo import RepairMemo
 from librefang_runtime.sessions import SessionLocks, SessionStore
 from librefang_runtime.tools import Deny, ToolContext, ToolRegistry
 
@@ -59,6 +61,7 @@ BTW_PREFIX = "/btw "
 TOUCH_INTERVAL = 10.0  # seconds between two last_active writes for one agent and session
 MAX_TOUCHED = 10_000
 MAX_VIEWS = 1_000
+MAX_REPAIR_MEMOS = 256  # sessions whose last repaired history is kept (as many as the window cache)
 
 
 @dataclass
@@ -163,6 +166,8 @@ class RuntimeService:
         self._touched: dict[tuple[str, str | None], float] = {}
         # (agent id, revision, name, mode) -> what turns derive from that record (bounded, oldest go first)
         self._views: dict[tuple[str, int, str, str], AgentView] = {}
+        # session id -> its last repaired history (LRU); self-checking, so no write path needs to drop it
+        self._repairs: OrderedDict[str, RepairMemo] = OrderedDict()
 
     def web_client(self) -> Any:
         """The HTTP client of ``web_fetch`` (created on first use, closed by :meth:`aclose`)."""
@@ -273,6 +278,17 @@ class RuntimeService:
             context_window=manifest.model.context_window, module=module,
         )
 
+    def repair_memo(self, session_id: str) -> RepairMemo:
+        """The session's :class:`RepairMemo` (the caller holds the session's lock)."""
+        memo = self._repairs.get(session_id)
+        if memo is None:
+            memo = self._repairs[session_id] = RepairMemo()
+            while len(self._repairs) > MAX_REPAIR_MEMOS:
+                self._repairs.popitem(last=False)
+        else:
+            self._repairs.move_to_end(session_id)
+        return memo
+
     def _view(self, record: Any, manifest: Any) -> AgentView:
         """What a turn derives from the agent's record alone, computed once per record revision (every
         registry write bumps the revision, so an updated agent gets a new view)."""
@@ -345,8 +361,9 @@ class RuntimeService:
                     pending.clear()
 
             llm = await model_client(get_registry(self.kernel), self.kernel, turn, history, self.config)
-            loop: Any = AgentLoop(llm, self.tools, turn.settings, turn.context,
-                                  allowed_tools=turn.allowed_tools, policy=self.policy, emit=emit, commit=commit) \
+            repairs = self.repair_memo(turn.session_id) if turn.load_history else None
+            loop: Any = AgentLoop(llm, self.tools, turn.settings, turn.context, allowed_tools=turn.allowed_tools,
+                                  policy=self.policy, emit=emit, commit=commit, repairs=repairs) \
                 if turn.module is None else modules.ModuleLoop(turn.module, turn, emit=emit, commit=commit)
             started = time.perf_counter()
             task = asyncio.ensure_future(loop.run(history, user_message(turn.text, turn.attachments)))
