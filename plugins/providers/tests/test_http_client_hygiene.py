@@ -1,5 +1,6 @@
-"""The shared provider HTTP client keeps no cookies, and the per-request httpx log lines stay out of the
-daemon's logs unless debug logging is on (fake server, real HTTP)."""
+"""The shared provider HTTP clients (the aiohttp session of the completion calls, the httpx client of the
+rest) keep no cookies, and the per-request httpx log lines stay out of the daemon's logs unless debug
+logging is on (fake server, real HTTP)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ async def shared_driver(fake_llm: Any) -> Any:
     driver = OpenAIDriver(DriverConfig(provider="openai", base_url=fake_llm.base_url("openai"), api_key=TEST_KEY,
                                        http_client=client))
     yield driver
+    await driver.aclose()
     await client.aclose()
 
 
@@ -41,10 +43,21 @@ async def test_a_providers_set_cookie_is_never_sent_back(fake_llm: Any, shared_d
     await shared_driver.complete(request())
     assert len(fake_llm.requests) == 3
     assert [r.headers.get("cookie") for r in fake_llm.requests] == [None, None, None]
+    session = shared_driver.pool.session()  # the completion calls' aiohttp session
+    assert len(session.cookie_jar) == 0
+    # even cookies handed to the clients on purpose are not kept
+    session.cookie_jar.update_cookies({"sid": "x"})
+    assert len(session.cookie_jar) == 0
     assert len(shared_driver.client.cookies.jar) == 0
-    # even cookies handed to the client on purpose are not kept
     shared_driver.client.cookies.set("sid", "x", domain="127.0.0.1")
     assert len(shared_driver.client.cookies.jar) == 0
+    # and the httpx client (probe, catalog, third-party drivers) sends none back either
+    fake_llm.requests.clear()
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(2):
+        reply = await shared_driver.client.post(fake_llm.base_url("openai") + "/chat/completions", json=body)
+        assert "AWSALB" in reply.headers["set-cookie"]
+    assert [r.headers.get("cookie") for r in fake_llm.requests] == [None, None]
 
 
 @pytest.fixture
@@ -57,16 +70,18 @@ def http_log_levels() -> Any:
 
 async def test_httpx_request_lines_are_kept_out_unless_debug(fake_llm: Any, shared_driver: Any, http_log_levels: Any,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    fake_llm.script(Script(text="quiet"), Script(text="loud"))
+    fake_llm.script(Script(text="quiet"))
+    models = fake_llm.base_url("openai") + "/models"
     quiet_http_loggers(logging.INFO)
     with caplog.at_level(logging.DEBUG):  # the root logs everything; httpx alone is held at WARNING
-        await shared_driver.complete(request())
-    assert not [r for r in caplog.records if r.name.startswith(("httpx", "httpcore"))]
+        await shared_driver.complete(request())  # (over aiohttp, which logs no line per request)
+        await shared_driver.client.get(models)
+    assert not [r for r in caplog.records if r.name.startswith(("httpx", "httpcore", "aiohttp"))]
     caplog.clear()
     quiet_http_loggers(logging.DEBUG)  # the user turned debug logging on: the lines come back
     with caplog.at_level(logging.DEBUG):
-        await shared_driver.complete(request())
-    assert [r for r in caplog.records if r.name == "httpx" and "POST" in r.getMessage()]
+        await shared_driver.client.get(models)
+    assert [r for r in caplog.records if r.name == "httpx" and "GET" in r.getMessage()]
 
 
 def test_daemon_logging_setup_quiets_httpx_at_info_only(tmp_path: Path, http_log_levels: Any) -> None:

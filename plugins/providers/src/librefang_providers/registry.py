@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from librefang_providers.config import FallbackProvider, ProvidersConfig
-from librefang_providers.drivers import BUILTIN_SPECS
+from librefang_providers.drivers import BUILTIN_SPECS, builtin_factory
 from librefang_providers.errors import (
     AllProvidersExhausted,
     Attempt,
@@ -50,6 +50,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # Other variables some providers' keys are commonly found in.
 ALTERNATE_KEY_ENVS = {"gemini": ("GOOGLE_API_KEY",)}
 MAX_CACHED_DRIVERS = 64
+MAX_CACHED_RESOLUTIONS = 256
 
 DriverFactory = Callable[[DriverConfig], Any]
 SpecSource = Callable[[str], ProviderSpec | None]
@@ -89,9 +90,14 @@ class LLMRegistry:
         self._resolve_secret = resolve_secret or (lambda value: value)
         self._vault_get = vault_get or (lambda name: None)
         self._vault_names = vault_names or (lambda: [])
-        self._drivers: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        self._client: Any = None
+        self._drivers: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._pool: Any = None
         self._keys_seen: set[str] = set()
+        # Resolution cache (see _resolve): bumped when factories or spec sources change.
+        self._generation = 0
+        self._source_versions: list[Callable[[], Any] | None] = []
+        self._resolved: dict[tuple[str, str | None, str | None], tuple[tuple[Any, ...], Any, ProviderSpec]] = {}
+        self._fingerprints: dict[str, str] = {}
 
     # -- registration --------------------------------------------------------------------------
     def register(self, name: str, factory: DriverFactory, *, owner: str = "") -> None:
@@ -104,10 +110,17 @@ class LLMRegistry:
             raise ValueError(f"LLM provider {name!r} is already registered by {self.owners.get(name) or 'another plugin'}")
         self.factories[name] = factory
         self.owners[name] = owner
+        self._generation += 1
 
-    def add_spec_source(self, source: SpecSource) -> None:
-        """Add a lookup ``name -> ProviderSpec | None`` (the catalog); earlier sources win."""
+    def add_spec_source(self, source: SpecSource, *, version: Callable[[], Any] | None = None) -> None:
+        """Add a lookup ``name -> ProviderSpec | None`` (the catalog); earlier sources win.
+
+        ``version()`` is a value that changes whenever the source's answers may (the catalog's
+        snapshot generation): with it the registry reuses a resolution until it changes; a source
+        without one is asked on every call."""
         self.spec_sources.append(source)
+        self._source_versions.append(version)
+        self._generation += 1
 
     @property
     def backoff(self) -> Backoff:
@@ -128,7 +141,36 @@ class LLMRegistry:
             found = replace(found, base_url=override)
         return found
 
+    def _resolve_token(self, name: str) -> tuple[Any, ...] | None:
+        """Everything a resolution of ``name`` depends on, or ``None`` when it cannot be cached."""
+        versions = []
+        for version in self._source_versions:
+            if version is None:
+                return None
+            versions.append(version())
+        if len(self._source_versions) != len(self.spec_sources):  # a source appended to the list directly
+            return None
+        config = self.config
+        return (self._generation, config, config.provider_urls.get(name), *versions)
+
     def _resolve(self, name: str, base_url: str | None, api_key_env: str | None) -> tuple[DriverFactory, ProviderSpec]:
+        """The factory and spec of a provider slot; reused while nothing it depends on changed
+        (factories, spec sources and their versions, the config object and its URL override)."""
+        token = self._resolve_token(name)
+        key = (name, base_url, api_key_env)
+        if token is not None:
+            cached = self._resolved.get(key)
+            if cached is not None and cached[0] == token:
+                return cached[1], cached[2]
+        factory, spec = self._compute_resolution(name, base_url, api_key_env)
+        if token is not None:
+            if len(self._resolved) >= MAX_CACHED_RESOLUTIONS:
+                self._resolved.clear()
+            self._resolved[key] = (token, factory, spec)
+        return factory, spec
+
+    def _compute_resolution(self, name: str, base_url: str | None,
+                            api_key_env: str | None) -> tuple[DriverFactory, ProviderSpec]:
         spec = self.spec(name)
         if name in self.factories:
             spec = spec or ProviderSpec(name, self.config.provider_urls.get(name, ""), name,
@@ -192,32 +234,44 @@ class LLMRegistry:
         if not key and spec.key_required:
             raise MissingApiKey(f"no API key for {provider}: set {spec.api_key_env or default_key_env(provider)} "
                                 "or store it in the vault", provider=provider)
-        if key:
-            self._keys_seen.add(key)
-        fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-        cache_key = (provider, spec.format, spec.base_url, fingerprint)
+        fingerprint = self._fingerprints.get(key)
+        if fingerprint is None:
+            if key:
+                self._keys_seen.add(key)
+            if len(self._fingerprints) >= MAX_CACHED_DRIVERS:
+                self._fingerprints.clear()
+            fingerprint = self._fingerprints[key] = hashlib.sha256(key.encode()).hexdigest()[:16]
+        cache_key = (provider, factory, spec.format, spec.base_url, fingerprint)
         driver = self._drivers.get(cache_key)
         if driver is not None:
             self._drivers.move_to_end(cache_key)
             return driver
         cfg = self.config
+        # A built-in driver takes the httpx client from the pool if it ever needs it (its completion
+        # calls go over aiohttp); a third party's factory gets the shared httpx client, as documented.
+        http_client = None if isinstance(factory, builtin_factory) else self.http_client()
         driver = factory(DriverConfig(
             provider=provider, base_url=spec.base_url, api_key=key,
             request_timeout=cfg.provider_request_timeout_secs, connect_timeout=cfg.provider_connect_timeout_secs,
-            stream_idle_timeout=cfg.stream_idle_timeout_secs, http_client=self.http_client(),
+            stream_idle_timeout=cfg.stream_idle_timeout_secs, http_client=http_client, pool=self.pool(),
         ))
         self._drivers[cache_key] = driver
         while len(self._drivers) > MAX_CACHED_DRIVERS:
             self._drivers.popitem(last=False)
         return driver
 
-    def http_client(self) -> Any:
-        """The connection pool shared by the built-in drivers."""
-        if self._client is None:
-            from librefang_providers.drivers.base import new_http_client  # imports httpx: first use only
+    def pool(self) -> Any:
+        """The HTTP clients shared by the drivers (:class:`~librefang_providers.drivers.transport.HTTPPool`;
+        each client is created on its first use)."""
+        if self._pool is None:
+            from librefang_providers.drivers.transport import HTTPPool
 
-            self._client = new_http_client(self.config.max_connections)
-        return self._client
+            self._pool = HTTPPool(self.config.max_connections)
+        return self._pool
+
+    def http_client(self) -> Any:
+        """The pooled ``httpx.AsyncClient`` of the non-completion calls and third-party drivers."""
+        return self.pool().httpx_client()
 
     def chain(self, request: CompletionRequest, provider: str, fallback_models: Iterable[Any] | None,
               primary: Target | None = None) -> list[Target]:
@@ -352,9 +406,9 @@ class LLMRegistry:
                     await close()
                 except Exception as exc:  # one bad third-party driver must not block shutdown
                     log.warning("closing a driver failed: %s", type(exc).__name__)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.aclose()
 
 
 async def _close(events: Any) -> None:

@@ -43,7 +43,7 @@ async def attach_catalog(kernel: Kernel) -> CatalogService:
     kernel.services.pop(SERVICE_KEY, None)
     service = catalog_service(kernel)
     await service.catalog()
-    get_registry(kernel).add_spec_source(service.spec_source)
+    get_registry(kernel).add_spec_source(service.spec_source, version=service.generation)
     return service
 
 
@@ -72,6 +72,7 @@ class CatalogService:
         self.kernel = kernel
         self.home = kernel.home
         self._catalog: Catalog | None = None
+        self._generation = 0  # bumped on every snapshot swap (the registry's resolution cache key)
         self._report = store.LoadReport()
         self._lock = asyncio.Lock()
         self.probes = ProbeCache(self.http_client)
@@ -101,6 +102,10 @@ class CatalogService:
         """The current snapshot without building it (``None`` before first use); for sync callers."""
         return self._catalog
 
+    def generation(self) -> int:
+        """Changes whenever the snapshot is replaced (so whenever :meth:`spec_source` may answer differently)."""
+        return self._generation
+
     def spec_source(self, name: str) -> Any:
         """The driver registry's view of a provider (``ProviderSpec``), from the current snapshot."""
         snapshot = self._catalog
@@ -121,6 +126,7 @@ class CatalogService:
     async def _rebuild(self) -> None:
         urls = dict(self.settings.provider_urls)
         self._catalog, self._report = await asyncio.to_thread(store.build_catalog, self.home, urls)
+        self._generation += 1
 
     async def reload(self) -> Catalog:
         """Rebuild from disk (after a file changed outside the API)."""

@@ -244,7 +244,9 @@ class ProviderSpec:
 @dataclass(slots=True)
 class DriverConfig:
     """Everything a driver factory gets. ``api_key`` is resolved already and must never be logged,
-    serialised or echoed; ``http_client`` is a shared pooled ``httpx.AsyncClient`` (may be None)."""
+    serialised or echoed; ``http_client`` is a shared pooled ``httpx.AsyncClient`` (may be None: a
+    built-in driver then takes it from ``pool`` when it needs one); ``pool`` is the registry's shared
+    ``HTTPPool`` (the aiohttp session of the built-in drivers' completion calls, and that httpx client)."""
 
     provider: str
     base_url: str = ""
@@ -254,6 +256,7 @@ class DriverConfig:
     stream_idle_timeout: float = 60.0
     headers: dict[str, str] = field(default_factory=dict)
     http_client: Any = field(default=None, repr=False)
+    pool: Any = field(default=None, repr=False)
 
 
 @dataclass(slots=True)

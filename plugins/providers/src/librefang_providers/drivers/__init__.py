@@ -4,8 +4,8 @@ Every OpenAI-compatible provider (groq, openrouter, deepseek, vllm, lmstudio, ..
 ``openai`` format with its own base URL and key variable: those facts live in the model catalog,
 which hands them to the registry as :class:`~librefang_providers.types.ProviderSpec` entries.
 
-The driver modules (and ``httpx``, which they are built on) are imported on first use, not when the
-daemon starts: importing them costs more CPU and memory at start-up than the rest of the plugin.
+The driver modules (and ``aiohttp``, which their completion calls go over, and ``httpx``, used for
+the other calls) are imported on first use, not when the daemon starts: importing them costs more CPU and memory at start-up than the rest of the plugin.
 ``BUILTIN_FORMATS`` is a mapping that imports a driver's module when its class is looked up, and
 :func:`builtin_factory` is what the registry holds until a driver is first built.
 """
@@ -19,9 +19,10 @@ from typing import Any
 
 from librefang_providers.types import DriverConfig, ProviderSpec
 
-# A missing httpx used to fail the plugin's import; it still does (find_spec does not import it).
-if importlib.util.find_spec("httpx") is None:  # pragma: no cover - httpx is a declared dependency
-    raise ImportError("librefang-providers needs the 'httpx' package (pip install httpx)")
+# A missing httpx or aiohttp fails the plugin's import, not the first call (find_spec imports neither).
+for _package in ("httpx", "aiohttp"):
+    if importlib.util.find_spec(_package) is None:  # pragma: no cover - both are declared dependencies
+        raise ImportError(f"librefang-providers needs the {_package!r} package (pip install {_package})")
 
 # format -> (module, class): the module is imported when the class is first needed.
 _DRIVERS = {

@@ -13,10 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from librefang_providers.drivers import DEFAULT_BASE_URLS
-from librefang_providers.drivers.base import HTTPDriver, parse_tool_input
+from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, parse_tool_input
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.types import (
     CONTENT_FILTERED,
@@ -101,7 +99,7 @@ def _usage(raw: Any, usage: Usage) -> None:
 
 
 class AnthropicDriver(HTTPDriver):
-    """Messages API over httpx."""
+    """Messages API over HTTP."""
 
     default_base_url = DEFAULT_BASE_URLS["anthropic"]
 
@@ -225,7 +223,7 @@ class AnthropicDriver(HTTPDriver):
                             finished = True
                         elif kind == "error":
                             raise self.stream_error(obj, model)
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise self.transport_error(exc, model, "".join(text), bool(text) or bool(blocks)) from None
             except StreamTooLarge:
                 raise self.bad_json(model, "".join(text)) from None

@@ -1,17 +1,23 @@
-"""What every HTTP driver shares: the pooled client, timeouts, error mapping and key scrubbing."""
+"""What every HTTP driver shares: the pooled clients, timeouts, error mapping and key scrubbing.
+
+The completion calls (:meth:`HTTPDriver.post_json`, :meth:`HTTPDriver.open_stream`) go over the pool's
+``aiohttp`` session (see ``transport.py`` for why); :attr:`HTTPDriver.client` is still the pooled
+``httpx.AsyncClient`` for a subclass that makes other calls with it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
-import httpx
+import aiohttp
 
+from librefang_providers.drivers.transport import HTTPPool, StreamResponse, read_limited
 from librefang_providers.errors import (
     AuthFailed,
     BadResponse,
@@ -48,63 +54,6 @@ _CONTEXT_PHRASES = (
 _AUTH_KINDS = {"authentication_error", "permission_error", "invalid_api_key", "UNAUTHENTICATED", "PERMISSION_DENIED"}
 _RATE_KINDS = {"rate_limit_error", "rate_limit_exceeded", "RESOURCE_EXHAUSTED"}
 _OVERLOAD_KINDS = {"overloaded_error", "UNAVAILABLE", "server_overloaded"}
-
-
-class NoCookies(CookieJar):
-    """A cookie jar that never stores a cookie (and so never sends one).
-
-    LLM APIs authenticate with keys, not cookies; a shared client that kept a provider's (or a
-    load balancer's) Set-Cookie would replay it to every later call of every agent. Refusing in the
-    policy covers any path into the jar; the overrides skip the parsing httpx asks for on every
-    response."""
-
-    def __init__(self) -> None:
-        super().__init__(policy=DefaultCookiePolicy(allowed_domains=[]))
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
-
-    def set_cookie(self, cookie: Any) -> None:
-        return None
-
-    def set_cookie_if_ok(self, cookie: Any, request: Any) -> None:
-        return None
-
-
-class NoCookieStore(httpx.Cookies):
-    """``httpx.Cookies`` over a :class:`NoCookies` jar that skips reading responses altogether
-    (httpx builds a ``urllib`` request wrapper for every response just to offer it to the jar)."""
-
-    def __init__(self) -> None:
-        super().__init__(NoCookies())
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-class CookielessClient(httpx.AsyncClient):
-    """``httpx.AsyncClient`` whose cookie store never keeps anything (see :class:`NoCookies`)."""
-
-    @property  # type: ignore[override]
-    def cookies(self) -> httpx.Cookies:
-        store = self.__dict__.get("_no_cookies")
-        if store is None:
-            store = self.__dict__["_no_cookies"] = NoCookieStore()
-        return store
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        return None  # nothing is kept: assigning cookies to the shared client has no effect
-
-
-def new_http_client(max_connections: int = 100) -> httpx.AsyncClient:
-    """A pooled async client (keep-alive; per-request timeouts are set by each call; no cookies)."""
-    return CookielessClient(
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20, keepalive_expiry=30),
-        timeout=httpx.Timeout(120.0, connect=10.0),
-        follow_redirects=False,
-        cookies=NoCookies(),
-    )
 
 
 def classify(
@@ -148,9 +97,24 @@ def error_details(body: Any) -> tuple[str, str, Any]:
     return "", "", None
 
 
+# Failures of the transport: aiohttp's own, and the socket errors (TimeoutError included) it may let through.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSError)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A timeout of the transport (aiohttp's socket timeouts, or httpx's for a driver using ``client``)."""
+    if isinstance(exc, TimeoutError):
+        return True
+    httpx = sys.modules.get("httpx")  # only a driver that used the httpx client can raise its errors
+    return httpx is not None and isinstance(exc, httpx.TimeoutException)
+
+
 class HTTPDriver:
     """Base of the built-in drivers. Subclasses set ``default_base_url`` and implement
-    ``complete`` / ``stream``; they use :meth:`post_json` and :meth:`open_stream` for I/O."""
+    ``complete`` / ``stream``; they use :meth:`post_json` and :meth:`open_stream` for I/O.
+
+    ``config.pool`` is the registry's shared :class:`HTTPPool`; a driver built without one makes its
+    own (closed by :meth:`aclose`). ``config.http_client``, when given, is what :attr:`client` returns."""
 
     default_base_url = ""
 
@@ -158,25 +122,55 @@ class HTTPDriver:
         self.config = config
         self.provider = config.provider
         self.base_url = (config.base_url or self.default_base_url).rstrip("/")
-        self._owns_client = config.http_client is None
-        self.client: httpx.AsyncClient = config.http_client or new_http_client()
+        pool = getattr(config, "pool", None)
+        self._owns_pool = pool is None
+        self.pool: HTTPPool = pool if pool is not None else HTTPPool()
+        self._client_override: Any = config.http_client
+        self._timeouts: dict[tuple[bool, float | None], Any] = {}
+
+    @property
+    def client(self) -> Any:
+        """The pooled ``httpx.AsyncClient`` (``config.http_client``, else the pool's; created on first use)."""
+        if self._client_override is not None:
+            return self._client_override
+        return self.pool.httpx_client()
+
+    @client.setter
+    def client(self, client: Any) -> None:
+        self._client_override = client
 
     async def aclose(self) -> None:
-        """Close the HTTP client when this driver created it (a shared one belongs to the registry)."""
-        if self._owns_client:
-            await self.client.aclose()
+        """Close the pool when this driver created it (a shared one belongs to the registry)."""
+        if self._owns_pool:
+            await self.pool.aclose()
 
     # -- helpers -----------------------------------------------------------------------------------
     def scrub(self, text: str) -> str:
         """``text`` without the API key (upstream errors sometimes echo it)."""
         return scrub(text, (self.config.api_key,))
 
-    def timeout(self, request: CompletionRequest, *, stream: bool) -> httpx.Timeout:
-        """Per-call timeouts: a stream's read timeout is the inactivity limit (a stall surfaces as
-        :class:`TimedOut`), a plain call's is the whole budget."""
+    def timeout(self, request: CompletionRequest, *, stream: bool) -> Any:
+        """Per-call ``httpx.Timeout`` for a call made with :attr:`client` (see :meth:`client_timeout`)."""
+        import httpx
+
         total = request.timeout or self.config.request_timeout
         read = min(self.config.stream_idle_timeout, total) if stream else total
         return httpx.Timeout(connect=min(self.config.connect_timeout, total), read=read, write=total, pool=total)
+
+    def client_timeout(self, request: CompletionRequest, *, stream: bool) -> aiohttp.ClientTimeout:
+        """Per-call timeouts of the completion calls: a stream's socket read timeout is the inactivity
+        limit (a stall surfaces as :class:`TimedOut`), a plain call's is the whole budget; waiting for a
+        pooled connection and connecting are bounded by the budget and the connect timeout."""
+        key = (stream, request.timeout)
+        found = self._timeouts.get(key)
+        if found is None:
+            total = request.timeout or self.config.request_timeout
+            read = min(self.config.stream_idle_timeout, total) if stream else total
+            found = aiohttp.ClientTimeout(total=None, connect=total, sock_read=read,
+                                          sock_connect=min(self.config.connect_timeout, total))
+            if len(self._timeouts) < 64:  # request.timeout is caller-chosen: keep the cache small
+                self._timeouts[key] = found
+        return found
 
     def deadline(self, request: CompletionRequest) -> float:
         return time.monotonic() + (request.timeout or self.config.request_timeout)
@@ -208,11 +202,12 @@ class HTTPDriver:
         return classify(None, self.scrub(message[:MAX_ERROR_MESSAGE] or "error in stream"), kind=kind,
                         provider=self.provider, model=model)
 
-    def transport_error(self, exc: httpx.HTTPError, model: str, partial: str, emitted: bool) -> LLMError:
-        """Map an httpx failure. Before anything was emitted a dropped connection may be retried."""
+    def transport_error(self, exc: BaseException, model: str, partial: str, emitted: bool) -> LLMError:
+        """Map a transport failure (aiohttp, socket, or httpx for a driver using :attr:`client`).
+        Before anything was emitted a dropped connection may be retried."""
         kw: dict[str, Any] = {"provider": self.provider, "model": model}
         detail = self.scrub(f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, httpx.TimeoutException):
+        if is_timeout(exc):
             what = "stream stalled" if emitted or partial else "no response in time"
             return TimedOut(f"{what} ({detail})", partial_text=partial, **kw)
         if emitted or partial:
@@ -220,30 +215,37 @@ class HTTPDriver:
         return ConnectionFailed(f"cannot reach provider ({detail})", **kw)
 
     # -- I/O -----------------------------------------------------------------------------------------
+    async def _send(self, url: str, body: dict[str, Any], headers: dict[str, str], request: CompletionRequest,
+                    stream: bool) -> Any:
+        pool = self.pool
+        session = pool.session()
+        return await session.request(
+            "POST", url, data=json.dumps(body, separators=(",", ":")).encode(), headers=headers,
+            timeout=self.client_timeout(request, stream=stream), allow_redirects=False, proxy=pool.proxy(url),
+        )
+
     async def post_json(self, url: str, body: dict[str, Any], headers: dict[str, str],
                         request: CompletionRequest) -> Any:
         """POST a JSON body and return the parsed JSON answer (typed errors on any failure)."""
-        content = json.dumps(body, separators=(",", ":")).encode()
         budget = request.timeout or self.config.request_timeout
         try:
-            # httpx's read timeout is per read; the budget bounds the whole call (a trickling server).
-            async with asyncio.timeout(budget), self.client.stream(
-                "POST", url, content=content, headers=headers, timeout=self.timeout(request, stream=False)
-            ) as resp:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise BadResponse("response body too large", provider=self.provider, model=request.model)
-                    chunks.append(chunk)
-                raw = b"".join(chunks)
-                if resp.status_code >= 400:
-                    raise self.error_from_body(resp.status_code, resp.headers, raw, request.model)
-        except httpx.HTTPError as exc:
+            # The socket read timeout is per read; the budget bounds the whole call (a trickling server).
+            async with asyncio.timeout(budget):
+                resp = await self._send(url, body, headers, request, False)
+                try:
+                    raw, too_large = await read_limited(resp, MAX_RESPONSE_BYTES)
+                finally:
+                    resp.release()
+        except aiohttp.ClientError as exc:  # socket timeouts included (they are ClientErrors too)
             raise self.transport_error(exc, request.model, "", False) from None
         except TimeoutError:
             raise self.timed_out(request.model, "") from None
+        except OSError as exc:
+            raise self.transport_error(exc, request.model, "", False) from None
+        if too_large:
+            raise BadResponse("response body too large", provider=self.provider, model=request.model)
+        if resp.status >= 400:
+            raise self.error_from_body(resp.status, resp.headers, raw, request.model)
         try:
             return json.loads(raw)
         except ValueError:
@@ -251,25 +253,24 @@ class HTTPDriver:
 
     @asynccontextmanager
     async def open_stream(self, url: str, body: dict[str, Any], headers: dict[str, str],
-                          request: CompletionRequest) -> AsyncIterator[httpx.Response]:
-        """Send a streaming POST; yields the response once its status is known to be a success."""
-        content = json.dumps(body, separators=(",", ":")).encode()
-        req = self.client.build_request("POST", url, content=content, headers=headers,
-                                        timeout=self.timeout(request, stream=True))
+                          request: CompletionRequest) -> AsyncIterator[StreamResponse]:
+        """Send a streaming POST; yields the response once its status is known to be a success. Read it
+        with ``resp.aiter_bytes()`` and map :data:`TRANSPORT_ERRORS` with :meth:`transport_error`."""
         try:
-            resp = await self.client.send(req, stream=True)
-        except httpx.HTTPError as exc:
+            resp = await self._send(url, body, headers, request, True)
+        except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc, request.model, "", False) from None
         try:
-            if resp.status_code >= 400:
+            if resp.status >= 400:
                 try:
-                    raw = await resp.aread()
-                except httpx.HTTPError:
+                    raw, _ = await read_limited(resp, MAX_RESPONSE_BYTES)
+                except TRANSPORT_ERRORS:
                     raw = b""
-                raise self.error_from_body(resp.status_code, resp.headers, raw[:MAX_RESPONSE_BYTES], request.model)
-            yield resp
+                raise self.error_from_body(resp.status, resp.headers, raw, request.model)
+            yield StreamResponse(resp)
         finally:
-            await resp.aclose()
+            # Back to the pool when the body was read to its end; closed otherwise (aiohttp decides).
+            resp.release()
 
     def bad_json(self, model: str, partial: str) -> BadResponse:
         return BadResponse("malformed chunk in stream (not JSON)", partial_text=partial,
@@ -294,3 +295,16 @@ def parse_tool_input(text: str, driver: HTTPDriver, model: str) -> dict[str, Any
     if not isinstance(value, dict):
         raise BadResponse("tool call arguments are not a JSON object", provider=driver.provider, model=model)
     return value
+
+
+_HTTPX_NAMES = ("new_http_client", "NoCookies", "NoCookieStore", "CookielessClient")
+
+
+def __getattr__(name: str) -> Any:
+    """The httpx client helpers that used to live here (``from ...drivers.base import new_http_client``
+    keeps working; httpx is imported when one is asked for)."""
+    if name in _HTTPX_NAMES:
+        from librefang_providers.drivers import httpx_client
+
+        return getattr(httpx_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,10 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from librefang_providers.drivers import DEFAULT_BASE_URLS
-from librefang_providers.drivers.base import HTTPDriver
+from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.retry import parse_duration
 from librefang_providers.types import (
@@ -87,7 +85,7 @@ def _usage(raw: Any) -> Usage:
 
 
 class GeminiDriver(HTTPDriver):
-    """Generative Language API over httpx."""
+    """Generative Language API over HTTP."""
 
     default_base_url = DEFAULT_BASE_URLS["gemini"]
 
@@ -223,7 +221,7 @@ class GeminiDriver(HTTPDriver):
                         if obj.get("usageMetadata"):
                             usage = _usage(obj["usageMetadata"])
                         served_model = obj.get("modelVersion") or served_model
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise self.transport_error(exc, model, "".join(text), bool(text) or calls > 0) from None
             except StreamTooLarge:
                 raise self.bad_json(model, "".join(text)) from None

@@ -12,10 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from librefang_providers.drivers import DEFAULT_BASE_URLS
-from librefang_providers.drivers.base import HTTPDriver, parse_tool_input
+from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, parse_tool_input
 from librefang_providers.drivers.sse import LineDecoder, StreamTooLarge
 from librefang_providers.types import (
     END_TURN,
@@ -81,7 +79,7 @@ def _usage(obj: dict[str, Any]) -> Usage:
 
 
 class OllamaDriver(HTTPDriver):
-    """Ollama's native API over httpx (no key needed locally; a key is sent as Bearer for remote hosts)."""
+    """Ollama's native API over HTTP (no key needed locally; a key is sent as Bearer for remote hosts)."""
 
     default_base_url = DEFAULT_BASE_URLS["ollama"]
 
@@ -194,7 +192,7 @@ class OllamaDriver(HTTPDriver):
                         raise self.bad_json(model, "".join(text)) from None
                     if obj.get("done"):
                         final = obj
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise self.transport_error(exc, model, "".join(text), bool(text) or calls > 0) from None
             except StreamTooLarge:
                 raise self.bad_json(model, "".join(text)) from None

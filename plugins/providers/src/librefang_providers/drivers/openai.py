@@ -13,10 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from librefang_providers.drivers import DEFAULT_BASE_URLS
-from librefang_providers.drivers.base import HTTPDriver, parse_tool_input
+from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, parse_tool_input
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.types import (
     CONTENT_FILTERED,
@@ -104,7 +102,7 @@ def _usage(raw: Any) -> Usage:
 
 
 class OpenAIDriver(HTTPDriver):
-    """Chat Completions over httpx (``{base_url}/chat/completions``)."""
+    """Chat Completions over HTTP (``{base_url}/chat/completions``)."""
 
     default_base_url = DEFAULT_BASE_URLS["openai"]
 
@@ -219,7 +217,7 @@ class OpenAIDriver(HTTPDriver):
                             usage = _usage(obj["usage"])
                         if obj.get("model"):
                             served_model = obj["model"]
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 raise self.transport_error(exc, model, "".join(text), bool(text) or bool(calls)) from None
             except StreamTooLarge:
                 raise self.bad_json(model, "".join(text)) from None
