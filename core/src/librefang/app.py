@@ -8,6 +8,7 @@ from quart import Quart
 
 from librefang.edge import Edge, EdgeState, RouteFacts, RouteTable, body_limit_reader
 from librefang.edgequart import install_edge
+from librefang.quartapp import EdgeQuart
 from librefang.urlrules import LazyBuildRule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,7 +22,7 @@ def build_app(kernel: Kernel) -> Quart:
     """A new Quart app serving every route in the kernel's route table, behind the edge."""
     if getattr(kernel, "edge", None) is None:
         kernel.edge = EdgeState(kernel)
-    app = Quart("librefang")
+    app = EdgeQuart("librefang")
     app.url_rule_class = LazyBuildRule  # URL builders compiled on first url_for (see urlrules.py)
     app.config["LIBREFANG_KERNEL"] = kernel
     app.config["RESPONSE_TIMEOUT"] = None  # SSE and long agent turns must not be cut by Quart

@@ -1,0 +1,97 @@
+"""The Quart app class of the daemon: Quart, minus per-request work for features nobody registered.
+
+Quart runs the same pipeline for every request whether or not anything hooks into it: it sends
+the ``request_started``/``request_finished`` signals, walks the app and blueprint chains for
+URL-value preprocessors, ``before_request`` and ``after_request`` functions, turns the handler's
+result into a response through ``make_response``'s type checks, and matches the path with
+werkzeug's state machine. :class:`EdgeQuart` skips each step when there is provably nothing for it
+to do (no receiver, no function registered, a result that already is a response) and remembers the
+route a ``(method, path)`` matched; when a plugin or a test does register a hook or connect a
+signal, the step runs exactly as in Quart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Quart
+from quart.ctx import RequestContext
+from quart.signals import request_finished, request_started
+from quart.wrappers import Request, Response
+
+MATCH_CACHE_SIZE = 2048  # (method, path) → matched rule; paths carry client-chosen ids: bounded
+
+
+class EdgeRequestContext(RequestContext):
+    """Quart's request context, reusing the route an identical ``(method, path)`` matched before.
+
+    The daemon's URL map matches on the path and method only (no host matching, no subdomains,
+    no slash redirects: see :func:`librefang.app.build_app`), so the same pair always matches the
+    same rule with the same arguments. Failed matches (404, 405) are not remembered."""
+
+    def match_request(self) -> None:
+        request = self.request_websocket
+        cache: dict[tuple[str, str], Any] = self.app.match_cache  # type: ignore[attr-defined]
+        key = (request.method, request.path)
+        hit = cache.get(key)
+        if hit is not None:
+            request.url_rule, view_args = hit
+            request.view_args = dict(view_args)  # preprocessors and handlers may change theirs
+            return
+        super().match_request()
+        if request.routing_exception is None and request.url_rule is not None:
+            if len(cache) >= MATCH_CACHE_SIZE:
+                cache.clear()
+            cache[key] = (request.url_rule, dict(request.view_args or {}))
+
+
+class EdgeQuart(Quart):
+    """Quart with the per-request steps nobody uses skipped (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.match_cache: dict[tuple[str, str], Any] = {}
+
+    def request_context(self, request: Request) -> RequestContext:
+        """A request context that reuses earlier route matches (:class:`EdgeRequestContext`)."""
+        if self.url_map.host_matching or self.subdomain_matching:
+            return super().request_context(request)
+        return EdgeRequestContext(self, request)
+
+    def _has_request_preprocessing(self) -> bool:
+        return any(self.url_value_preprocessors.values()) or any(self.before_request_funcs.values())
+
+    async def full_dispatch_request(self, request_context: RequestContext | None = None) -> Any:
+        """Quart's :meth:`~quart.Quart.full_dispatch_request`, without the signal send and the
+        preprocessing walk when there is no receiver and nothing registered."""
+        try:
+            if request_started.receivers:
+                await request_started.send_async(self, _sync_wrapper=self.ensure_async)  # type: ignore[arg-type]
+            result = None
+            if self._has_request_preprocessing():
+                result = await self.preprocess_request(request_context)
+            if result is None:
+                result = await self.dispatch_request(request_context)
+        except Exception as error:  # noqa: BLE001 - as Quart: the user exception handlers decide
+            result = await self.handle_user_exception(error)
+        return await self.finalize_request(result, request_context)
+
+    async def finalize_request(
+        self, result: Any, request_context: RequestContext | None = None, from_error_handler: bool = False
+    ) -> Any:
+        """Quart's :meth:`~quart.Quart.finalize_request`; a result that already is a response is
+        used as is (what ``make_response`` does with it), and the after-request walk and the
+        ``request_finished`` send are skipped when nothing is registered or connected."""
+        if not (isinstance(result, Response) and request_context is not None) or not self._plain_finish(request_context):
+            return await super().finalize_request(result, request_context, from_error_handler)
+        return result
+
+    def _plain_finish(self, request_context: RequestContext) -> bool:
+        """True when finishing a response does nothing: no after-request function (this request's
+        or registered), no session to save, no ``request_finished`` receiver."""
+        return (
+            not request_context._after_request_functions
+            and not any(self.after_request_funcs.values())
+            and not request_finished.receivers
+            and self.session_interface.is_null_session(request_context.session)
+        )

@@ -1,0 +1,115 @@
+"""EdgeQuart skips per-request steps only when nothing uses them: registered hooks, connected
+signals and after_this_request still run; the route-match cache gives the same answers as
+werkzeug's matcher and stays bounded."""
+
+from __future__ import annotations
+
+import librefang
+import pytest
+from librefang import quartapp
+from librefang.app import build_app
+from librefang.quartapp import EdgeQuart
+from librefang.routing import Router
+from librefang.testing import make_client
+from quart import Response, after_this_request, g
+from quart.signals import request_finished, request_started
+
+
+class HookPlugin:
+    @librefang.hookimpl
+    def register_routes(self, register):
+        router = Router("hooks")
+
+        @router.get("/api/hooks/items/<item_id>")
+        async def item(item_id: str) -> dict[str, str]:
+            return {"item": item_id, "seen": getattr(g, "seen", "")}
+
+        @router.get("/api/hooks/later")
+        async def later() -> Response:
+            @after_this_request
+            async def mark(response: Response) -> Response:
+                response.headers["X-Later"] = "yes"
+                return response
+
+            return Response("ok")
+
+        register(router)
+
+
+@pytest.fixture
+async def app(make_kernel):
+    kernel = await make_kernel(plugins={"hooks": HookPlugin()}, load_entry_points=False)
+    app = build_app(kernel)
+    assert isinstance(app, EdgeQuart)
+    return app
+
+
+async def test_path_parameters_match_every_time_with_the_cache(app):
+    client = make_client(app)
+    for item in ("a", "b", "a", "a"):
+        response = await client.get(f"/api/hooks/items/{item}")
+        assert (await response.get_json())["item"] == item
+    assert ("GET", "/api/hooks/items/a") in app.match_cache
+    # 404 and 405 are answered by werkzeug every time and not remembered.
+    assert (await client.get("/api/hooks/nowhere")).status_code == 404
+    assert (await client.delete("/api/hooks/items/a")).status_code == 405
+    assert ("GET", "/api/hooks/nowhere") not in app.match_cache
+    assert ("DELETE", "/api/hooks/items/a") not in app.match_cache
+
+
+async def test_match_cache_is_bounded(app, monkeypatch):
+    monkeypatch.setattr(quartapp, "MATCH_CACHE_SIZE", 3)
+    client = make_client(app)
+    for i in range(10):
+        assert (await client.get(f"/api/hooks/items/x{i}")).status_code == 200
+        assert len(app.match_cache) <= 3
+
+
+async def test_registered_hooks_and_signals_still_run(app):
+    calls: list[str] = []
+
+    @app.before_request
+    async def before() -> None:
+        g.seen = "before"
+
+    @app.after_request
+    async def after(response: Response) -> Response:
+        response.headers["X-After"] = "1"
+        return response
+
+    async def started(sender, **kwargs) -> None:
+        calls.append("started")
+
+    async def finished(sender, response, **kwargs) -> None:
+        calls.append(f"finished {response.status_code}")
+
+    request_started.connect(started, app)
+    request_finished.connect(finished, app)
+    try:
+        client = make_client(app)
+        response = await client.get("/api/hooks/items/z")
+        assert (await response.get_json()) == {"item": "z", "seen": "before"}
+        assert response.headers["X-After"] == "1"
+        assert calls == ["started", "finished 200"]
+    finally:
+        request_started.disconnect(started, app)
+        request_finished.disconnect(finished, app)
+
+
+async def test_after_this_request_runs(app):
+    response = await make_client(app).get("/api/hooks/later")
+    assert response.status_code == 200
+    assert response.headers["X-Later"] == "yes"
+    assert await response.get_data(as_text=True) == "ok"
+
+
+async def test_url_value_preprocessor_may_change_its_own_view_args(app):
+    @app.url_value_preprocessor
+    def upper(endpoint, values) -> None:
+        if values and "item_id" in values:
+            values["item_id"] = values["item_id"].upper()
+
+    client = make_client(app)
+    for _ in range(2):  # the second request reads the cache: the stored arguments are untouched
+        response = await client.get("/api/hooks/items/abc")
+        assert (await response.get_json())["item"] == "ABC"
