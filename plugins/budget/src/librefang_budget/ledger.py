@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
 
 from librefang_budget.models import usage
 from librefang_budget.store import Spend, Windows, _filter, _window_columns
+from librefang_budget.writer import UsageWriter
 
 UNITS = 10**12  # pico-dollars: integer amounts add and subtract exactly
 MAX_KEYS = 10_000  # scopes held at once; an evicted scope is loaded again when next needed
@@ -109,11 +111,13 @@ def _load(conn: Any, w: Windows, key: Key) -> Totals:
 class Ledger:
     """The running totals of the scopes whose caps were checked, kept exact with the usage table."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, write: Callable[[list[dict[str, Any]]], Awaitable[None]]) -> None:
         self.db = db
         self.lock = asyncio.Lock()  # rows are written and scopes loaded one at a time
         self.totals: dict[Key, Totals] = {}
         self.loads = 0
+        self._write = write  # one transaction for the rows given
+        self.writer = UsageWriter(self._commit)
 
     async def spends(self, w: Windows, keys: list[Key]) -> list[Spend]:
         """The spend of each scope at ``w`` (loading the scopes not held yet: one query each)."""
@@ -134,23 +138,28 @@ class Ledger:
                 self.totals[k] = totals
             self.loads += len(keys)
 
-    async def record(self, row: dict[str, Any], write: Any) -> None:
-        """Write one usage row (``await write(row)``) and count it in every scope held.
+    async def record(self, row: dict[str, Any]) -> None:
+        """Write one usage row and count it in every scope held; returns once it is committed.
 
-        Shielded: once the write is under way the row is counted even if the caller is cancelled
-        (a committed row that was not counted would let spend slip past a cap)."""
-        await asyncio.shield(self._record(row, write))
+        Rows of concurrent calls share a transaction (:class:`~librefang_budget.writer.UsageWriter`).
+        Once handed over, the row is written and counted even if the caller is cancelled (a
+        committed row that was not counted would let spend slip past a cap)."""
+        await self.writer.add(row)
 
-    async def _record(self, row: dict[str, Any], write: Any) -> None:
+    async def _commit(self, rows: list[dict[str, Any]]) -> None:
         async with self.lock:
-            await write(row)
-            created_at = float(row["created_at"])
-            cost = units(row["cost_usd"])
-            tokens = int(row["input_tokens"]) + int(row["output_tokens"])
-            w = None
-            for key in (("global", ""), key_of("provider", row["provider"]), key_of("agent", row["agent_id"])):
-                totals = self.totals.get(key)
-                if totals is not None:
-                    w = w or Windows.at(created_at)
-                    totals.roll(w)  # a day or month that began is started before the row counts in it
-                    totals.add(created_at, cost, tokens)
+            await self._write(rows)
+            for row in rows:
+                self._count(row)
+
+    def _count(self, row: dict[str, Any]) -> None:
+        created_at = float(row["created_at"])
+        cost = units(row["cost_usd"])
+        tokens = int(row["input_tokens"]) + int(row["output_tokens"])
+        w = None
+        for key in (("global", ""), key_of("provider", row["provider"]), key_of("agent", row["agent_id"])):
+            totals = self.totals.get(key)
+            if totals is not None:
+                w = w or Windows.at(created_at)
+                totals.roll(w)  # a day or month that began is started before the row counts in it
+                totals.add(created_at, cost, tokens)

@@ -58,10 +58,11 @@ def startup(kernel: Any) -> None:
 
 
 @librefang.hookimpl
-def shutdown(kernel: Any) -> None:
+async def shutdown(kernel: Any) -> None:
     service = kernel.services.pop("budget", None)
     if service is not None:
         service.close()
+        await service.drain()  # rows of cancelled callers are still written
 
 
 # optionalhook: the plugin still loads (and serves its API) when the runtime is not installed.

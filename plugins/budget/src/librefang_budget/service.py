@@ -21,6 +21,7 @@ from librefang_budget.config import BudgetConfig
 from librefang_budget.ledger import Key, Ledger, key_of
 from librefang_budget.pricing import call_cost, tokens
 from librefang_budget.store import LIMIT_FIELDS, Spend, UsageStore, Windows
+from librefang_budget.writer import UsageWriter
 
 log = logging.getLogger("librefang.budget")
 
@@ -89,11 +90,17 @@ class BudgetService:
         # Alerts this process already raised or saw raised (their period key): no insert attempt again.
         self._claimed: set[tuple[str, str, str, str, str]] = set()
         # Running totals (SQLite: one daemon owns the database); None keeps the per-call query.
-        self.ledger = Ledger(kernel.db) if getattr(kernel.db, "is_sqlite", False) else None
+        self.ledger = Ledger(kernel.db, self.store.add_many) if getattr(kernel.db, "is_sqlite", False) else None
+        # Rows of uncapped calls on PostgreSQL (the ledger writes them on SQLite), in group commits too.
+        self.writer = self.ledger.writer if self.ledger is not None else UsageWriter(self.store.add_many)
 
     def close(self) -> None:
         """Stop listening to agent events (plugin shutdown)."""
         self._agent_events.close()
+
+    async def drain(self) -> None:
+        """Wait for the usage rows still being written (plugin shutdown)."""
+        await self.writer.drain()
 
     @property
     def config(self) -> BudgetConfig:
@@ -264,7 +271,7 @@ class BudgetService:
         threshold = self.config.alert_threshold
         groups = await self.caps_for(row["agent_id"], row["provider"]) if threshold > 0 else []  # 0: no alerts
         if not groups:  # nothing capped: only the record is stored
-            await (self.store.add(row) if self.ledger is None else self.ledger.record(row, self.store.add))
+            await (self.writer.add(row) if self.ledger is None else self.ledger.record(row))
             self.metered += 1
             return row
         w = Windows.at(row["created_at"])
@@ -272,7 +279,7 @@ class BudgetService:
             spends = await self.store.spends(w, [where for _, where in groups], add=row)
         else:
             await self._spends(w, groups)  # the scopes are loaded before the row is written: it counts once
-            await self.ledger.record(row, self.store.add)
+            await self.ledger.record(row)
             spends = await self._spends(w, groups)
         self.metered += 1
         await self._alerts(w, threshold, groups, spends, row["agent_name"])

@@ -19,6 +19,11 @@ from librefang_budget.models import agent_limits, alerts, usage
 HOUR = 3600.0
 DAY = 86400.0
 INSERT_USAGE = usage.insert()
+USAGE_COLUMNS = tuple(c.name for c in usage.columns if c.name != "id")
+# SQLite: straight to the driver (qmark parameters), without SQLAlchemy's per-row parameter processing
+# (these values need no conversion: sqlite3 stores a bool as 0/1, as the Boolean column does).
+INSERT_USAGE_SQLITE = (f"INSERT INTO {usage.name} ({', '.join(USAGE_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})")
 LIMIT_FIELDS = ("max_cost_per_hour_usd", "max_cost_per_day_usd", "max_cost_per_month_usd", "max_llm_tokens_per_hour")
 
 
@@ -131,7 +136,17 @@ class UsageStore:
 
     async def add(self, row: dict[str, Any]) -> None:
         """Store one usage row."""
-        await self.db.run(lambda conn: conn.execute(INSERT_USAGE, row))  # one statement, compiled once
+        await self.add_many([row])
+
+    async def add_many(self, rows: list[dict[str, Any]]) -> None:
+        """Store usage rows (every column but ``id``) in one transaction."""
+        if not rows:
+            return
+        if getattr(self.db, "is_sqlite", False):
+            values = [tuple(row[c] for c in USAGE_COLUMNS) for row in rows]
+            await self.db.run(lambda conn: conn.exec_driver_sql(INSERT_USAGE_SQLITE, values))
+        else:
+            await self.db.run(lambda conn: conn.execute(INSERT_USAGE, rows))  # one statement, compiled once
 
     async def spend_by(self, column: str, w: Windows) -> dict[str, Spend]:
         """Spend per ``agent_id`` or ``provider`` in each window (one grouped query)."""
