@@ -16,7 +16,10 @@ stored and found by full-text search, and logged as not embedded.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import time
+from collections import OrderedDict
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +31,10 @@ from librefang_memory.pgvector import PgVectorIndex
 
 log = logging.getLogger("librefang.memory")
 REBUILD_BATCH = 2000
+# Query vectors kept for a turn's second search of the same text (recall before the turn, the
+# extraction's candidates after it): one embedding per turn instead of two.
+QUERY_CACHE_ITEMS = 64
+QUERY_CACHE_TTL = 300.0
 
 
 def make_embedder(kernel: Any, config: MemoryConfig) -> Any:
@@ -72,6 +79,7 @@ class SemanticSearch:
         # Until a vector of the model exists, a search need not embed its query (a thread hop and
         # about a millisecond of CPU per query on a store without vectors).
         self.has_vectors = False
+        self._queries: OrderedDict[tuple[str, bytes], tuple[float, Any]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
@@ -89,6 +97,7 @@ class SemanticSearch:
     async def open(self) -> None:
         """Choose the embedder; open the KNN index and bring it in step with ``memory_vectors``."""
         self.embedder = make_embedder(self.kernel, self.config)
+        self._queries.clear()
         if self.embedder is None:
             return
         async with self.kernel.db.begin() as conn:
@@ -232,7 +241,7 @@ class SemanticSearch:
         if self.embedder is None or not self.has_vectors or not query.strip():
             return []
         try:
-            query_vector = (await self.embedder.encode([query]))[0]
+            query_vector = await self.query_vector(query)
         except Exception as exc:  # noqa: BLE001 - the search goes on with full-text results
             log.warning("embedding a query failed (%s): full-text results only", type(exc).__name__)
             return []
@@ -245,6 +254,24 @@ class SemanticSearch:
             blobs = await self._blobs(model, agent_id)
             ranked = await asyncio.to_thread(embeddings.rank, query_vector, blobs, limit) if blobs else []
         return [(seq, score) for seq, score in ranked if score >= self.config.semantic_min_similarity]
+
+    async def query_vector(self, query: str) -> Any:
+        """The embedding of a search text, from the last ``QUERY_CACHE_ITEMS`` texts embedded by
+        this model in the last ``QUERY_CACHE_TTL`` seconds when it is one of them."""
+        model = self.embedder.name
+        key = (model, hashlib.blake2b(query.encode(), digest_size=20).digest())
+        now = time.monotonic()
+        cached = self._queries.get(key)
+        if cached is not None and now - cached[0] <= QUERY_CACHE_TTL:
+            self._queries.move_to_end(key)
+            return cached[1]
+        vector = (await self.embedder.encode([query]))[0]
+        if self.embedder is not None and self.embedder.name == model:  # not replaced meanwhile
+            self._queries[key] = (now, vector)
+            self._queries.move_to_end(key)
+            while len(self._queries) > QUERY_CACHE_ITEMS:
+                self._queries.popitem(last=False)
+        return vector
 
     async def _pg_search(self, model: str, query_vector: Any, limit: int, agent_id: str | None, level: str | None,
                          peer_id: str | None) -> list[tuple[int, float]] | None:
