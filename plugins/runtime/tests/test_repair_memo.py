@@ -7,7 +7,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from librefang_providers.api import Message, TextBlock, ThinkingBlock, ToolResultBlock, ToolUseBlock
+from librefang_providers.api import (
+    ImageBlock,
+    Message,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from librefang_runtime.attachments import has_images
 from librefang_runtime.history import content_to_json, message_from_json, repair
 from librefang_runtime.repair_memo import RepairMemo, well_formed
 
@@ -17,6 +25,8 @@ from tests.fakes.llm_server import Script
 def random_block(rng: random.Random, role: str) -> object:
     kind = rng.random()
     ids = ["a", "b", "c"]
+    if kind < 0.05:
+        return ImageBlock("image/png", "", "lf-upload://x")
     if kind < 0.35:
         return TextBlock(rng.choice(["hi", "there", "", "  "]))
     if kind < 0.45:
@@ -50,6 +60,7 @@ def decoded(messages: list[Message]) -> list[Message]:
 
 def check(memo: RepairMemo, history: list[Message]) -> list[Message]:
     before = [Message(m.role, list(m.blocks()) if not isinstance(m.content, str) else m.content) for m in history]
+    assert memo.has_images(history) == has_images(history)
     got, got_report = memo.repair(history)
     want, want_report = repair(history)
     assert got == want

@@ -271,11 +271,13 @@ async def vision_refused(kernel: Any, provider: str, model: str) -> bool:
     return entry is not None and not entry.supports_vision
 
 
-async def model_client(llm: Any, kernel: Any, turn: Any, history: list[Message], config: Any) -> Any:
+async def model_client(llm: Any, kernel: Any, turn: Any, history: list[Message], config: Any,
+                       memo: Any = None) -> Any:
     """The providers registry, or an :class:`ImageLoader` in front of it when the turn's messages
-    hold images."""
+    hold images (``memo``: the session's RepairMemo, which knows which of them it saw image-free)."""
     attached: Attached | None = getattr(turn, "attachments", None)
-    if not (attached is not None and attached.images) and not has_images(history):
+    images = memo.has_images(history) if memo is not None else has_images(history)
+    if not (attached is not None and attached.images) and not images:
         return llm
     s = turn.settings
     refused = await vision_refused(kernel, s.provider, s.model)

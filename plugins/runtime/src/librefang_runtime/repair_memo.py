@@ -14,7 +14,7 @@ each new message, each new neighbour pair, and the two ends.
 
 from __future__ import annotations
 
-from librefang_providers.api import Message, ThinkingBlock, ToolResultBlock, ToolUseBlock
+from librefang_providers.api import ImageBlock, Message, ThinkingBlock, ToolResultBlock, ToolUseBlock
 
 from librefang_runtime.history import RepairReport, _is_empty_block, repair
 
@@ -89,6 +89,7 @@ class RepairMemo:
     def __init__(self) -> None:
         self.inputs: list[Message] = []
         self.outputs: list[Message] = []
+        self.image_free = False  # True when no message of ``inputs`` holds an image
 
     def _overlap(self, messages: list[Message]) -> tuple[int, int]:
         """(where ``messages`` starts in the remembered history, how many messages match from there)."""
@@ -103,21 +104,36 @@ class RepairMemo:
             except ValueError:
                 return 0, 0
         limit = min(len(messages), len(inputs) - start)
-        matched = 0
-        while matched < limit:
-            mine, theirs = messages[matched], inputs[start + matched]
-            if mine is not theirs and mine != theirs:
-                break
-            matched += 1
-        return start, matched
+        if messages[:limit] == inputs[start:start + limit]:  # list comparison: same objects compare at C speed
+            return start, limit
+        # The longest equal run (equal runs of a length imply equal runs of every shorter one).
+        low, high = 0, limit - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if messages[:middle] == inputs[start:start + middle]:
+                low = middle
+            else:
+                high = middle - 1
+        return start, low
+
+    def has_images(self, messages: list[Message]) -> bool:
+        """Whether any of ``messages`` holds an image block, looking only at what is new when the
+        remembered history had none."""
+        start, matched = self._overlap(messages) if self.image_free else (0, 0)
+        return any(not isinstance(m.content, str) and any(isinstance(b, ImageBlock) for b in m.content)
+                   for m in messages[matched:])
 
     def repair(self, messages: list[Message]) -> tuple[list[Message], RepairReport]:
         """What :func:`repair` returns for ``messages``, checking only what is new."""
         start, matched = self._overlap(messages)
         if not well_formed(messages, matched):
-            self.inputs, self.outputs = [], []
+            self.inputs, self.outputs, self.image_free = [], [], False
             return repair(messages)
+        new = messages[matched:]
         outputs = self.outputs[start:start + matched]
-        outputs.extend(Message(m.role, list(m.blocks())) for m in messages[matched:])
-        self.inputs, self.outputs = list(messages), outputs
+        outputs.extend(Message(m.role, list(m.blocks())) for m in new)
+        # A run of an image-free history is image-free: only the new messages need looking at.
+        image_free = (self.image_free or not matched) and not any(
+            isinstance(b, ImageBlock) for m in new for b in m.blocks())
+        self.inputs, self.outputs, self.image_free = list(messages), outputs, image_free
         return list(outputs), RepairReport()

@@ -94,12 +94,14 @@ class AgentView:
     allowed: list[str]
     definitions: list[Any]
     fallback_models: list[dict[str, Any]]
-    _prompt: tuple[str, str] = ("", "")  # (minute, prompt)
+    _prompt: tuple[int, str] = (-1, "")  # (minute since the epoch, prompt): the prompt shows the minute
+    workspace: Any = None  # the agent's workspace folder (its path; existence is checked per turn)
 
     def system_prompt(self, name: str) -> str:
-        now = dt.datetime.now(dt.UTC)
-        minute = now.strftime("%Y%m%d%H%M")
+        seconds = time.time()
+        minute = int(seconds // 60)
         if self._prompt[0] != minute:
+            now = dt.datetime.fromtimestamp(seconds, dt.UTC)
             self._prompt = (minute, build_system_prompt(
                 base=self.manifest.model.system_prompt, agent_name=name, description=self.manifest.description,
                 tools=self.definitions, now=now))
@@ -267,8 +269,11 @@ class RuntimeService:
             base_url=manifest.model.base_url, api_key_env=manifest.model.api_key_env,
             fallback_models=[dict(f) for f in view.fallback_models] or None,
         )
+        workspace = view.workspace
+        if workspace is None or not workspace.is_dir():  # made on first use, and again if it was removed
+            workspace = view.workspace = agents_api.workspace_of(self.kernel, record)
         context = ToolContext(kernel=self.kernel, agent_id=record.id, agent_name=record.name, session_id=session_id,
-                              workspace=agents_api.workspace_of(self.kernel, record))
+                              workspace=workspace)
         settings.system_prompt = view.system_prompt(record.name)
         return Turn(
             agent_id=record.id, agent_name=record.name, session_id=session_id, pinned=pinned,
@@ -360,8 +365,8 @@ class RuntimeService:
                     await self.store.write(turn.session_id, pending[:])
                     pending.clear()
 
-            llm = await model_client(get_registry(self.kernel), self.kernel, turn, history, self.config)
             repairs = self.repair_memo(turn.session_id) if turn.load_history else None
+            llm = await model_client(get_registry(self.kernel), self.kernel, turn, history, self.config, repairs)
             loop: Any = AgentLoop(llm, self.tools, turn.settings, turn.context, allowed_tools=turn.allowed_tools,
                                   policy=self.policy, emit=emit, commit=commit, repairs=repairs) \
                 if turn.module is None else modules.ModuleLoop(turn.module, turn, emit=emit, commit=commit)
@@ -406,8 +411,9 @@ class RuntimeService:
 
         config = self.kernel.config.section("compaction")
         over_count = bool(config.threshold_messages) and count > config.threshold_messages
-        if not over_count and not needs_compaction(window, config.model_copy(update={"threshold_messages": 0}),
-                                                   turn.context_window):
+        # Not over the count: only the token share can trigger it, and only with a known context window.
+        if not over_count and (not turn.context_window or not needs_compaction(
+                window, config.model_copy(update={"threshold_messages": 0}), turn.context_window)):
             return False
         if emit is not None:
             await emit(PhaseChange("compacting"))

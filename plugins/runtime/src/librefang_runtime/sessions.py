@@ -68,17 +68,25 @@ def _copy_info(info: SessionInfo) -> SessionInfo:
                        info.summary)
 
 
+# The statements of a turn's commit, built once (their SQL is compiled once per engine anyway; building
+# the expressions was most of _commit_rows' own time).
+_INSERT_MESSAGES = messages.insert()
+_INSERT_USAGE = usage.insert()
+_ADD_MESSAGES = sessions.update().where(sessions.c.id == sa.bindparam("session_id_")).values(
+    message_count=sessions.c.message_count + sa.bindparam("added_", type_=sa.Integer),
+    updated_at=sa.bindparam("now_", type_=sa.Float)).returning(sessions.c.message_count)
+
+
 def _commit_rows(conn: Any, rows: list[dict[str, Any]], added: dict[str, int], usage_rows: list[dict[str, Any]],
                  now: float, max_messages: int) -> dict[str, int]:
     """Insert messages and usage rows, update the sessions' counts (oldest messages go beyond
     ``max_messages``); returns each existing session's message count after the write."""
     if rows:
-        conn.execute(messages.insert(), rows)
+        conn.execute(_INSERT_MESSAGES, rows)
     totals: dict[str, int] = {}
     for session_id, count in added.items():
-        total = conn.execute(sessions.update().where(sessions.c.id == session_id).values(
-            message_count=sessions.c.message_count + count, updated_at=now)
-            .returning(sessions.c.message_count)).scalar_one_or_none()
+        total = conn.execute(_ADD_MESSAGES, {"session_id_": session_id, "added_": count, "now_": now}) \
+            .scalar_one_or_none()
         if total is None:
             continue
         if total > max_messages:
@@ -89,7 +97,7 @@ def _commit_rows(conn: Any, rows: list[dict[str, Any]], added: dict[str, int], u
             total = max_messages
         totals[session_id] = total
     if usage_rows:
-        conn.execute(usage.insert(), usage_rows)
+        conn.execute(_INSERT_USAGE, usage_rows)
     return totals
 
 
