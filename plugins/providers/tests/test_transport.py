@@ -205,3 +205,18 @@ def test_aiohttp_is_imported_on_the_first_call_only() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     # nothing before a driver exists; the driver brings aiohttp, and httpx only when something asks for it
     assert out.stdout.split() == ["[]", "True", "False"]
+
+
+def test_tls_trusts_what_httpx_trusts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    from librefang_providers.drivers.transport import ssl_context
+
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+    assert ssl_context() is True  # aiohttp's verifying context, which loads SSL_CERT_FILE/SSL_CERT_DIR
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    context = ssl_context()  # no variable: certifi's bundle, verified, as httpx does
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 50

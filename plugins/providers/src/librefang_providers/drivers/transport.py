@@ -31,17 +31,21 @@ MAX_HEADER_BYTES = 64 * 1024
 _MAX_PROXY_CACHE = 256
 
 
-def ssl_context() -> ssl.SSLContext:
-    """The verifying TLS context httpx builds by default (``SSL_CERT_FILE``/``SSL_CERT_DIR``, else certifi)."""
-    if os.environ.get("SSL_CERT_FILE"):
-        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-    if os.environ.get("SSL_CERT_DIR"):
-        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+def ssl_context() -> ssl.SSLContext | bool:
+    """The CA bundle httpx trusts by default: ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set, else certifi's.
+
+    With either variable set this is ``True``: aiohttp's own verifying context (made when aiohttp is
+    imported) already loads them through OpenSSL's default paths, and loading a bundle again costs
+    about 40 ms of CPU."""
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return True
     try:
         import certifi
     except ImportError:  # pragma: no cover - certifi comes with httpx
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=certifi.where())
+        return True
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.set_alpn_protocols(("http/1.1",))
+    return context
 
 
 def env_proxies() -> dict[str, str]:
