@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -125,9 +125,10 @@ def compile_rules(sinks: dict[str, list[str]], rules: list[Any]) -> list[Compile
     return compiled
 
 
-def check(tool: str, data: Any, rules: list[CompiledRule], secrets: list[str], *, opaque_min: int,
-          max_chars: int) -> Finding | None:
-    """The first finding for a call of ``tool`` with input ``data``, or None when it may go out."""
+def check(tool: str, data: Any, rules: list[CompiledRule], secrets: list[str] | Callable[[], list[str]], *,
+          opaque_min: int, max_chars: int) -> Finding | None:
+    """The first finding for a call of ``tool`` with input ``data``, or None when it may go out.
+    ``secrets`` may be a function returning them: called only when a built-in check has text to read."""
     if not isinstance(data, dict):
         return None
     for rule in rules:
@@ -138,6 +139,8 @@ def check(tool: str, data: Any, rules: list[CompiledRule], secrets: list[str], *
             return Finding("text too large to check", pairs[0][0] if pairs else "*", rule.name)
         for path, text in pairs:
             if rule.builtin:
+                if callable(secrets):
+                    secrets = secrets()
                 kind = builtin_kind(text, secrets, opaque_min)
                 if kind is not None:
                     return Finding(kind, path, rule.name)

@@ -11,6 +11,7 @@ from librefang_taint.config import TaintConfig
 log = logging.getLogger("librefang.taint")
 
 SERVICE_KEY = "taint"
+MAX_TOOLS_REMEMBERED = 1000
 SOURCE = "taint"
 
 
@@ -21,7 +22,9 @@ class TaintService:
         self.kernel = kernel
         self.checked = 0
         self.violations = 0
-        self._compiled: tuple[int, int, list[CompiledRule]] | None = None
+        # (config section, rules section, their compiled rules, tool -> the rules that apply to it):
+        # rebuilt when either section object is replaced (a config change replaces it).
+        self._compiled: tuple[Any, Any, list[CompiledRule], dict[str, list[CompiledRule]]] | None = None
 
     @property
     def config(self) -> TaintConfig:
@@ -31,12 +34,26 @@ class TaintService:
     def rules(self) -> list[Any]:
         return self.kernel.config.section("taint_rules").root
 
-    def compiled(self) -> list[CompiledRule]:
+    def _current(self) -> tuple[Any, Any, list[CompiledRule], dict[str, list[CompiledRule]]]:
         config, rules = self.config, self.kernel.config.section("taint_rules")
-        key = (id(config), id(rules))
-        if self._compiled is None or self._compiled[:2] != key:
-            self._compiled = (*key, compile_rules(config.sinks, rules.root))
-        return self._compiled[2]
+        current = self._compiled
+        if current is None or current[0] is not config or current[1] is not rules:
+            current = self._compiled = (config, rules, compile_rules(config.sinks, rules.root), {})
+        return current
+
+    def compiled(self) -> list[CompiledRule]:
+        """Every rule: the sinks' built-in checks, then the operator's rules."""
+        return self._current()[2]
+
+    def rules_for(self, tool: str) -> list[CompiledRule]:
+        """The rules whose tool globs match ``tool`` (remembered per tool name, bounded)."""
+        _, _, compiled, by_tool = self._current()
+        found = by_tool.get(tool)
+        if found is None:
+            if len(by_tool) >= MAX_TOOLS_REMEMBERED:
+                by_tool.clear()
+            found = by_tool[tool] = [rule for rule in compiled if rule.applies_to(tool)]
+        return found
 
     def secrets(self) -> list[str]:
         """Secret values the text must not carry: the vault's, and those the kernel redacts from logs
@@ -58,7 +75,10 @@ class TaintService:
         if not config.enabled:
             return None
         self.checked += 1
-        return check(tool, data, self.compiled(), self.secrets(), opaque_min=config.opaque_token_min_length,
+        rules = self.rules_for(tool)
+        if not rules:  # most tools are no sink and match no rule: nothing to read, not even the vault
+            return None
+        return check(tool, data, rules, self.secrets, opaque_min=config.opaque_token_min_length,
                      max_chars=config.max_checked_chars)
 
     async def refuse(self, finding: Finding, call: Any, context: Any) -> str:
