@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from librefang_runtime.history import Window, WindowCache, content_to_json, message_from_json, text_of
 from librefang_runtime.models import messages, sessions, usage
+from librefang_runtime.session_writes import commit_rows
 
 
 @dataclass
@@ -66,39 +67,6 @@ def _info(row: Any) -> SessionInfo:
 def _copy_info(info: SessionInfo) -> SessionInfo:
     return SessionInfo(info.id, info.agent_id, info.label, info.message_count, info.created_at, info.updated_at,
                        info.summary)
-
-
-# The statements of a turn's commit, built once (their SQL is compiled once per engine anyway; building
-# the expressions was most of _commit_rows' own time).
-_INSERT_MESSAGES = messages.insert()
-_INSERT_USAGE = usage.insert()
-_ADD_MESSAGES = sessions.update().where(sessions.c.id == sa.bindparam("session_id_")).values(
-    message_count=sessions.c.message_count + sa.bindparam("added_", type_=sa.Integer),
-    updated_at=sa.bindparam("now_", type_=sa.Float)).returning(sessions.c.message_count)
-
-
-def _commit_rows(conn: Any, rows: list[dict[str, Any]], added: dict[str, int], usage_rows: list[dict[str, Any]],
-                 now: float, max_messages: int) -> dict[str, int]:
-    """Insert messages and usage rows, update the sessions' counts (oldest messages go beyond
-    ``max_messages``); returns each existing session's message count after the write."""
-    if rows:
-        conn.execute(_INSERT_MESSAGES, rows)
-    totals: dict[str, int] = {}
-    for session_id, count in added.items():
-        total = conn.execute(_ADD_MESSAGES, {"session_id_": session_id, "added_": count, "now_": now}) \
-            .scalar_one_or_none()
-        if total is None:
-            continue
-        if total > max_messages:
-            oldest = sa.select(messages.c.id).where(messages.c.session_id == session_id) \
-                .order_by(messages.c.id).limit(total - max_messages).scalar_subquery()
-            conn.execute(messages.delete().where(messages.c.id.in_(oldest)))
-            conn.execute(sessions.update().where(sessions.c.id == session_id).values(message_count=max_messages))
-            total = max_messages
-        totals[session_id] = total
-    if usage_rows:
-        conn.execute(_INSERT_USAGE, usage_rows)
-    return totals
 
 
 def _first_session(conn: Any, session_id: str) -> Any:
@@ -232,7 +200,7 @@ class SessionStore:
         totals: dict[str, int] | None = None
         try:
             async with self.writing():
-                totals = await self._tx(_commit_rows, rows, added, usage_rows, now, self.max_messages)
+                totals = await self._tx(commit_rows, rows, added, usage_rows, now, self.max_messages)
         finally:
             if windows is not None:
                 # The windows get what the database now holds, decoded as a read would decode it; a
