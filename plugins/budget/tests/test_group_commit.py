@@ -100,15 +100,41 @@ async def test_a_cancelled_callers_row_is_still_written_and_counted(start: Any, 
 
 
 async def test_metering_on_postgres(start: Any, postgres_url: str) -> None:
-    kernel, _ = await start("[budget]\nmax_monthly_usd = 1000\n", top=f'database_url = "{postgres_url}"\n')
+    kernel, client = await start("[budget]\nmax_monthly_usd = 1000\n", top=f'database_url = "{postgres_url}"\n')
     service = kernel.services["budget"]
     assert service.ledger is None
     await asyncio.gather(*(service.meter(llm_call(f"agent-{i % 2}")) for i in range(10)))
     assert await stored_rows(kernel) == 10
-    kernel.config.section("budget").max_monthly_usd = 0.0  # uncapped: the rows go through the writer
+    assert (await client.put("/api/budget", json={"max_monthly_usd": 0})).status_code == 200
+    assert await service.caps_for("agent-0", "openai") == []  # uncapped: the rows go through the writer
     await asyncio.gather(*(service.meter(llm_call("agent-0")) for _ in range(10)))
     assert await stored_rows(kernel) == 20
     with pytest.raises(sa.exc.DBAPIError):  # a bad row fails its call on PostgreSQL too
         await service.writer.add(usage_row(None))
     spend = await service.store.spend(Windows.at())
     assert spend.monthly > 0 and spend.tokens_hour == 20 * 1500
+
+
+async def test_the_caps_of_a_call_follow_every_change(start: Any, spawn: Any) -> None:
+    kernel, client = await start()
+    service = kernel.services["budget"]
+    agent_id = await spawn(kernel, "capped")
+
+    async def windows() -> list[tuple[str, str, float]]:
+        return sorted((c.scope, c.window, c.limit) for caps, _ in await service.caps_for(agent_id, "openai")
+                      for c in caps)
+
+    assert await windows() == []
+    assert await service.caps_for(agent_id, "openai") is await service.caps_for(agent_id, "openai")  # kept
+    assert (await client.put("/api/budget", json={"max_daily_usd": 5})).status_code == 200  # [budget] replaced
+    assert await windows() == [("global", "daily", 5.0)]
+    r = await client.put("/api/budget/providers/openai", json={"max_tokens_per_hour": 1000})
+    assert r.status_code == 200, await r.get_json()
+    assert await windows() == [("global", "daily", 5.0), ("provider", "tokens_hour", 1000.0)]
+    r = await client.put(f"/api/budget/agents/{agent_id}", json={"max_cost_per_hour_usd": 2})  # stored override
+    assert r.status_code == 200, await r.get_json()
+    assert ("agent", "hourly", 2.0) in await windows()
+    r = await client.put(f"/api/agents/{agent_id}/update", json={"manifest_toml": (
+        'name = "capped"\n[model]\nprovider = "openai"\nmodel = "fake-model"\n[resources]\nmax_cost_per_day_usd = 7\n')})
+    assert r.status_code == 200, await r.get_json()  # the manifest's [resources]: an agent.* event
+    assert ("agent", "daily", 7.0) in await windows() and ("agent", "hourly", 2.0) in await windows()

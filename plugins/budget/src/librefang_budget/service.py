@@ -85,6 +85,8 @@ class BudgetService:
         # dropped at once when the agents plugin announces a change of that agent (the bus delivers
         # synchronously into this queue, so it is drained before every use).
         self._caps: dict[str, tuple[float, dict[str, float], Any]] = {}
+        # (agent id, provider) -> (the agent's caps it was built from, [budget], caps_for's groups)
+        self._groups: dict[tuple[str, str], tuple[dict[str, float], Any, list[Any]]] = {}
         self._agent_events = kernel.bus.subscribe("agent.*", maxsize=1000, name="budget:agent-caps")
         self._agent_events_dropped = 0
         # Alerts this process already raised or saw raised (their period key): no insert attempt again.
@@ -195,14 +197,25 @@ class BudgetService:
 
     async def caps_for(self, agent_id: str, provider: str) -> list[tuple[list[Cap], dict[str, str]]]:
         """The caps a call of ``agent_id`` to ``provider`` must respect, grouped by the spend they read
-        (each group with the filter of its spend query); groups without any cap are left out."""
+        (each group with the filter of its spend query); groups without any cap are left out.
+        The list is shared between calls: read it, do not change it."""
         agent = await self.cached_agent_caps(agent_id)
+        config = self.config
+        key = (agent_id, provider)
+        built = self._groups.get(key)
+        # Valid while the agent's cached caps (the same dict until they are read again) and [budget] are.
+        if built is not None and built[0] is agent and built[1] is config:
+            return built[2]
         groups = [
             (self.global_caps(), {}),
             (self.provider_caps(provider), {"provider": provider}),
             ([Cap("agent", agent_id, AGENT_WINDOWS[k], v) for k, v in agent.items()], {"agent_id": agent_id}),
         ]
-        return [([c for c in caps if c.limit > 0], where) for caps, where in groups if any(c.limit > 0 for c in caps)]
+        found = [([c for c in caps if c.limit > 0], where) for caps, where in groups if any(c.limit > 0 for c in caps)]
+        if len(self._groups) >= MAX_CACHED_AGENTS:
+            self._groups.clear()
+        self._groups[key] = (agent, config, found)
+        return found
 
     # -- enforcement (before_llm_call) ------------------------------------------------------------------
     async def check(self, call: dict[str, Any]) -> None:
