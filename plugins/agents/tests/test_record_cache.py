@@ -71,6 +71,11 @@ async def test_records_of_a_cached_row_share_its_validated_manifest_until_it_cha
     first.manifest = {**first.manifest, "description": "replaced"}
     assert first.parsed().description == "replaced"
     assert (await registry.get(record.id)).parsed().description == "test agent"
+    # a write of other columns (activity, state) keeps the validated manifest; a manifest write does not
+    kept = (await registry.get(record.id)).parsed()
+    await registry.touch(record.id)
+    await registry.set_state(record.id, "Suspended")
+    assert (await registry.get(record.id)).parsed() is kept
     # every write path: the next record validates what was written
     await registry.change(record.id, lambda data: data.update(description="patched"))
     assert (await registry.get(record.id)).parsed().description == "patched"

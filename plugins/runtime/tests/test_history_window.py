@@ -195,3 +195,38 @@ async def test_agent_changes_reach_the_next_turn(runtime_env: Any, spawn: Any, f
     assert (await client.delete(f"/api/agents/{agent_id}")).status_code == 200
     response = await client.post(f"/api/agents/{agent_id}/message", json={"message": "five"})
     assert response.status_code == 404
+
+
+async def test_the_agent_view_outlives_activity_writes_but_not_changes(runtime_env: Any, spawn: Any,
+                                                                       fake_llm: Any) -> None:
+    """The view (validated manifest, tools, prompt) is kept across the writes a turn makes itself
+    (``last_active``, the current session: they change the record's revision, not what the view holds)
+    and is rebuilt by a model switch, a capability change and a rename."""
+    from librefang_agents import api as agents_api
+
+    kernel, client = runtime_env
+    runtime = kernel.services["runtime"]
+    registry = agents_api.registry(kernel)
+    agent_id = await spawn(kernel, "viewed")
+    await say(client, agent_id, "one")
+    view = runtime._views[(agent_id, "viewed", "full")]
+    revision = (await registry.get(agent_id)).revision
+    await registry.touch(agent_id, "22222222-2222-4222-8222-222222222222")
+    await registry.set_state(agent_id, "Running")
+    assert (await registry.get(agent_id)).revision > revision
+    await say(client, agent_id, "two", session_id="22222222-2222-4222-8222-222222222222")
+    assert runtime._views[(agent_id, "viewed", "full")] is view  # kept
+    # a model switch
+    await agents_api.set_model(kernel, agent_id, "fake-model-2")
+    await say(client, agent_id, "three")
+    assert fake_llm.requests[-1].body["model"] == "fake-model-2"
+    # a capability change: the tools offered follow
+    manifest = ('name = "viewed"\n[model]\nprovider = "openai"\nmodel = "fake-model"\n'
+                '[capabilities]\ntools = ["system_time"]\n')
+    assert (await client.put(f"/api/agents/{agent_id}/update", json={"manifest_toml": manifest})).status_code == 200
+    await say(client, agent_id, "four")
+    assert [t["function"]["name"] for t in fake_llm.requests[-1].body["tools"]] == ["system_time"]
+    # a rename
+    assert (await client.patch(f"/api/agents/{agent_id}", json={"name": "renamed"})).status_code == 200
+    await say(client, agent_id, "five")
+    assert "Your name is renamed." in fake_llm.requests[-1].body["messages"][0]["content"]

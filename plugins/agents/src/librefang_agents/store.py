@@ -193,13 +193,13 @@ class AgentStore:
     def _forget(self, agent_id: str) -> None:
         self._writes += 1
         self._rows.pop(agent_id, None)
-        self._memos.pop(agent_id, None)
 
     def _cached_record(self, agent_id: str, row: Any) -> AgentRecord:
-        """A fresh record of a cached row, sharing the row's validated manifest."""
+        """A fresh record of a cached row, sharing the validated manifest of the agent's manifest data
+        as long as that data is unchanged (a write of other columns, like ``last_active``, keeps it)."""
         record = _record(row)
         memo = self._memos.get(agent_id)
-        if memo is None:
+        if memo is None or memo[0] != record.manifest:
             memo = self._memos[agent_id] = [json.loads(row.manifest), None]
         record._memo = memo  # type: ignore[attr-defined]
         return record
@@ -349,6 +349,7 @@ class AgentStore:
             return False
         finally:
             self._forget(record.id)
+            self._memos.pop(record.id, None)
         self.index.remove(record.id)
         return True
 
@@ -367,7 +368,6 @@ class AgentStore:
                 self._rows.clear()
                 self._memos.clear()
             self._rows[agent_id] = row
-            self._memos.pop(agent_id, None)
             return self._cached_record(agent_id, row)
         return _record(row)
 

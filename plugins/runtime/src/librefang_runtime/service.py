@@ -9,6 +9,7 @@ publishes ``runtime.turn_completed`` on the event bus.
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime as dt
 import logging
 import time
@@ -87,7 +88,7 @@ class Turn:
 
 @dataclass
 class AgentView:
-    """What a turn derives from one revision of an agent's record: the validated manifest, the tools
+    """What a turn derives from an agent's name, mode and manifest: the validated manifest, the tools
     it may use and their definitions, and its system prompt (rebuilt when the minute changes)."""
 
     manifest: Any
@@ -96,6 +97,7 @@ class AgentView:
     fallback_models: list[dict[str, Any]]
     _prompt: tuple[int, str] = (-1, "")  # (minute since the epoch, prompt): the prompt shows the minute
     workspace: Any = None  # the agent's workspace folder (its path; existence is checked per turn)
+    source: Any = None  # the manifest data it was derived from (a copy)
 
     def system_prompt(self, name: str) -> str:
         seconds = time.time()
@@ -166,8 +168,8 @@ class RuntimeService:
         self.ws_connections: dict[str, int] = {}  # client IP -> open WebSockets (bounded by the limit)
         self._web_client: Any = None
         self._touched: dict[tuple[str, str | None], float] = {}
-        # (agent id, revision, name, mode) -> what turns derive from that record (bounded, oldest go first)
-        self._views: dict[tuple[str, int, str, str], AgentView] = {}
+        # (agent id, name, mode) -> what turns derive from the agent (bounded, oldest go first)
+        self._views: dict[tuple[str, str, str], AgentView] = {}
         # session id -> its last repaired history (LRU); self-checking, so no write path needs to drop it
         self._repairs: OrderedDict[str, RepairMemo] = OrderedDict()
 
@@ -238,8 +240,8 @@ class RuntimeService:
         self.check_size(body.message)
         attached = (await resolve_attachments(self.kernel, record.id, body.attachments, self.config)
                     if body.attachments else None)
-        view = self._views.get((record.id, record.revision, record.name, record.mode))
-        manifest = view.manifest if view is not None else record.parsed()
+        view = self._views.get((record.id, record.name, record.mode))
+        manifest = view.manifest if view is not None and view.source == record.manifest else record.parsed()
         module = modules.resolve(self, manifest)  # a plugin-served module (wasm:...) needs no model: 412 if unserved
         provider, model = (module.scheme, module.module) if module else self.resolve_model(manifest)
         text = body.message
@@ -295,16 +297,18 @@ class RuntimeService:
         return memo
 
     def _view(self, record: Any, manifest: Any) -> AgentView:
-        """What a turn derives from the agent's record alone, computed once per record revision (every
-        registry write bumps the revision, so an updated agent gets a new view)."""
-        key = (record.id, record.revision, record.name, record.mode)
+        """What a turn derives from the agent's name, mode and manifest, computed again only when one
+        of them changed (not for writes of other columns: the ``last_active`` a turn writes, state)."""
+        key = (record.id, record.name, record.mode)
         view = self._views.get(key)
-        if view is None:
+        if view is None or view.source != record.manifest:
             allowed = usable_tools(manifest, agents_api.visible_tools(manifest, record.mode, self.tools.names()))
             view = AgentView(
                 manifest=manifest, allowed=allowed, definitions=self.tools.definitions(allowed),
                 fallback_models=[f.model_dump(exclude_none=True, include={"provider", "model", "base_url", "api_key_env"})
-                                 for f in manifest.fallback_models])
+                                 for f in manifest.fallback_models],
+                source=copy.deepcopy(record.manifest))
+            self._views.pop(key, None)
             if len(self._views) >= MAX_VIEWS:
                 self._views.pop(next(iter(self._views)))
             self._views[key] = view
