@@ -12,7 +12,7 @@ from librefang.quartapp import EdgeQuart
 from librefang.routing import Router
 from librefang.testing import make_client
 from quart import Response, after_this_request, g
-from quart.signals import request_finished, request_started
+from quart.signals import request_finished, request_started, request_tearing_down
 
 
 class HookPlugin:
@@ -113,3 +113,36 @@ async def test_url_value_preprocessor_may_change_its_own_view_args(app):
     for _ in range(2):  # the second request reads the cache: the stored arguments are untouched
         response = await client.get("/api/hooks/items/abc")
         assert (await response.get_json())["item"] == "ABC"
+
+
+async def test_registered_teardowns_run(app):
+    torn: list[str] = []
+
+    @app.teardown_request
+    async def request_done(exc) -> None:
+        torn.append("request")
+
+    @app.teardown_appcontext
+    async def app_done(exc) -> None:
+        torn.append("appcontext")
+
+    async def tearing(sender, **kwargs) -> None:
+        torn.append("signal")
+
+    request_tearing_down.connect(tearing, app)
+    try:
+        assert (await make_client(app).get("/api/hooks/items/t")).status_code == 200
+    finally:
+        request_tearing_down.disconnect(tearing, app)
+    assert torn == ["request", "signal", "appcontext"]
+
+
+async def test_sync_views_still_run_off_the_loop(app):
+    # A plain-def view added to the app is wrapped by Quart's ensure_async, as before.
+    def sync_view() -> dict[str, bool]:
+        return {"sync": True}
+
+    app.add_url_rule("/api/hooks/sync", "sync_view", sync_view)
+    assert app.ensure_async(sync_view) is not sync_view
+    response = await make_client(app).get("/api/hooks/sync")
+    assert await response.get_json() == {"sync": True}

@@ -12,11 +12,12 @@ signal, the step runs exactly as in Quart.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from quart import Quart
 from quart.ctx import RequestContext
-from quart.signals import request_finished, request_started
+from quart.signals import appcontext_tearing_down, request_finished, request_started, request_tearing_down
 from quart.wrappers import Request, Response
 
 MATCH_CACHE_SIZE = 2048  # (method, path) → matched rule; paths carry client-chosen ids: bounded
@@ -51,6 +52,20 @@ class EdgeQuart(Quart):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.match_cache: dict[tuple[str, str], Any] = {}
+        self._coroutine_views: frozenset[Any] | None = None
+
+    def ensure_async(self, func: Any) -> Any:
+        """Quart's :meth:`~quart.Quart.ensure_async`, answering a view function that is a coroutine
+        function without inspecting it again (Quart asks for every request)."""
+        views = self._coroutine_views
+        if views is None:
+            # The views present at the first call; one added later is inspected as in Quart.
+            views = self._coroutine_views = frozenset(
+                view for view in self.view_functions.values() if asyncio.iscoroutinefunction(view)
+            )
+        if func in views:
+            return func
+        return super().ensure_async(func)
 
     def request_context(self, request: Request) -> RequestContext:
         """A request context that reuses earlier route matches (:class:`EdgeRequestContext`)."""
@@ -85,6 +100,16 @@ class EdgeQuart(Quart):
         if not (isinstance(result, Response) and request_context is not None) or not self._plain_finish(request_context):
             return await super().finalize_request(result, request_context, from_error_handler)
         return result
+
+    async def do_teardown_request(self, exc: BaseException | None, request_context: RequestContext | None = None) -> None:
+        """Quart's teardown, skipped when no teardown function is registered and no receiver connected."""
+        if any(self.teardown_request_funcs.values()) or request_tearing_down.receivers:
+            await super().do_teardown_request(exc, request_context)
+
+    async def do_teardown_appcontext(self, exc: BaseException | None) -> None:
+        """Quart's app-context teardown, skipped when nothing is registered or connected."""
+        if self.teardown_appcontext_funcs or appcontext_tearing_down.receivers:
+            await super().do_teardown_appcontext(exc)
 
     def _plain_finish(self, request_context: RequestContext) -> bool:
         """True when finishing a response does nothing: no after-request function (this request's
