@@ -11,7 +11,7 @@ from librefang.app import build_app
 from librefang.quartapp import EdgeQuart
 from librefang.routing import Router
 from librefang.testing import make_client
-from quart import Response, after_this_request, g
+from quart import Response, after_this_request, g, url_for
 from quart.signals import request_finished, request_started, request_tearing_down
 
 
@@ -23,6 +23,15 @@ class HookPlugin:
         @router.get("/api/hooks/items/<item_id>")
         async def item(item_id: str) -> dict[str, str]:
             return {"item": item_id, "seen": getattr(g, "seen", "")}
+
+        @router.get("/api/hooks/links/<item_id>")
+        async def links(item_id: str) -> dict[str, str]:
+            return {
+                "path": url_for("hooks:item", item_id=item_id),
+                "external": url_for("hooks:item", item_id=item_id, _external=True),
+                "https": url_for("hooks:item", item_id=item_id, _external=True, _scheme="https"),
+                "again": url_for("hooks:item", item_id=item_id, _external=True),
+            }
 
         @router.get("/api/hooks/later")
         async def later() -> Response:
@@ -146,3 +155,31 @@ async def test_sync_views_still_run_off_the_loop(app):
     assert app.ensure_async(sync_view) is not sync_view
     response = await make_client(app).get("/api/hooks/sync")
     assert await response.get_json() == {"sync": True}
+
+
+async def test_url_for_binds_the_adapter_to_the_request_when_first_used(app):
+    client = make_client(app)
+    for _ in range(2):  # the second request's route match comes from the cache
+        response = await client.get("/api/hooks/links/q1", headers={"Host": "localhost:8080"})
+        assert await response.get_json() == {
+            "path": "/api/hooks/items/q1",
+            "external": "http://localhost:8080/api/hooks/items/q1",
+            "https": "https://localhost:8080/api/hooks/items/q1",
+            "again": "http://localhost:8080/api/hooks/items/q1",  # _scheme did not stick
+        }
+
+
+async def test_automatic_options_lists_the_methods(app):
+    response = await make_client(app).options("/api/hooks/items/o")
+    assert response.status_code == 200
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+
+
+async def test_json_provider_settings_are_honoured(app):
+    client = make_client(app)
+    app.json.compact = False  # what debug mode does: indented
+    text = await (await client.get("/api/hooks/items/j")).get_data(as_text=True)
+    assert text == '{\n  "item": "j",\n  "seen": ""\n}\n'
+    app.json.compact = None
+    text = await (await client.get("/api/hooks/items/j")).get_data(as_text=True)
+    assert text == '{"item":"j","seen":""}\n'

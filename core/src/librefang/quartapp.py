@@ -23,6 +23,35 @@ from quart.wrappers import Request, Response
 MATCH_CACHE_SIZE = 2048  # (method, path) → matched rule; paths carry client-chosen ids: bounded
 
 
+class LazyUrlAdapter:
+    """The URL adapter of one request, bound to it (host, scheme, path) on first use.
+
+    Quart binds an adapter for every request when it builds the request context; binding parses
+    the host. A request whose route match is remembered (:class:`EdgeRequestContext`) and that
+    builds no URL never needs it."""
+
+    __slots__ = ("_app", "_request", "_adapter")
+
+    def __init__(self, app: Quart, request: Any) -> None:
+        object.__setattr__(self, "_app", app)
+        object.__setattr__(self, "_request", request)
+        object.__setattr__(self, "_adapter", None)
+
+    def bound(self) -> Any:
+        """The real :class:`werkzeug.routing.MapAdapter` (bound now if it was not yet)."""
+        adapter = self._adapter
+        if adapter is None:
+            adapter = Quart.create_url_adapter(self._app, self._request)
+            object.__setattr__(self, "_adapter", adapter)
+        return adapter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bound(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:  # url_for sets url_scheme for _scheme=
+        setattr(self.bound(), name, value)
+
+
 class EdgeRequestContext(RequestContext):
     """Quart's request context, reusing the route an identical ``(method, path)`` matched before.
 
@@ -66,6 +95,12 @@ class EdgeQuart(Quart):
         if func in views:
             return func
         return super().ensure_async(func)
+
+    def create_url_adapter(self, request: Any) -> Any:
+        """Quart's adapter; for a request, bound lazily (:class:`LazyUrlAdapter`)."""
+        if request is None or self.url_map.host_matching or self.subdomain_matching:
+            return super().create_url_adapter(request)
+        return LazyUrlAdapter(self, request)
 
     def request_context(self, request: Request) -> RequestContext:
         """A request context that reuses earlier route matches (:class:`EdgeRequestContext`)."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, current_app, request
+from quart.json.provider import DefaultJSONProvider
 
 from librefang.errors import BadRequest
 from librefang.jsonbody import parse_json_bytes, read_json_bytes, shallow_json_text
@@ -80,16 +81,27 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
     return "; ".join(parts)
 
 
+JSON_CONTENT_TYPE = "application/json"  # what werkzeug makes of mimetype="application/json" (no charset)
+
+
 def to_response(result: Any, status: int) -> Any:
     """Turn a handler's return value into something Quart sends."""
     if isinstance(result, BaseModel):
-        return Response(result.model_dump_json(), status=status, mimetype="application/json")
+        return Response(result.model_dump_json(), status=status, content_type=JSON_CONTENT_TYPE)
     if isinstance(result, dict | list):
-        # What Quart's make_response does with ``(result, status)``, without its tuple unpacking.
-        response = current_app.json.response(result)
-        if status != 200:
-            response.status_code = status
-        return response
+        # What Quart's make_response does with ``(result, status)`` (the app's JSON provider,
+        # compact unless in debug mode, a final newline), without its type checks.
+        app = current_app
+        provider = app.json
+        compact = getattr(provider, "compact", False)
+        if (type(provider) is not DefaultJSONProvider or provider.mimetype != JSON_CONTENT_TYPE
+                or compact is False or (compact is None and app.debug)):
+            response = provider.response(result)
+            if status != 200:
+                response.status_code = status
+            return response
+        text = provider.dumps(result, separators=(",", ":"))
+        return app.response_class(f"{text}\n", status=status, content_type=JSON_CONTENT_TYPE)
     return result
 
 
@@ -210,7 +222,7 @@ class Router:
                 async def direct_view(**kwargs: Any) -> Any:
                     result = await fn(**kwargs)
                     if isinstance(result, BaseModel):
-                        return Response(result.model_dump_json(), status=status, mimetype="application/json")
+                        return Response(result.model_dump_json(), status=status, content_type=JSON_CONTENT_TYPE)
                     return to_response(result, status)
 
                 view = direct_view
