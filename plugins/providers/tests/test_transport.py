@@ -220,3 +220,23 @@ def test_tls_trusts_what_httpx_trusts(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert context.cert_store_stats()["x509_ca"] > 50
+
+
+def test_json_bodies_and_events_match_the_stdlib() -> None:
+    from librefang_providers.drivers.base import dump_body, load_json
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "héllo ✓ \n \"quoted\""}], "n": 3, "t": 0.5,
+            "tools": [{"name": "x", "input": {"a": [1, None, True]}}]}
+    assert json.loads(dump_body(body)) == body
+    # what orjson refuses goes through json, written as json writes it
+    for odd in ({"text": "lone \ud800 surrogate"}, {1: "int key"}, {"big": 2**70}):
+        assert dump_body(odd) == json.dumps(odd, separators=(",", ":")).encode()
+    with pytest.raises(TypeError):  # not JSON for either: refused as before
+        dump_body({"x": object()})
+    event = b'{"choices":[{"delta":{"content":"abcd \\u00e9"}}]}'
+    assert load_json(event) == json.loads(event)
+    for odd_event in (b'{"x": NaN}', b'"\\ud800"', b'\xef\xbb\xbf{"bom": 1}'):
+        assert repr(load_json(odd_event)) == repr(json.loads(odd_event))
+    for bad in (b'{"x": ', b"\xff", b"[DONE]"):
+        with pytest.raises(ValueError):
+            load_json(bad)

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from librefang_providers.drivers import DEFAULT_BASE_URLS
-from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver
+from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, load_json
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.retry import parse_duration
 from librefang_providers.types import (
@@ -181,7 +181,7 @@ class GeminiDriver(HTTPDriver):
         served_model = model
         deadline = self.deadline(request)
         decoder = SSEDecoder()
-        loads = json.loads
+        loads = load_json
         url = self.url(model, stream=True)
         async with self.open_stream(url, self.build_body(request), self.headers(), request) as resp:
             try:

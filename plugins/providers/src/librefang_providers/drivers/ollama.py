@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from librefang_providers.drivers import DEFAULT_BASE_URLS
-from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, parse_tool_input
+from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, load_json, parse_tool_input
 from librefang_providers.drivers.sse import LineDecoder, StreamTooLarge
 from librefang_providers.types import (
     END_TURN,
@@ -153,7 +153,7 @@ class OllamaDriver(HTTPDriver):
         final: dict[str, Any] | None = None
         deadline = self.deadline(request)
         decoder = LineDecoder()
-        loads = json.loads
+        loads = load_json
         async with self.open_stream(self.url, self.build_body(request, stream=True), self.headers(), request) as resp:
             try:
                 async for chunk in resp.aiter_bytes():

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from librefang_providers.drivers import DEFAULT_BASE_URLS
-from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, parse_tool_input
+from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, load_json, parse_tool_input
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.types import (
     CONTENT_FILTERED,
@@ -183,7 +183,7 @@ class OpenAIDriver(HTTPDriver):
         served_model = model
         deadline = self.deadline(request)
         decoder = SSEDecoder()
-        loads = json.loads
+        loads = load_json
         async with self.open_stream(self.url, self.build_body(request, stream=True), self.headers(), request) as resp:
             try:
                 async for chunk in resp.aiter_bytes():
