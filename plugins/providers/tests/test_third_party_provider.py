@@ -153,3 +153,50 @@ async def test_registry_closed_on_shutdown(make_kernel: Any) -> None:
     await kernel.stop_plugin("providers")
     assert "providers.registry" not in kernel.services
     assert client.is_closed
+
+
+async def test_third_party_driver_built_on_httpdriver(make_kernel: Any, fake_llm: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver written against the base class: ``self.client`` is the registry's pooled httpx client
+    (``DriverConfig.http_client``), and ``open_stream`` yields a response read with ``aiter_bytes()``."""
+    from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver
+
+    class RawDriver(HTTPDriver):
+        async def complete(self, request: CompletionRequest) -> CompletionResponse:
+            body = {"model": request.model, "messages": [{"role": "user", "content": "hi"}]}
+            reply = await self.client.post(self.base_url + "/chat/completions", json=body,
+                                           timeout=self.timeout(request, stream=False))
+            text = reply.json()["choices"][0]["message"]["content"]
+            return CompletionResponse([TextBlock(text)], "end_turn", Usage(), self.provider, request.model)
+
+        async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamEvent]:
+            body = {"model": request.model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            raw = b""
+            async with self.open_stream(self.base_url + "/chat/completions", body,
+                                        {"content-type": "application/json"}, request) as resp:
+                assert resp.status_code == 200 and "event-stream" in resp.headers["content-type"]
+                try:
+                    async for chunk in resp.aiter_bytes():
+                        raw += chunk
+                except TRANSPORT_ERRORS as exc:
+                    raise self.transport_error(exc, request.model, "", False) from None
+            yield TextDelta(raw.decode())
+            yield ContentComplete("end_turn", Usage(), self.provider, request.model)
+
+    module = types.ModuleType("librefang_raw_provider")
+
+    @hookimpl
+    def register_llm_providers(register: Any) -> None:
+        register("raw", RawDriver)
+
+    module.register_llm_providers = register_llm_providers  # type: ignore[attr-defined]
+    config = f'[providers]\nprovider_max_retries = 0\nprovider_urls = {{ raw = "{fake_llm.base_url("openai")}" }}\n'
+    kernel = await make_kernel(plugins={"raw-provider": module}, config=config)
+    registry = get_registry(kernel)
+    driver = registry.driver("raw")
+    assert driver.client is registry.http_client() is driver.config.http_client
+    fake_llm.script(Script(text="plain"), Script(text="streamed"))
+    assert (await registry.complete(ask("x", "m"), provider="raw")).text == "plain"
+    streamed = (await collect(registry.stream(ask("x", "m"), provider="raw"))).text
+    assert streamed.startswith("data: {") and streamed.endswith("data: [DONE]\n\n")
+    assert [r.stream for r in fake_llm.requests] == [False, True]

@@ -113,7 +113,7 @@ def create_registry(kernel: Kernel) -> LLMRegistry:
                            vault_get=vault_get, vault_names=vault_names)
 
     # Built-in formats first, whatever the plugin order: a third party cannot take their names over.
-    # (their modules, and httpx, are imported when the first driver is built).
+    # (their modules, and aiohttp, are imported when the first driver is built; httpx when first needed).
     for name in BUILTIN_FORMATS:
         registry.register(name, builtin_factory(name), owner="providers")
 
