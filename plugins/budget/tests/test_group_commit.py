@@ -99,6 +99,19 @@ async def test_a_cancelled_callers_row_is_still_written_and_counted(start: Any, 
     assert service.ledger.totals[("global", "")].spend(Windows.at()).monthly == pytest.approx(2.0)
 
 
+async def test_a_cancelled_flush_leaves_no_caller_waiting(start: Any) -> None:
+    kernel, _ = await start()
+    service = kernel.services["budget"]
+    callers = [asyncio.ensure_future(service.writer.add(usage_row("a"))) for _ in range(3)]
+    await asyncio.sleep(0)  # the first row is being written, the others wait for the next batch
+    service.writer._flusher.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 10)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert await stored_rows(kernel) <= 3
+    await service.writer.add(usage_row("a"))  # the writer still works afterwards
+    assert await stored_rows(kernel) >= 1
+
+
 async def test_metering_on_postgres(start: Any, postgres_url: str) -> None:
     kernel, client = await start("[budget]\nmax_monthly_usd = 1000\n", top=f'database_url = "{postgres_url}"\n')
     service = kernel.services["budget"]

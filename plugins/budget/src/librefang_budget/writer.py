@@ -31,29 +31,49 @@ class UsageWriter:
         self._pending.append((row, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
+            self._flusher.add_done_callback(self._flushed)
         await asyncio.shield(done)
 
     async def drain(self) -> None:
         """Wait until every row handed over is written (plugin shutdown)."""
         while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+            await asyncio.wait({self._flusher})  # (does not raise what the flush raised)
 
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self._commit([row for row, _ in batch])
-            except Exception:  # noqa: BLE001 - one bad row must not fail the others: one by one
-                for row, done in batch:
-                    try:
-                        await self._commit([row])
-                    except Exception as exc:  # noqa: BLE001 - handed to that row's caller
-                        if not done.done():
-                            done.set_exception(exc)
-                    else:
-                        if not done.done():
-                            done.set_result(None)
-            else:
-                for _, done in batch:
+                await self._write(batch)
+            except BaseException:  # the flush itself is cancelled (loop shutdown): nobody waits forever
+                self._cancel(batch)
+                raise
+
+    def _flushed(self, task: asyncio.Future[None]) -> None:
+        # Cancelled (also before it ran a line: then the except above never ran) and no newer flush
+        # took over the rows still waiting: their callers are told instead of waiting forever.
+        if task.cancelled() and task is self._flusher:
+            self._cancel([])
+
+    def _cancel(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        for _, done in batch + self._pending:
+            if not done.done():
+                done.cancel()
+        self._pending = []
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        try:
+            await self._commit([row for row, _ in batch])
+        except Exception:  # noqa: BLE001 - one bad row must not fail the others: one by one
+            for row, done in batch:
+                try:
+                    await self._commit([row])
+                except Exception as exc:  # noqa: BLE001 - handed to that row's caller
+                    if not done.done():
+                        done.set_exception(exc)
+                else:
                     if not done.done():
                         done.set_result(None)
+        else:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
