@@ -4,6 +4,8 @@ werkzeug's matcher and stays bounded."""
 
 from __future__ import annotations
 
+import asyncio
+
 import librefang
 import pytest
 from librefang import quartapp
@@ -183,3 +185,95 @@ async def test_json_provider_settings_are_honoured(app):
     app.json.compact = None
     text = await (await client.get("/api/hooks/items/j")).get_data(as_text=True)
     assert text == '{"item":"j","seen":""}\n'
+
+
+def http_scope(path: str) -> dict:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:4545")], "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 4545), "extensions": {},
+    }
+
+
+async def test_a_client_disconnect_cancels_the_handler_and_the_call_returns(make_kernel):
+    seen: dict[str, object] = {}
+    release = asyncio.Event()
+
+    class SlowPlugin:
+        @librefang.hookimpl
+        def register_routes(self, register):
+            router = Router("slow")
+
+            @router.get("/api/slow/wait")
+            async def wait() -> dict[str, bool]:
+                seen["started"] = True
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    seen["cancelling"] = asyncio.current_task().cancelling()
+                    raise
+                return {"never": True}
+
+            @router.get("/api/slow/swallow")
+            async def swallow() -> dict[str, bool]:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    seen["swallowed"] = True
+                return {"late": True}
+
+            register(router)
+
+    kernel = await make_kernel(plugins={"slow": SlowPlugin()}, load_entry_points=False)
+    app = build_app(kernel)
+    async def call_and_disconnect(path: str) -> list[dict]:
+        messages = [{"type": "http.request", "body": b"", "more_body": False}]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await release.wait()  # the client goes away
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def serve() -> int:
+            await app(http_scope(path), receive, send)
+            return asyncio.current_task().cancelling()
+
+        call = asyncio.ensure_future(serve())
+        await asyncio.sleep(0.05)
+        assert not call.done()
+        release.set()
+        assert await asyncio.wait_for(call, 5) == 0  # returned normally, nothing left cancelling
+        release.clear()
+        return sent
+
+    sent = await call_and_disconnect("/api/slow/wait")
+    assert seen["started"] and seen["cancelling"] == 1
+    assert not any(m["type"] == "http.response.start" for m in sent)
+    sent = await call_and_disconnect("/api/slow/swallow")
+    assert seen["swallowed"]  # the handler went on: its answer is still sent
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200]
+
+
+async def test_a_server_cancellation_still_propagates(make_kernel):
+    kernel = await make_kernel(load_entry_points=False)
+    app = build_app(kernel)
+    blocked = asyncio.Event()
+
+    async def receive() -> dict:
+        await blocked.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        await asyncio.Event().wait()  # a client that never reads: the server gives up
+
+    call = asyncio.ensure_future(app(http_scope("/api/health"), receive, send))
+    await asyncio.sleep(0.05)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(call, 5)

@@ -16,11 +16,62 @@ import asyncio
 from typing import Any
 
 from quart import Quart
+from quart.asgi import ASGIHTTPConnection
 from quart.ctx import RequestContext
 from quart.signals import appcontext_tearing_down, request_finished, request_started, request_tearing_down
 from quart.wrappers import Request, Response
 
 MATCH_CACHE_SIZE = 2048  # (method, path) → matched rule; paths carry client-chosen ids: bounded
+
+
+class EdgeHTTPConnection(ASGIHTTPConnection):
+    """Quart's ASGI HTTP connection, running the handler in the task that serves the request.
+
+    Quart starts two tasks per request, one reading the client's messages and one running the
+    handler, waits for the first to finish (``asyncio.wait``) and cancels the other (``gather``).
+    Here only the reader is a task; the handler runs in the calling task, which the reader cancels
+    when the client disconnects (``http.disconnect``) or the reader fails, exactly as Quart cancels
+    its handler task: the call then returns normally (or raises the reader's error), and the
+    handler sees a ``CancelledError`` with ``current_task().cancelling()`` set, as before. A
+    cancellation from outside (server shutdown) still propagates."""
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        request = self._create_request_from_scope(send)
+        reader = asyncio.ensure_future(self.handle_messages(request, receive))
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"finished": False, "cancelled": False}
+
+        def reader_done(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() or state["finished"]:
+                return
+            state["cancelled"] = True
+            task.cancel()
+
+        reader.add_done_callback(reader_done)
+        try:
+            await asyncio.sleep(0)  # the reader takes what has arrived first, as with Quart's two tasks
+            await self.handle_request(request, send)
+        except asyncio.CancelledError:
+            if not state["cancelled"]:
+                if task.cancelling():
+                    raise  # this task is being cancelled (server shutdown): let it end
+                return  # the handler raised CancelledError itself: Quart's handler task ended "cancelled"
+            state["cancelled"] = False
+            if task.uncancel() > 0:
+                raise  # cancelled from outside as well
+            if not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception() from None  # type: ignore[misc]
+            return
+        finally:
+            state["finished"] = True
+            if state["cancelled"]:
+                task.uncancel()  # the handler swallowed the disconnect's cancellation
+            if not reader.done():
+                reader.remove_done_callback(reader_done)
+                reader.cancel()
+        if not reader.cancelled() and reader.done() and reader.exception() is not None:
+            raise reader.exception()  # type: ignore[misc]
 
 
 class LazyUrlAdapter:
@@ -77,6 +128,8 @@ class EdgeRequestContext(RequestContext):
 
 class EdgeQuart(Quart):
     """Quart with the per-request steps nobody uses skipped (see the module docstring)."""
+
+    asgi_http_class = EdgeHTTPConnection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
