@@ -91,7 +91,7 @@ def to_response(result: Any, status: int) -> Any:
     if isinstance(result, dict | list):
         # What Quart's make_response does with ``(result, status)`` (the app's JSON provider,
         # compact unless in debug mode, a final newline), without its type checks.
-        app = current_app
+        app = current_app._get_current_object()  # type: ignore[attr-defined] # one proxy lookup, not four
         provider = app.json
         compact = getattr(provider, "compact", False)
         if (type(provider) is not DefaultJSONProvider or provider.mimetype != JSON_CONTENT_TYPE
@@ -138,7 +138,7 @@ class BodyReader:
         return self._from_json
 
     async def __call__(self) -> BaseModel:
-        raw = await read_json_bytes(request)
+        raw = await read_json_bytes(request._get_current_object())  # type: ignore[attr-defined]
         if shallow_json_text(raw) and self.from_json():
             try:
                 return self.model.model_validate_json(raw)
