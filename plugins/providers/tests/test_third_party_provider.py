@@ -150,9 +150,10 @@ async def test_registry_closed_on_shutdown(make_kernel: Any) -> None:
     kernel = await make_kernel()
     registry = get_registry(kernel)
     client = registry.http_client()
+    session = registry.pool().session()  # the built-in drivers' aiohttp session
     await kernel.stop_plugin("providers")
     assert "providers.registry" not in kernel.services
-    assert client.is_closed
+    assert client.is_closed and session.closed
 
 
 async def test_third_party_driver_built_on_httpdriver(make_kernel: Any, fake_llm: Any,
