@@ -14,7 +14,14 @@ each new message, each new neighbour pair, and the two ends.
 
 from __future__ import annotations
 
-from librefang_providers.api import ImageBlock, Message, ThinkingBlock, ToolResultBlock, ToolUseBlock
+from librefang_providers.api import (
+    ImageBlock,
+    Message,
+    TextBlock,
+    ThinkingBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
 
 from librefang_runtime.history import RepairReport, _is_empty_block, repair
 
@@ -69,12 +76,22 @@ def well_formed(messages: list[Message], checked: int = 0) -> bool:
         return False
     if _calls(last):  # a tool call at the very end has no result after it
         return False
+    previous = messages[checked - 1] if checked > 0 else None
     for index in range(checked, len(messages)):
         message = messages[index]
-        if not _message_ok(message):
+        content = message.content
+        # Plain text, the common case: one text block (a string, or a stored message's single block).
+        text = content if isinstance(content, str) else \
+            content[0].text if len(content) == 1 and type(content[0]) is TextBlock else None
+        if text is not None:
+            if not text.strip():
+                return False
+            if previous is not None and (previous.role == message.role
+                                         or (message.role == "user" and _calls(previous))):
+                return False
+        elif not _message_ok(message) or (previous is not None and not _pair_ok(previous, message)):
             return False
-        if index and not _pair_ok(messages[index - 1], message):
-            return False
+        previous = message
     return True
 
 
