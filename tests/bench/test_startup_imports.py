@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFERRED = ["httpx", "rich", "pygments", "tomlkit", "wasmtime", "nacl", "numpy", "sqlite_vec"]
+DEFERRED = ["httpx", "rich", "pygments", "tomlkit", "wasmtime", "nacl", "numpy", "sqlite_vec", "aiohttp", "orjson"]
 
 SCRIPT = r"""
 import asyncio, json, subprocess, sys
