@@ -134,23 +134,52 @@ async def script(fake: httpx.AsyncClient, *scripts: dict[str, Any]) -> None:
     (await fake.post("/_fake/scripts", json=list(scripts))).raise_for_status()
 
 
+class Client:
+    """A cheap keep-alive JSON client for the latency and throughput phases (aiohttp: the load generator
+    shares the machine with the daemon, and httpx costs the client about 2 ms of CPU per request)."""
+
+    def __init__(self, base: str, connections: int) -> None:
+        import aiohttp  # the providers plugin's dependency: installed with the workspace
+
+        self.base = base
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections), timeout=aiohttp.ClientTimeout(total=120),
+            cookie_jar=aiohttp.DummyCookieJar())
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """Status and whole body (read to the last byte) of one request."""
+        async with self.session.request(method, self.base + path, json=body) as response:
+            return response.status, await response.read()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+
+async def spawn_with(client: Client, name: str) -> str:
+    status, body = await client.call("POST", "/api/agents", {"manifest_toml": MANIFEST.format(name=name)})
+    assert status in (200, 201), body
+    return json.loads(body)["agent_id"]
+
+
 async def turn_latency(procs: Processes, turns: int, with_tool: bool) -> dict[str, float]:
-    limits = httpx.Limits(max_connections=4)
-    async with httpx.AsyncClient(base_url=procs.url, timeout=60, limits=limits) as http, \
-            httpx.AsyncClient(base_url=procs.fake_url, timeout=60) as fake:
-        agent = await spawn(http, f"latency-{'tool' if with_tool else 'text'}")
+    async with Client(procs.url, 4) as http, Client(procs.fake_url, 2) as fake:
+        agent = await spawn_with(http, f"latency-{'tool' if with_tool else 'text'}")
         times = []
         cpu_start = 0.0
         for i in range(turns + 10):
             if i == 10:
                 cpu_start = cpu_seconds(procs.daemon.pid)
             if with_tool:
-                await script(fake, {"tool_calls": [{"name": "system_time", "arguments": {}, "id": f"t{i}"}]},
-                             {"text": "It is now."})
+                status, _ = await fake.call("POST", "/_fake/scripts", [
+                    {"tool_calls": [{"name": "system_time", "arguments": {}, "id": f"t{i}"}]}, {"text": "It is now."}])
+                assert status == 200
             started = time.perf_counter()
-            response = await http.post(f"/api/agents/{agent}/message", json={"message": f"hello {i}"})
+            status, body = await http.call("POST", f"/api/agents/{agent}/message", {"message": f"hello {i}"})
             elapsed = time.perf_counter() - started
-            assert response.status_code == 200, response.text
+            assert status == 200, body
             if i >= 10:  # the first turns warm caches and connections
                 times.append(elapsed)
         cpu = cpu_seconds(procs.daemon.pid) - cpu_start
@@ -160,16 +189,16 @@ async def turn_latency(procs: Processes, turns: int, with_tool: bool) -> dict[st
 async def bare_request(procs: Processes, calls: int) -> dict[str, float]:
     """``GET /api/health`` on the same daemon and connection setup: the floor of any request (edge,
     Quart, Hypercorn), to read the turn figures against when the machine is loaded."""
-    async with httpx.AsyncClient(base_url=procs.url, timeout=60, limits=httpx.Limits(max_connections=4)) as http:
+    async with Client(procs.url, 4) as http:
         times = []
         cpu_start = 0.0
         for i in range(calls + 10):
             if i == 10:
                 cpu_start = cpu_seconds(procs.daemon.pid)
             started = time.perf_counter()
-            response = await http.get("/api/health")
+            status, body = await http.call("GET", "/api/health")
             elapsed = time.perf_counter() - started
-            assert response.status_code == 200, response.text
+            assert status == 200, body
             if i >= 10:
                 times.append(elapsed)
         cpu = cpu_seconds(procs.daemon.pid) - cpu_start
@@ -177,30 +206,29 @@ async def bare_request(procs: Processes, calls: int) -> dict[str, float]:
 
 
 async def provider_alone(procs: Processes, calls: int) -> dict[str, float]:
-    """The fake provider answering one streamed chat completion directly (what a turn cannot avoid)."""
+    """The fake provider answering one streamed chat completion directly (what a turn cannot avoid),
+    read to the last byte by the same client as the turns."""
     body = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "hello"}]}
-    async with httpx.AsyncClient(base_url=procs.fake_url, timeout=60) as fake:
+    async with Client(procs.fake_url, 2) as fake:
         times = []
         for i in range(calls + 10):
             started = time.perf_counter()
-            async with fake.stream("POST", "/v1/chat/completions", json=body) as response:
-                async for _ in response.aiter_bytes():
-                    pass
+            status, _ = await fake.call("POST", "/v1/chat/completions", body)
+            assert status == 200
             if i >= 10:
                 times.append(time.perf_counter() - started)
         return summary(times)
 
 
 async def throughput(procs: Processes, sessions: int, turns_each: int) -> dict[str, float]:
-    limits = httpx.Limits(max_connections=sessions + 4)
-    async with httpx.AsyncClient(base_url=procs.url, timeout=120, limits=limits) as http:
-        agents = [await spawn(http, f"tp-{i}") for i in range(sessions)]
+    async with Client(procs.url, sessions + 4) as http:
+        agents = [await spawn_with(http, f"tp-{i}") for i in range(sessions)]
 
         async def worker(agent: str) -> int:
             done = 0
             for i in range(turns_each):
-                response = await http.post(f"/api/agents/{agent}/message", json={"message": f"turn {i}"})
-                done += response.status_code == 200
+                status, _ = await http.call("POST", f"/api/agents/{agent}/message", {"message": f"turn {i}"})
+                done += status == 200
             return done
 
         started = time.perf_counter()
