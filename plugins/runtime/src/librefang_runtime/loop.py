@@ -205,7 +205,8 @@ class AgentLoop:
         stream = self.llm.stream(request, provider=s.provider, fallback_models=s.fallback_models,
                                  base_url=s.base_url, api_key_env=s.api_key_env)
         try:
-            response = await collect(self._tee(stream))
+            # Nobody listens to a plain JSON turn's events: no relay generator around every one of them.
+            response = await collect(stream if self.emit is _no_emit else self._tee(stream))
         finally:
             await stream.aclose()
         if hooks is not None:
