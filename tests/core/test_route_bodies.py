@@ -4,6 +4,7 @@ of input where the two could differ; and handler results are encoded as they alw
 
 from __future__ import annotations
 
+import asyncio
 import decimal
 import json
 import uuid
@@ -204,3 +205,60 @@ def test_shallow_json_text():
     assert not shallow_json_text(b"[" * (MAX_JSON_DEPTH + 1))
     assert not shallow_json_text(b'{"a": NaN}')
     assert not shallow_json_text(b'{"a": "-Infinity"}')  # conservative: the guarded path decides
+
+
+def post_scope(path: str, length: int) -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:4545"), (b"content-type", b"application/json"),
+                    (b"content-length", str(length).encode())],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 4545), "extensions": {},
+    }
+
+
+async def drive(app, path: str, chunks: list[bytes], *, total: int, pause: float) -> tuple[int, bytes]:
+    """One request whose body arrives in ``chunks`` with ``pause`` seconds before each later one;
+    after the last chunk the body is complete only if the chunks add up to ``total`` bytes."""
+    queue = list(chunks)
+    sent: list[dict[str, Any]] = []
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if not queue:
+            await asyncio.Event().wait()  # the client sends nothing more and stays connected
+        if not first:
+            await asyncio.sleep(pause)
+        first = False
+        chunk = queue.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(queue) or sum(map(len, chunks)) < total}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(post_scope(path, total), receive, send), 10)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def test_a_body_arriving_in_parts_is_waited_for(make_kernel):
+    kernel = await make_kernel(plugins={"bodies": BodiesPlugin()}, load_entry_points=False)
+    app = build_app(kernel)
+    raw = b'{"message": "split", "count": 2}'
+    status, body = await drive(app, "/api/bodies/message/s1", [raw[:10], raw[10:]], total=len(raw), pause=0.05)
+    assert status == 201
+    assert json.loads(body)["message"] == "split"
+
+
+async def test_a_body_that_stops_arriving_is_408_after_the_body_timeout(make_kernel, monkeypatch):
+    from librefang import edge
+
+    monkeypatch.setattr(edge, "DRAIN_TIMEOUT", 0.2)  # the edge's wait for the rest before answering
+    kernel = await make_kernel(plugins={"bodies": BodiesPlugin()}, load_entry_points=False)
+    app = build_app(kernel)
+    app.config["BODY_TIMEOUT"] = 0.2
+    raw = b'{"message": "never finished"}'
+    status, body = await drive(app, "/api/bodies/message/s2", [raw[:10]], total=len(raw), pause=0)
+    assert status == 408
+    assert set(json.loads(body)) == {"error", "code", "request_id"}

@@ -5,6 +5,7 @@ object that answers ``g.request_id`` / ``g.principal`` from what the ASGI edge d
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import traceback
@@ -15,7 +16,7 @@ from quart import Quart, Response, g, has_request_context, request, websocket
 from quart.ctx import _AppCtxGlobals
 from quart.wrappers import Request
 from quart.wrappers.request import Body
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestTimeout
 
 from librefang.auth import WS_BEARER_PREFIX, browser_guard, choose_subprotocol
 from librefang.edge import (
@@ -72,6 +73,18 @@ class EdgeBody(Body):
         if self._must_raise is None and self._complete.is_set():
             return bytes(self._data)
         return None
+
+    async def wait_bytes(self, seconds: float | None) -> bytes:
+        """The whole body, waiting up to ``seconds`` for the rest of it (then 408, as
+        Quart's ``get_data``), without the task ``asyncio.wait_for`` starts for the wait."""
+        ready = self.ready()
+        if ready is not None:
+            return ready
+        try:
+            async with asyncio.timeout(seconds):
+                return await self
+        except TimeoutError as exc:
+            raise RequestTimeout() from exc
 
 
 class EdgeRequest(Request):

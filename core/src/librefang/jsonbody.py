@@ -69,9 +69,10 @@ async def read_json_bytes(request: Any) -> bytes:
     # The body is read before any refusal: a response sent while part of the body is still unread
     # makes Hypercorn close the keep-alive connection, and the client's next request on it fails
     # ("server disconnected"; found by the reliability harness, tests/reliability).
-    ready = getattr(request.body, "ready", None)  # librefang.edgequart.EdgeBody
-    raw = ready() if ready is not None else None
-    if raw is None:
+    wait_bytes = getattr(request.body, "wait_bytes", None)  # librefang.edgequart.EdgeBody
+    if wait_bytes is not None:
+        raw = await wait_bytes(request.body_timeout)
+    else:
         raw = await request.get_data(cache=True, as_text=False)
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
