@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import datetime as dt
 import logging
 import time
 import uuid
@@ -36,6 +35,7 @@ from librefang_providers.api import (
 )
 
 from librefang_runtime import modules
+from librefang_runtime.agent_view import AgentView, usable_tools
 from librefang_runtime.attachments import model_client, user_message
 from librefang_runtime.attachments import resolve as resolve_attachments
 from librefang_runtime.compactor import needs_compaction
@@ -49,7 +49,6 @@ from librefang_runtime.loop import (
     PhaseChange,
     TurnResult,
 )
-from librefang_runtime.prompt import build_system_prompt
 from librefang_runtime.repair_memo import RepairMemo
 from librefang_runtime.sessions import SessionLocks, SessionStore
 from librefang_runtime.tools import Deny, ToolContext, ToolRegistry
@@ -86,30 +85,6 @@ class Turn:
     module: Any = None  # an AgentModule (librefang_runtime.modules) answers instead of the LLM loop
 
 
-@dataclass
-class AgentView:
-    """What a turn derives from an agent's name, mode and manifest: the validated manifest, the tools
-    it may use and their definitions, and its system prompt (rebuilt when the minute changes)."""
-
-    manifest: Any
-    allowed: list[str]
-    definitions: list[Any]
-    fallback_models: list[dict[str, Any]]
-    _prompt: tuple[int, str] = (-1, "")  # (minute since the epoch, prompt): the prompt shows the minute
-    workspace: Any = None  # the agent's workspace folder (its path; existence is checked per turn)
-    source: Any = None  # the manifest data it was derived from (a copy)
-
-    def system_prompt(self, name: str) -> str:
-        seconds = time.time()
-        minute = int(seconds // 60)
-        if self._prompt[0] != minute:
-            now = dt.datetime.fromtimestamp(seconds, dt.UTC)
-            self._prompt = (minute, build_system_prompt(
-                base=self.manifest.model.system_prompt, agent_name=name, description=self.manifest.description,
-                tools=self.definitions, now=now))
-        return self._prompt[1]
-
-
 def llm_error(exc: LLMError) -> ApiError:
     """The HTTP error for a provider failure that survived retries and fallbacks."""
     details = {"provider": exc.provider, "model": exc.model} if exc.provider else None
@@ -131,20 +106,6 @@ def llm_error(exc: LLMError) -> ApiError:
     if isinstance(exc, ContextTooLong):
         return ApiError(exc.message, status=502, code=exc.code, details=details)
     return ApiError(f"the model call failed: {exc.message}", status=502, code=exc.code, details=details)
-
-
-def usable_tools(manifest: Any, visible: list[str]) -> list[str]:
-    """``visible`` without the tools the agent's capabilities would refuse anyway (no point offering
-    ``agent_send`` to an agent that may message nobody)."""
-    caps = agents_api.effective_capabilities(manifest)
-    refused = set()
-    if not caps.agent_message:
-        refused.add("agent_send")
-    if not caps.agent_spawn:
-        refused.add("agent_spawn")
-    if not caps.network:
-        refused.add("web_fetch")
-    return [name for name in visible if name not in refused]
 
 
 def parse_session_id(value: str) -> str:
