@@ -32,7 +32,7 @@ class UsageWriter:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
             self._flusher.add_done_callback(self._flushed)
-        await asyncio.shield(done)
+        await done  # (a cancelled caller cancels only this future: the flush still writes the row)
 
     async def drain(self) -> None:
         """Wait until every row handed over is written (plugin shutdown)."""
