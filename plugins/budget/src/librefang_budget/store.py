@@ -20,7 +20,7 @@ HOUR = 3600.0
 DAY = 86400.0
 INSERT_USAGE = usage.insert()
 USAGE_COLUMNS = tuple(c.name for c in usage.columns if c.name != "id")
-# SQLite: straight to the driver (qmark parameters), without SQLAlchemy's per-row parameter processing
+# SQLite: straight to the driver (qmark parameters), without SQLAlchemy's statement handling
 # (these values need no conversion: sqlite3 stores a bool as 0/1, as the Boolean column does).
 INSERT_USAGE_SQLITE = (f"INSERT INTO {usage.name} ({', '.join(USAGE_COLUMNS)}) "
                        f"VALUES ({', '.join('?' for _ in USAGE_COLUMNS)})")
@@ -99,6 +99,19 @@ def _filter(where: dict[str, str]) -> Any:
     return sa.and_(*clauses) if clauses else None
 
 
+def _insert_usage(conn: Any, rows: list[dict[str, Any]], values: list[tuple[Any, ...]]) -> None:
+    """Usage rows in the caller's transaction (``Database.run``): on SQLite's own driver straight
+    through its cursor (in the transaction SQLAlchemy commits), else one compiled statement."""
+    if conn.dialect.driver == "pysqlite":
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(INSERT_USAGE_SQLITE, values)
+        finally:
+            cursor.close()
+    else:
+        conn.execute(INSERT_USAGE, rows)
+
+
 class UsageStore:
     """Reads and writes the budget plugin's tables through the kernel's database."""
 
@@ -142,11 +155,8 @@ class UsageStore:
         """Store usage rows (every column but ``id``) in one transaction."""
         if not rows:
             return
-        if getattr(self.db, "is_sqlite", False):
-            values = [tuple(row[c] for c in USAGE_COLUMNS) for row in rows]
-            await self.db.run(lambda conn: conn.exec_driver_sql(INSERT_USAGE_SQLITE, values))
-        else:
-            await self.db.run(lambda conn: conn.execute(INSERT_USAGE, rows))  # one statement, compiled once
+        values = [tuple(row[c] for c in USAGE_COLUMNS) for row in rows]
+        await self.db.run(_insert_usage, rows, values)
 
     async def spend_by(self, column: str, w: Windows) -> dict[str, Spend]:
         """Spend per ``agent_id`` or ``provider`` in each window (one grouped query)."""

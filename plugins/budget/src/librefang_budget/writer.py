@@ -24,6 +24,7 @@ class UsageWriter:
         self._commit = commit  # one transaction for the rows given
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Future[None] | None = None
+        self.transactions = 0  # how many commits were attempted (each a batch or, after a failure, a row)
 
     async def add(self, row: dict[str, Any]) -> None:
         """Write ``row``; returns once it is committed (raises what its write raised)."""
@@ -62,10 +63,12 @@ class UsageWriter:
 
     async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:
+            self.transactions += 1
             await self._commit([row for row, _ in batch])
         except Exception:  # noqa: BLE001 - one bad row must not fail the others: one by one
             for row, done in batch:
                 try:
+                    self.transactions += 1
                     await self._commit([row])
                 except Exception as exc:  # noqa: BLE001 - handed to that row's caller
                     if not done.done():
