@@ -14,10 +14,12 @@ then providers in file order) and accepts ``provider/model`` to pick one explici
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from librefang_providers.types import Usage
 
 TIERS = ("frontier", "smart", "balanced", "fast", "local", "custom")
 API_FORMATS = ("openai", "anthropic", "gemini", "ollama")
@@ -32,6 +34,9 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 _MODEL_ID_RE = re.compile(MODEL_ID)
 
 PER_MILLION = 1_000_000
+# Bound on the memo of priced (provider, model) pairs of one snapshot: the served model name comes
+# from the provider's response, so an endpoint answering with ever-new names must not grow it.
+MAX_PRICED = 1024
 
 
 class ProviderEntry(BaseModel):
@@ -91,10 +96,10 @@ class ModelEntry(BaseModel):
         return self.display_name or self.id
 
 
-def _field(usage: Any, *names: str) -> int:
-    """The first of ``names`` present on ``usage`` (an object or a mapping), as a non-negative int."""
+def _field(get: Callable[[str], Any], *names: str) -> int:
+    """The first of ``names`` that ``get`` finds (not ``None``), as a non-negative int."""
     for name in names:
-        value = usage.get(name) if isinstance(usage, Mapping) else getattr(usage, name, None)
+        value = get(name)
         if value is not None:
             try:
                 return max(0, int(value))
@@ -115,10 +120,20 @@ def cost(model: ModelEntry, usage: Any) -> float:
     """
     if not model.pricing_known:
         return 0.0
-    input_tokens = _field(usage, "input_tokens", "prompt_tokens")
-    output_tokens = _field(usage, "output_tokens", "completion_tokens")
-    cache_read = _field(usage, "cache_read_tokens", "cache_read_input_tokens")
-    cache_write = _field(usage, "cache_write_tokens", "cache_creation_input_tokens")
+    if type(usage) is Usage and type(usage.input_tokens) is type(usage.output_tokens) is int \
+            and type(usage.cache_read_tokens) is type(usage.cache_write_tokens) is int:
+        # The common case (every agent turn): a driver's Usage of plain ints, read directly.
+        input_tokens = max(0, usage.input_tokens)
+        output_tokens = max(0, usage.output_tokens)
+        cache_read = max(0, usage.cache_read_tokens)
+        cache_write = max(0, usage.cache_write_tokens)
+    else:
+        # One isinstance check per call, not per field (an ABC check is not free).
+        get = usage.get if isinstance(usage, Mapping) else lambda name: getattr(usage, name, None)
+        input_tokens = _field(get, "input_tokens", "prompt_tokens")
+        output_tokens = _field(get, "output_tokens", "completion_tokens")
+        cache_read = _field(get, "cache_read_tokens", "cache_read_input_tokens")
+        cache_write = _field(get, "cache_write_tokens", "cache_creation_input_tokens")
     cache_read = min(cache_read, input_tokens)
     cache_write = min(cache_write, input_tokens - cache_read)
     plain_input = input_tokens - cache_read - cache_write
@@ -163,6 +178,9 @@ class Catalog:
             self._by_provider.setdefault(model.provider, []).append(model)
         self.aliases: dict[str, str] = dict(aliases or {})
         self._reverse_aliases: dict[int, list[str]] | None = None
+        # Memo of :meth:`priced_model`: valid for this snapshot's whole life because a snapshot is
+        # never changed (every write path builds a new Catalog), so it needs no invalidation.
+        self._priced: dict[tuple[str, str], ModelEntry | None] = {}
 
     # -- providers ---------------------------------------------------------------------------
     def provider(self, name: str) -> ProviderEntry | None:
@@ -207,6 +225,21 @@ class Catalog:
                         if model.id.lower() == rest.lower():
                             return model
         return None
+
+    def priced_model(self, provider: str, model: str) -> ModelEntry | None:
+        """The entry pricing a call served by ``provider``/``model`` (as a response names them): that
+        provider's model, else ``provider/model`` as a reference, else ``model`` alone; ``None`` when
+        the catalog does not know it. Memoised per snapshot: it runs on every agent turn."""
+        key = (provider, model)
+        try:
+            return self._priced[key]
+        except KeyError:
+            pass
+        found = self.model_in(provider, model) or self.find_model(f"{provider}/{model}") or self.find_model(model)
+        if len(self._priced) >= MAX_PRICED:
+            self._priced.clear()
+        self._priced[key] = found
+        return found
 
     def model_in(self, provider_id: str, model_id: str) -> ModelEntry | None:
         """The model ``model_id`` of one provider, if the catalog lists it."""

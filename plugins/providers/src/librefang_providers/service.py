@@ -17,7 +17,7 @@ from librefang.errors import BadGateway, BadRequest, Conflict, NotFound, Payload
 from librefang.vault import VaultError
 
 from librefang_providers import catalog_store as store
-from librefang_providers.catalog import Catalog, ModelEntry, ProviderEntry
+from librefang_providers.catalog import Catalog, ModelEntry, ProviderEntry, cost
 from librefang_providers.config import ProvidersConfig
 from librefang_providers.probe import ProbeCache, ProbeResult
 
@@ -115,12 +115,7 @@ class CatalogService:
     async def call_cost(self, provider: str, model: str, usage: Any) -> float | None:
         """USD cost of one call served by ``provider``/``model`` (as a ``CompletionResponse`` names
         them); ``None`` when the catalog does not know that model."""
-        from librefang_providers.catalog import cost
-
-        catalog = await self.catalog()
-        entry = catalog.model_in(provider, model) or catalog.find_model(f"{provider}/{model}")
-        if entry is None:
-            entry = catalog.find_model(model)
+        entry = (self._catalog or await self.catalog()).priced_model(provider, model)
         return cost(entry, usage) if entry is not None else None
 
     async def _rebuild(self) -> None:
