@@ -51,41 +51,61 @@ def _image_url(block: ImageBlock) -> str:
     return block.url or f"data:{block.media_type};base64,{block.data}"
 
 
+# ``json.dumps(value, ensure_ascii=False)`` builds a new JSONEncoder on every call (any non-default
+# argument does); one shared encoder writes the same text (its encode() keeps no state between calls).
+_dump_arguments = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def build_messages(request: CompletionRequest) -> list[dict[str, Any]]:
-    """Normalised messages → Chat Completions messages (tool results become ``role: tool``)."""
+    """Normalised messages → Chat Completions messages (tool results become ``role: tool``).
+
+    Runs over the whole history on every call, so each message is converted in one pass over its
+    blocks, and a user message's parts are only built as dicts when it carries an image."""
     out: list[dict[str, Any]] = []
+    append = out.append
     if request.system:
-        out.append({"role": "system", "content": request.system})
+        append({"role": "system", "content": request.system})
     for message in request.messages:
-        if isinstance(message.content, str):
-            out.append({"role": message.role, "content": message.content})
+        content = message.content
+        if isinstance(content, str):
+            append({"role": message.role, "content": content})
             continue
         if message.role == "assistant":
-            text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
-            calls = [
-                {"id": b.id, "type": "function",
-                 "function": {"name": b.name, "arguments": json.dumps(b.input, ensure_ascii=False)}}
-                for b in message.content if isinstance(b, ToolUseBlock)
-            ]
-            entry: dict[str, Any] = {"role": "assistant", "content": text or None}
+            texts: list[str] = []
+            calls: list[dict[str, Any]] = []
+            for b in content:
+                if isinstance(b, TextBlock):
+                    texts.append(b.text)
+                elif isinstance(b, ToolUseBlock):
+                    calls.append({"id": b.id, "type": "function",
+                                  "function": {"name": b.name, "arguments": _dump_arguments(b.input)}})
+            entry: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
             if calls:
                 entry["tool_calls"] = calls
-            out.append(entry)
+            append(entry)
             continue
-        parts: list[dict[str, Any]] = []
-        for block in message.content:
+        texts = []
+        images = False
+        for block in content:
             if isinstance(block, ToolResultBlock):
-                content = f"Error: {block.content}" if block.is_error else block.content
-                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": content})
+                result = f"Error: {block.content}" if block.is_error else block.content
+                append({"role": "tool", "tool_call_id": block.tool_use_id, "content": result})
             elif isinstance(block, TextBlock):
-                parts.append({"type": "text", "text": block.text})
+                texts.append(block.text)
             elif isinstance(block, ImageBlock):
-                parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
-        if parts:
-            if all(p["type"] == "text" for p in parts):
-                out.append({"role": "user", "content": "".join(p["text"] for p in parts)})
-            else:
-                out.append({"role": "user", "content": parts})
+                images = True
+        if images:
+            parts: list[dict[str, Any]] = []
+            for block in content:
+                if isinstance(block, ToolResultBlock):
+                    continue
+                if isinstance(block, TextBlock):
+                    parts.append({"type": "text", "text": block.text})
+                elif isinstance(block, ImageBlock):
+                    parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+            append({"role": "user", "content": parts})
+        elif texts:
+            append({"role": "user", "content": "".join(texts)})
     return out
 
 
