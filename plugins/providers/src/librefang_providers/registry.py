@@ -98,6 +98,10 @@ class LLMRegistry:
         self._source_versions: list[Callable[[], Any] | None] = []
         self._resolved: dict[tuple[str, str | None, str | None], tuple[tuple[Any, ...], Any, ProviderSpec]] = {}
         self._fingerprints: dict[str, str] = {}
+        # Per-slot fast path of driver() (every agent turn calls it twice): the resolution token,
+        # spec, key, LRU cache key and driver of the slot's last call. A hit needs the same token and
+        # the very same key string (read again on every call: env and vault can change at any time).
+        self._slots: dict[tuple[str, str | None, str | None], tuple[Any, ...]] = {}
 
     # -- registration --------------------------------------------------------------------------
     def register(self, name: str, factory: DriverFactory, *, owner: str = "") -> None:
@@ -143,14 +147,20 @@ class LLMRegistry:
 
     def _resolve_token(self, name: str) -> tuple[Any, ...] | None:
         """Everything a resolution of ``name`` depends on, or ``None`` when it cannot be cached."""
+        sources = self._source_versions
+        if len(sources) != len(self.spec_sources):  # a source appended to the list directly
+            return None
+        config = self.config
+        if len(sources) == 1:  # the usual case (the catalog): no intermediate list
+            version = sources[0]
+            if version is None:
+                return None
+            return (self._generation, config, config.provider_urls.get(name), version())
         versions = []
-        for version in self._source_versions:
+        for version in sources:
             if version is None:
                 return None
             versions.append(version())
-        if len(self._source_versions) != len(self.spec_sources):  # a source appended to the list directly
-            return None
-        config = self.config
         return (self._generation, config, config.provider_urls.get(name), *versions)
 
     def _resolve(self, name: str, base_url: str | None, api_key_env: str | None) -> tuple[DriverFactory, ProviderSpec]:
@@ -229,6 +239,16 @@ class LLMRegistry:
 
     def driver(self, provider: str, *, base_url: str | None = None, api_key_env: str | None = None) -> Any:
         """The (cached) driver for ``provider``; one per provider, base URL and key."""
+        slot = (provider, base_url, api_key_env)
+        token = self._resolve_token(provider)
+        hit = self._slots.get(slot) if token is not None else None
+        if hit is not None and hit[0] == token and self.api_key(provider, hit[1]) == hit[2]:
+            try:
+                self._drivers.move_to_end(hit[3])
+            except KeyError:  # evicted from the LRU (or closed): build it again below
+                pass
+            else:
+                return hit[4]
         factory, spec = self._resolve(provider, base_url, api_key_env)
         key = self.api_key(provider, spec)
         if not key and spec.key_required:
@@ -245,6 +265,7 @@ class LLMRegistry:
         driver = self._drivers.get(cache_key)
         if driver is not None:
             self._drivers.move_to_end(cache_key)
+            self._remember_slot(slot, token, spec, key, cache_key, driver)
             return driver
         cfg = self.config
         # A built-in driver takes the httpx client from the pool if it ever needs it (its completion
@@ -258,7 +279,17 @@ class LLMRegistry:
         self._drivers[cache_key] = driver
         while len(self._drivers) > MAX_CACHED_DRIVERS:
             self._drivers.popitem(last=False)
+        self._remember_slot(slot, token, spec, key, cache_key, driver)
         return driver
+
+    def _remember_slot(self, slot: tuple[str, str | None, str | None], token: tuple[Any, ...] | None,
+                       spec: ProviderSpec, key: str, cache_key: tuple[Any, ...], driver: Any) -> None:
+        if token is None:  # a resolution that cannot be reused (an unversioned spec source)
+            self._slots.pop(slot, None)
+            return
+        if len(self._slots) >= MAX_CACHED_RESOLUTIONS and slot not in self._slots:
+            self._slots.clear()
+        self._slots[slot] = (token, spec, key, cache_key, driver)
 
     def pool(self) -> Any:
         """The HTTP clients shared by the drivers (:class:`~librefang_providers.drivers.transport.HTTPPool`;
@@ -399,6 +430,7 @@ class LLMRegistry:
         """Close every driver and the shared connection pool."""
         drivers = list(self._drivers.values())
         self._drivers.clear()
+        self._slots.clear()
         for driver in drivers:
             close = getattr(driver, "aclose", None)
             if close is not None:

@@ -143,3 +143,48 @@ async def test_a_new_factory_or_an_unversioned_source_is_seen_at_once(fake_llm: 
         assert isinstance(registry.driver("acme"), Echo)
     finally:
         await registry.aclose()
+
+
+async def test_the_per_slot_fast_path_rechecks_the_key_and_the_lru(monkeypatch: pytest.MonkeyPatch) -> None:
+    """driver() answers a repeated slot without resolving again, but a key changed from outside the
+    process (the vault here) is used on the very next call, and a driver evicted from the LRU (so no
+    longer closed by aclose) is never handed out again."""
+    from librefang_providers import registry as registry_module
+
+    monkeypatch.delenv("ACME_API_KEY", raising=False)
+    vault = {"ACME_API_KEY": KEY_ONE}
+    registry = LLMRegistry(ProvidersConfig(), vault_get=vault.get)
+    registry.register("openai", builtin_factory("openai"))
+    source = CountingSource("http://127.0.0.1:9/v1")
+    registry.add_spec_source(source, version=source.version)
+    try:
+        first = registry.driver("acme")
+        assert first.config.api_key == KEY_ONE
+        asked = source.calls
+        assert registry.driver("acme") is first and source.calls == asked
+
+        vault["ACME_API_KEY"] = KEY_TWO  # changed by another process writing the vault
+        second = registry.driver("acme")
+        assert second is not first and second.config.api_key == KEY_TWO
+        assert registry.driver("acme") is second
+
+        vault["ACME_API_KEY"] = KEY_ONE  # back to the first key: its driver is still cached
+        assert registry.driver("acme") is first
+
+        del vault["ACME_API_KEY"]  # no key any more: refused at once, not served from the fast path
+        with pytest.raises(registry_module.MissingApiKey):
+            registry.driver("acme")
+        vault["ACME_API_KEY"] = KEY_ONE
+        assert registry.driver("acme") is first
+
+        # the slot's driver is evicted from the LRU by other slots: a fresh one is built and cached
+        monkeypatch.setattr(registry_module, "MAX_CACHED_DRIVERS", 2)
+        registry.driver("acme", base_url="http://127.0.0.1:9/a")
+        registry.driver("acme", base_url="http://127.0.0.1:9/b")
+        assert first not in registry._drivers.values()
+        again = registry.driver("acme")
+        assert again is not first and again in registry._drivers.values()
+        assert registry.driver("acme") is again
+    finally:
+        await registry.aclose()
+    assert not registry._drivers
