@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import types
 
-from librefang import hookimpl
-from librefang.plugins import PluginHost
+import pluggy
+from librefang import hookimpl, hookspecs
+from librefang.markers import PROJECT
+from librefang.plugins import PluginBound, PluginHost, PluginRecord
+
+hookspec = pluggy.HookspecMarker(PROJECT)
 
 
 def plugin(calls: list[str], name: str, **marks: bool) -> types.SimpleNamespace:
@@ -65,3 +69,98 @@ def test_loaded_order_follows_a_record_that_fails_or_comes_back() -> None:
     returned = host.loaded()
     returned.clear()  # a caller's list is its own
     assert [r.name for r in host.loaded()] == ["x", "y"]
+
+
+def test_impls_follow_changes_made_directly_on_the_manager_and_the_records() -> None:
+    calls: list[str] = []
+    host = host_with(a=plugin(calls, "a"), b=plugin(calls, "b"), c=plugin(calls, "c"))
+    assert names(host) == ["a", "b", "c"]
+
+    host.pm.unregister(name="b")  # straight through pluggy, not through fail()
+    assert names(host) == ["a", "c"]
+    host.pm.register(host.records["b"].module, name="b")
+    assert names(host) == ["a", "b", "c"]
+
+    host.pm.set_blocked("c")  # pluggy's blocking unregisters too
+    assert names(host) == ["a", "b"]
+    assert [value for _, value in host.call("status_info", kernel=None)] == ["a", "b"]
+
+    del host.records["a"]  # a record removed
+    assert names(host) == ["b"]
+    host.records.pop("b")
+    assert names(host) == []
+    host.records.update(a=PluginRecord(name="a", module_name="a", module=host.pm.get_plugin("a")))
+    assert names(host) == ["a"]
+
+
+def test_order_follows_a_changed_dependency_and_a_replaced_records_mapping() -> None:
+    calls: list[str] = []
+    host = host_with(a=plugin(calls, "a"), b=plugin(calls, "b"))
+    host.records["a"].distribution = "dist-a"
+    host.records["b"].distribution = "dist-b"
+    assert names(host) == ["a", "b"]
+    host.records["a"].requires = {"dist-b"}  # a now depends on b: b comes first
+    assert names(host) == ["b", "a"]
+    assert [r.name for r in host.loaded()] == ["b", "a"]
+
+    host.records = {"b": host.records["b"]}  # a new mapping is tracked as well
+    assert names(host) == ["b"]
+    host.records["a"] = PluginRecord(name="a", module_name="a", module=host.pm.get_plugin("a"))
+    assert names(host) == ["a", "b"]
+
+
+def test_a_hook_added_by_later_hookspecs_and_a_plain_pluggy_manager_are_seen() -> None:
+    calls: list[str] = []
+
+    class Specs:
+        @hookspec
+        def late_hook(self, kernel):
+            """A plugin-offered hook whose spec arrives after the implementation registered."""
+
+    def late_hook(kernel):
+        return "late"
+
+    host = host_with(b=plugin(calls, "b"))
+    assert names(host, "late_hook") == []  # asked (and kept) before any plugin offers it
+    host.pm.add_hookspecs(Specs)
+    assert names(host, "late_hook") == []
+    record = host.add_plugin("a", types.SimpleNamespace(late_hook=hookimpl(late_hook)))
+    host.pm.register(record.module, name="a")
+    assert [value for _, value in host.call("late_hook", kernel=None)] == ["late"]
+
+    # a manager built outside the host (not by build_manager), then changed after the swap
+    other = pluggy.PluginManager(PROJECT)
+    other.add_hookspecs(hookspecs)
+    other.register(host.records["b"].module, name="b")
+    host.pm = other
+    assert names(host) == ["b"]
+    other.register(host.records["a"].module, name="a")
+    assert names(host, "late_hook") == ["a"]  # registered on the swapped-in manager after the swap
+    other.unregister(name="b")
+    assert names(host) == []
+
+
+async def test_acall_passes_only_named_arguments_and_binds_register_per_plugin() -> None:
+    seen: list[tuple[str, object]] = []
+
+    def with_kernel(kernel):
+        seen.append(("k", kernel))
+
+    async def without_args():
+        seen.append(("none", None))
+        return "async"
+
+    def with_register(register):
+        register("x")
+
+    host = host_with(
+        a=types.SimpleNamespace(status_info=hookimpl(with_kernel)),
+        b=types.SimpleNamespace(status_info=hookimpl(without_args)),
+    )
+    assert await host.acall("status_info", kernel="K") == [("a", None), ("b", "async")]
+    assert seen == [("k", "K"), ("none", None)]
+
+    registered: list[tuple[str, str]] = []
+    host2 = host_with(m=types.SimpleNamespace(register_config=hookimpl(with_register)))
+    host2.call("register_config", register=PluginBound(lambda plugin, x: registered.append((plugin, x))))
+    assert registered == [("m", "x")]

@@ -36,6 +36,19 @@ trace_log = logging.getLogger("librefang.plugins.trace")
 
 ENTRY_POINT_GROUP = "librefang.plugins"
 
+# Hook calls happen several times per agent turn, so the plugin order and each hook's implementation
+# list are kept between calls. They are valid while this counter is unchanged: it is bumped by every
+# change they derive from (a plugin record added/removed/changed, a pluggy manager swapped, a plugin
+# registered/unregistered or hookspecs added). One integer comparison per hook call, instead of
+# recomputing a key from every record. Process-wide: a change in one host only costs another host a
+# recomputation.
+_generation = 0
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
 
 async def await_me_maybe(value: Any) -> Any:
     """Await ``value`` when it is awaitable (hook implementations may be sync or async)."""
@@ -64,6 +77,12 @@ class PluginRecord:
     reloads: int = 0
     reload_error: str | None = None
     started: bool = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # module/error (load, failure, hot reload), distribution/requires (order): any change of a
+        # record invalidates the host's kept hook lists. Records change only at start and on reload.
+        object.__setattr__(self, name, value)
+        _changed()
 
     @property
     def ok(self) -> bool:
@@ -235,6 +254,73 @@ def tracing_enabled() -> bool:
     return os.environ.get("LIBREFANG_TRACE_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+class _Records(dict[str, PluginRecord]):
+    """The host's plugin records by name; every change bumps the generation (see ``_generation``)."""
+
+    def __setitem__(self, key: str, value: PluginRecord) -> None:
+        super().__setitem__(key, value)
+        _changed()
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        _changed()
+
+    def __ior__(self, other: Any) -> _Records:
+        self.update(other)
+        return self
+
+    def pop(self, *args: Any) -> Any:
+        try:
+            return super().pop(*args)
+        finally:
+            _changed()
+
+    def popitem(self) -> tuple[str, PluginRecord]:
+        try:
+            return super().popitem()
+        finally:
+            _changed()
+
+    def clear(self) -> None:
+        super().clear()
+        _changed()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().update(*args, **kwargs)
+        finally:
+            _changed()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        try:
+            return super().setdefault(key, default)
+        finally:
+            _changed()
+
+
+class _Manager(pluggy.PluginManager):
+    """A pluggy manager whose every change of hook implementations bumps the generation
+    (``set_blocked`` and ``load_setuptools_entrypoints`` go through these too)."""
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        try:
+            return super().register(plugin, name)
+        finally:
+            _changed()
+
+    def unregister(self, plugin: Any | None = None, name: str | None = None) -> Any | None:
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            _changed()
+
+    def add_hookspecs(self, module_or_class: Any) -> None:
+        try:
+            super().add_hookspecs(module_or_class)
+        finally:
+            _changed()
+
+
 class PluginHost:
     """Owns the pluggy manager and the records of every plugin.
 
@@ -244,17 +330,39 @@ class PluginHost:
     """
 
     def __init__(self) -> None:
-        self.records: dict[str, PluginRecord] = {}
+        self.records = _Records()
         self.tracing = tracing_enabled()
         self.live = False
         self.pm = self._new_manager()
         # Hook calls happen several times per agent turn: the dependency order and each hook's
-        # implementation list are kept, keyed on everything they derive from (see _state_key).
-        self._loaded_cache: tuple[tuple[Any, ...], list[PluginRecord]] | None = None
-        self._impls_cache: dict[tuple[str, str | None], tuple[Any, list[Any], tuple[Any, ...], list[Any]]] = {}
+        # implementation list are kept with the generation they were computed at (see _generation).
+        self._loaded_cache: tuple[int, list[PluginRecord]] | None = None
+        self._impls_cache: dict[tuple[str, str | None], tuple[int, tuple[_Impl, ...]]] = {}
+
+    @property
+    def records(self) -> dict[str, PluginRecord]:
+        """Every plugin the host knows about, by name (changes invalidate the kept hook lists)."""
+        return self._records
+
+    @records.setter
+    def records(self, value: dict[str, PluginRecord]) -> None:
+        self._records = value if isinstance(value, _Records) else _Records(value)
+        _changed()
+
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        """The pluggy manager (a hot reload swaps it; the kept hook lists follow)."""
+        return self._pm
+
+    @pm.setter
+    def pm(self, value: pluggy.PluginManager) -> None:
+        if not isinstance(value, _Manager):  # a manager built elsewhere: make its changes visible too
+            value.__class__ = _Manager
+        self._pm = value
+        _changed()
 
     def _new_manager(self) -> pluggy.PluginManager:
-        pm = pluggy.PluginManager(PROJECT)
+        pm = _Manager(PROJECT)
         pm.add_hookspecs(hookspecs)
         if self.tracing:
             pm.add_hookcall_monitoring(_trace_before, _trace_after)
@@ -344,43 +452,41 @@ class PluginHost:
         pm.check_pending()
         return pm
 
-    def _state_key(self) -> tuple[Any, ...]:
-        """What the plugin order depends on: which records there are and whether each is loaded
-        (``records`` and a record's ``module``/``error`` are changed by loading, failing, hot reload)."""
-        return tuple([(r, r.module, r.error) for r in self.records.values()])
-
     def loaded(self) -> list[PluginRecord]:
         """Plugins that imported and are not failed, in dependency order."""
-        key = self._state_key()
+        generation = _generation
         cached = self._loaded_cache
-        if cached is None or cached[0] != key:
-            cached = self._loaded_cache = (key, order_by_dependencies([r for r in self.records.values() if r.ok]))
+        if cached is None or cached[0] != generation:
+            cached = self._loaded_cache = (generation, order_by_dependencies([r for r in self.records.values() if r.ok]))
         return list(cached[1])
 
     # -- hook calls ----------------------------------------------------------------------------
     def impls(self, hook_name: str, plugin: str | None = None) -> list[tuple[str, Callable[..., Any]]]:
         """(plugin name, function) of every implementation of ``hook_name``, in plugin order, except that
         ``@hookimpl(tryfirst=True)`` implementations come first and ``trylast=True`` ones last."""
-        pm = self.pm
-        caller = getattr(pm.hook, hook_name, None)
+        return [(name, fn) for name, fn, _ in self._impls(hook_name, plugin)]
+
+    def _impls(self, hook_name: str, plugin: str | None) -> tuple[_Impl, ...]:
+        """(plugin name, function, argument names) of each implementation, kept between calls."""
+        # The kept answer is valid while nothing it derives from changed (see _generation).
+        key = (hook_name, plugin)
+        cached = self._impls_cache.get(key)
+        if cached is not None and cached[0] == _generation:
+            return cached[1]
+        generation = _generation  # read first: a change made while computing makes the entry stale
+        caller = getattr(self.pm.hook, hook_name, None)
         if caller is None:
-            return []
-        hookimpls = caller.get_hookimpls()
-        state = self._state_key()
-        cached = self._impls_cache.get((hook_name, plugin))
-        # Valid while the manager, its implementations of this hook and the plugin records are the
-        # same objects in the same states (a reload swaps the manager; a failure unregisters).
-        if cached is not None and cached[0] is pm and cached[1] == hookimpls and cached[2] == state:
-            return list(cached[3])
-        found = {impl.plugin_name: impl for impl in hookimpls}
-        order = [r.name for r in self.loaded()]
-        chosen = [found[name] for name in order if name in found and (plugin is None or name == plugin)]
-        chosen.sort(key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)  # stable: keeps plugin order
-        result = [(impl.plugin_name, impl.function) for impl in chosen]
+            result: tuple[_Impl, ...] = ()
+        else:
+            found = {impl.plugin_name: impl for impl in caller.get_hookimpls()}
+            order = [r.name for r in self.loaded()]
+            chosen = [found[name] for name in order if name in found and (plugin is None or name == plugin)]
+            chosen.sort(key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)  # stable: keeps plugin order
+            result = tuple((impl.plugin_name, impl.function, _arg_names(impl.function)) for impl in chosen)
         if len(self._impls_cache) > 1024:  # bounded: hook names x plugin filters
             self._impls_cache.clear()
-        self._impls_cache[(hook_name, plugin)] = (pm, hookimpls, state, result)
-        return list(result)
+        self._impls_cache[key] = (generation, result)
+        return result
 
     def _trace(self, hook_name: str, plugin: str, started: float, error: BaseException | None) -> None:
         if self.tracing:
@@ -403,11 +509,20 @@ class PluginHost:
 
         With ``isolate`` a raising implementation is reported (see :class:`PluginHost`) and skipped;
         without it the exception propagates."""
+        impls = self._impls(hook_name, plugin)
+        if not impls:
+            return []
         results = []
-        for name, fn in self.impls(hook_name, plugin):
-            started = time.perf_counter()
+        tracing = self.tracing
+        direct = _direct_kwargs(kwargs)
+        names = frozenset(kwargs) if direct else frozenset()
+        for name, fn, wanted in impls:
+            started = time.perf_counter() if tracing else 0.0
             try:
-                value = fn(**self._kwargs_for(fn, kwargs, name))
+                if direct and names <= wanted:  # it takes every argument: pass them as given
+                    value = fn(**kwargs)
+                else:
+                    value = fn(**self._kwargs_for(fn, kwargs, name))
                 if inspect.iscoroutine(value):  # it would never run: say so instead of losing it
                     value.close()
                     raise PluginError(f"{hook_name} is called synchronously; implement it with def, not async def")
@@ -417,7 +532,8 @@ class PluginHost:
                     raise
                 self._hook_failed(hook_name, name, exc)
                 continue
-            self._trace(hook_name, name, started, None)
+            if tracing:
+                self._trace(hook_name, name, started, None)
             results.append((name, value))
         return results
 
@@ -425,18 +541,34 @@ class PluginHost:
         self, hook_name: str, *, plugin: str | None = None, isolate: bool = True, **kwargs: Any
     ) -> list[tuple[str, Any]]:
         """Call a hook on each plugin, awaiting coroutine results; failures handled as in :meth:`call`."""
+        impls = self._impls(hook_name, plugin)
+        if not impls:
+            return []
         results = []
-        for name, fn in self.impls(hook_name, plugin):
-            started = time.perf_counter()
+        tracing = self.tracing
+        direct = _direct_kwargs(kwargs)
+        names = frozenset(kwargs) if direct else frozenset()
+        for name, fn, wanted in impls:
+            started = time.perf_counter() if tracing else 0.0
             try:
-                value = await await_me_maybe(fn(**self._kwargs_for(fn, kwargs, name)))
+                if direct and names <= wanted:  # it takes every argument: pass them as given
+                    value = fn(**kwargs)
+                else:
+                    value = fn(**self._kwargs_for(fn, kwargs, name))
+                # inline await_me_maybe (no extra coroutine per call); None and coroutines decided fast
+                if value is not None and (
+                    type(value) is types.CoroutineType
+                    or (_awaitable_types.get(type(value), True) and _is_awaitable(value))
+                ):
+                    value = await value
             except Exception as exc:
                 self._trace(hook_name, name, started, exc)
                 if not isolate:
                     raise
                 self._hook_failed(hook_name, name, exc)
                 continue
-            self._trace(hook_name, name, started, None)
+            if tracing:
+                self._trace(hook_name, name, started, None)
             results.append((name, value))
         return results
 
@@ -444,13 +576,7 @@ class PluginHost:
     def _kwargs_for(fn: Callable[..., Any], kwargs: dict[str, Any], plugin: str) -> dict[str, Any]:
         """Pass only the arguments an implementation names (pluggy's convention); callables
         given as ``register`` are bound to the calling plugin's name."""
-        wanted = getattr(fn, "_librefang_args", None)
-        if wanted is None:
-            wanted = set(inspect.signature(fn).parameters)
-            try:
-                fn._librefang_args = wanted  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
+        wanted = _arg_names(fn)
         out = {}
         for key, value in kwargs.items():
             if key not in wanted:
@@ -463,6 +589,49 @@ class PluginHost:
     def describe(self) -> list[dict[str, Any]]:
         """Every known plugin (loaded or failed), sorted by name."""
         return [self.records[name].describe() for name in sorted(self.records)]
+
+
+_Impl = tuple[str, Callable[..., Any], frozenset[str]]
+
+
+def _arg_names(fn: Callable[..., Any]) -> frozenset[str]:
+    """The parameter names of a hook implementation, kept on the function (on the underlying
+    function of a bound method, which takes no attributes itself)."""
+    holder = getattr(fn, "__func__", fn)
+    wanted = getattr(holder, "_librefang_args", None)
+    if wanted is None:
+        wanted = frozenset(inspect.signature(fn).parameters)
+        try:
+            holder._librefang_args = wanted
+        except AttributeError:
+            pass
+    return wanted  # type: ignore[no-any-return]
+
+
+def _direct_kwargs(kwargs: dict[str, Any]) -> bool:
+    """Whether the hook arguments can be passed unchanged (no ``register`` callback to bind per plugin)."""
+    for value in kwargs.values():
+        if isinstance(value, PluginBound):
+            return False
+    return True
+
+
+# Whether values of a type are awaitable (the answer depends on the type only, except for
+# generators: a generator-based coroutine is told by a flag of its code). Bounded: cleared when full.
+_awaitable_types: dict[type, bool] = {}
+
+
+def _is_awaitable(value: Any) -> bool:
+    kind = type(value)
+    known = _awaitable_types.get(kind)
+    if known is None:
+        known = inspect.isawaitable(value)
+        if kind is types.GeneratorType:
+            return known
+        if len(_awaitable_types) >= 256:
+            _awaitable_types.clear()
+        _awaitable_types[kind] = known
+    return known
 
 
 def _trace_before(hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
