@@ -54,13 +54,15 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def start_runtime(make_kernel: Any, fake_llm: FakeLLMServer, keys: None) -> Any:
-    """``await start_runtime(extra_config="", plugins={...})`` → (kernel, client) with providers,
-    agents and runtime (plus ``plugins``) aimed at the fake LLM server."""
+    """``await start_runtime(extra_config="", plugins={...}, database_url=None)`` → (kernel, client) with
+    providers, agents and runtime (plus ``plugins``) aimed at the fake LLM server."""
 
-    async def factory(extra_config: str = "", plugins: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    async def factory(extra_config: str = "", plugins: dict[str, Any] | None = None,
+                      database_url: str | None = None) -> tuple[Any, Any]:
         loaded = {"providers": providers_plugin, "agents": agents_plugin, "runtime": runtime_plugin,
                   **(plugins or {})}
-        kernel = await make_kernel(plugins=loaded, load_entry_points=False, config=config_for(fake_llm, extra_config))
+        config = (f'database_url = "{database_url}"\n' if database_url else "") + config_for(fake_llm, extra_config)
+        kernel = await make_kernel(plugins=loaded, load_entry_points=False, config=config)
         for name in ("providers", "agents", "runtime"):
             assert kernel.plugins.records[name].error is None, kernel.plugins.records[name].error
         return kernel, make_client(build_app(kernel))

@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from librefang_providers.api import Message, Usage
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from librefang_runtime.history import Window, WindowCache, content_to_json, message_from_json, text_of
@@ -73,6 +75,19 @@ def _first_session(conn: Any, session_id: str) -> Any:
     return conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
 
 
+def _ensure_session(conn: Any, session_id: str, agent_id: str, now: float) -> Any:
+    """Insert the session unless it exists (kept as it is then), and return its row."""
+    values = {"id": session_id, "agent_id": agent_id, "label": None, "message_count": 0,
+              "created_at": now, "updated_at": now}
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite_insert if dialect == "sqlite" else pg_insert
+        conn.execute(insert(sessions).values(**values).on_conflict_do_nothing(index_elements=["id"]))
+    elif _first_session(conn, session_id) is None:
+        conn.execute(sessions.insert().values(**values))
+    return _first_session(conn, session_id)
+
+
 def _read_window(conn: Any, session_id: str, limit: int | None) -> tuple[Any, list[StoredMessage]]:
     """The session's row (None when it does not exist) and its last ``limit`` messages, decoded."""
     row = conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
@@ -121,20 +136,19 @@ class SessionStore:
         return _info(row) if row is not None else None
 
     async def ensure(self, session_id: str, agent_id: str) -> SessionInfo:
-        """The session, created for ``agent_id`` when it does not exist yet (the caller checks ownership)."""
-        found = await self.get(session_id)
-        if found is not None:
-            return found
+        """The session, created for ``agent_id`` when it does not exist yet (the caller checks ownership).
+
+        One transaction that writes first (insert unless present, then read the row): a transaction
+        that read before writing could fail under SQLite's snapshot rules when another writer went
+        first, and one transaction is one hop instead of a read, an insert and a read again."""
         now = time.time()
         try:
-            async with self.writing(), self.db.begin() as conn:
-                await conn.execute(sessions.insert().values(
-                    id=session_id, agent_id=agent_id, label=None, message_count=0, created_at=now, updated_at=now))
-        except IntegrityError:  # created concurrently: read the winner's row
-            pass
-        found = await self.get(session_id)
-        assert found is not None
-        return found
+            async with self.writing():
+                row = await self._tx(_ensure_session, session_id, agent_id, now)
+        except IntegrityError:  # created concurrently on a database without ON CONFLICT: the winner's row
+            row = await self.db.run(_first_session, session_id)
+        assert row is not None
+        return _info(row)
 
     async def append(self, session_id: str, message: Message) -> None:
         """Store ``message`` at the end of the session; the oldest go beyond ``max_messages``."""
