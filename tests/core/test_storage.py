@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import textwrap
+import threading
 from pathlib import Path
 
 import librefang
@@ -214,6 +215,58 @@ async def test_run_is_one_transaction_on_a_sqlite_file(tmp_path):
     # Committed means on disk: a plain connection sees every row after close.
     with sqlite3.connect(tmp_path / "run.db") as plain:
         assert plain.execute("SELECT COUNT(*) FROM run_items").fetchone()[0] == 53
+
+
+async def test_run_on_a_sqlite_file_one_writer_thread_cancellation_and_close(tmp_path):
+    """One thread runs every transaction in order; a cancelled caller's transaction still commits;
+    a transaction that broke its connection leaves the next one a working connection; close()
+    finishes whatever was handed over."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}")
+    await db.open()
+    async with db.begin() as conn:
+        await conn.execute(text("CREATE TABLE w (id INTEGER PRIMARY KEY)"))
+
+    def add(conn, item_id: int) -> int:
+        conn.execute(text("INSERT INTO w (id) VALUES (:i)"), {"i": item_id})
+        return threading.get_ident()
+
+    # 32 at once: each caller gets its own result (values delivered in batches reach the right future)
+    assert await asyncio.gather(*(db.run(lambda conn, i=i: i * 10) for i in range(32))) == [i * 10 for i in range(32)]
+    threads = set(await asyncio.gather(*(db.run(add, i) for i in range(1, 41))))
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+    # a caller cancelled while its transaction waits behind a slow one: the transaction still commits
+    release = threading.Event()
+    slow = asyncio.ensure_future(db.run(lambda conn: release.wait(5)))
+    queued = asyncio.ensure_future(db.run(add, 100))
+    await asyncio.sleep(0.05)
+    queued.cancel()
+    release.set()
+    assert await slow is True
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    count = lambda conn: conn.execute(text("SELECT COUNT(*) FROM w WHERE id = 100")).scalar()  # noqa: E731
+    assert await db.run(count) == 1
+
+    # a transaction that invalidates its connection and raises: rolled back, the next one works
+    def break_connection(conn) -> None:
+        add(conn, 200)
+        conn.invalidate()
+        raise RuntimeError("connection lost")
+
+    with pytest.raises(Exception, match="connection lost|invalidated|Can't reconnect"):
+        await db.run(break_connection)
+    await db.run(add, 201)
+    ids = await db.run(lambda conn: [r[0] for r in conn.execute(text("SELECT id FROM w WHERE id >= 200"))])
+    assert ids == [201]
+
+    # handed over, then close(): every queued transaction is committed before close returns
+    pending = [asyncio.ensure_future(db.run(add, 300 + i)) for i in range(20)]
+    await asyncio.sleep(0)  # they are queued
+    await db.close()
+    assert len(await asyncio.gather(*pending)) == 20
+    with sqlite3.connect(tmp_path / "writer.db") as plain:
+        assert plain.execute("SELECT COUNT(*) FROM w WHERE id >= 300").fetchone()[0] == 20
 
 
 async def test_run_on_in_memory_sqlite_uses_the_async_engine():
