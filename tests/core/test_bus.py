@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import librefang
@@ -74,6 +75,44 @@ async def test_history_is_bounded_and_unsubscribe_stops_delivery():
         bus.publish("x", {"n": n})
     assert sub.queue.qsize() == 1
     assert [e.data["n"] for e in bus.history] == [7, 8, 9]
+
+
+async def test_a_subscriber_added_or_removed_after_publishing_gets_exactly_its_topics():
+    """Publishing keeps which subscribers match each topic; every subscribe/unsubscribe changes that."""
+    bus = EventBus()
+    first = bus.subscribe("agent.*")
+    bus.publish("agent.spawned", {"n": 1})
+    bus.publish("memory.stored", {"n": 1})
+    late_exact = bus.subscribe("agent.spawned")
+    late_all = bus.subscribe("*")
+    bus.publish("agent.spawned", {"n": 2})
+    bus.publish("memory.stored", {"n": 2})
+    first.close()
+    bus.publish("agent.spawned", {"n": 3})
+    assert [(e.topic, e.data["n"]) for e in _drain(first)] == [("agent.spawned", 1), ("agent.spawned", 2)]
+    assert [e.data["n"] for e in _drain(late_exact)] == [2, 3]
+    assert [(e.topic, e.data["n"]) for e in _drain(late_all)] == [
+        ("agent.spawned", 2), ("memory.stored", 2), ("agent.spawned", 3)]
+
+
+def test_event_ids_are_unique_strings_also_in_a_forked_child():
+    bus = EventBus(history_size=10_000)
+    ids = [bus.publish("x").id for _ in range(5_000)]
+    assert len(set(ids)) == 5_000 and all(isinstance(i, str) and i for i in ids)
+    assert bus.history[-1].to_dict()["id"] == ids[-1]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child continues the parent's counter only if the random part is drawn again
+        try:
+            os.write(write, "\n".join(EventBus().publish("x").id for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_ids = pipe.read().split("\n")
+    os.waitpid(pid, 0)
+    assert len(child_ids) == 3 and not set(child_ids) & {*ids, bus.publish("x").id, bus.publish("x").id}
+    assert child_ids[0].split("-")[0] != ids[0].split("-")[0]
 
 
 async def test_subscription_limits():

@@ -10,22 +10,44 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import itertools
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+# Event ids only need to be unique (nothing parses them): a random part drawn once per process
+# (again in a forked child) and a counter, instead of a uuid4 per event (an os.urandom call and a
+# UUID object on every publish, which the agent turn pays for its turn_completed event).
+_id_prefix = ""
+_id_counter = itertools.count(1)
 
-@dataclass(frozen=True)
+
+def _new_id_space() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex() + "-"
+    _id_counter = itertools.count(1)
+
+
+_new_id_space()
+os.register_at_fork(after_in_child=_new_id_space)
+
+
+def new_event_id() -> str:
+    """A process-unique event id: ``<16 random hex>-<counter in hex>``."""
+    return f"{_id_prefix}{next(_id_counter):x}"
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """One published event."""
 
     topic: str
     data: dict[str, Any]
     source: str = ""
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_event_id)
     timestamp: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +96,9 @@ class EventBus:
         self.default_queue_size = default_queue_size
         self.max_subscribers = max_subscribers
         self._subscribers: list[Subscription] = []
+        # topic -> the subscribers whose pattern matches it, kept until the subscribers change
+        # (publishing then skips matching every pattern). Bounded: cleared when full.
+        self._routes: dict[str, tuple[Subscription, ...]] = {}
         self.history: deque[Event] = deque(maxlen=history_size)
         self.published = 0
         self.dropped_total = 0
@@ -93,20 +118,25 @@ class EventBus:
             raise ServiceUnavailable(f"event bus has {self.max_subscribers} subscribers already", code="bus_full")
         sub = Subscription(self, pattern, size, name)
         self._subscribers.append(sub)
+        self._routes.clear()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         if sub in self._subscribers:
             self._subscribers.remove(sub)
+            self._routes.clear()
 
     def publish(self, topic: str, data: dict[str, Any] | None = None, source: str = "") -> Event:
         """Deliver an event to every matching subscriber without waiting."""
         event = Event(topic=topic, data=data or {}, source=source)
         self.published += 1
         self.history.append(event)
-        for sub in self._subscribers:
-            if not sub.matches(topic):
-                continue
+        subs = self._routes.get(topic)
+        if subs is None:
+            if len(self._routes) >= 1024:
+                self._routes.clear()
+            subs = self._routes[topic] = tuple(sub for sub in self._subscribers if sub.matches(topic))
+        for sub in subs:
             try:
                 sub.queue.put_nowait(event)
                 sub.delivered += 1
