@@ -164,12 +164,19 @@ async def spawn_with(client: Client, name: str) -> str:
     return json.loads(body)["agent_id"]
 
 
-async def turn_latency(procs: Processes, turns: int, with_tool: bool) -> dict[str, float]:
+async def turn_latency(procs: Processes, turns: int, with_tool: bool, session_turns: int = 0,
+                       label: str = "") -> dict[str, float]:
+    """Sequential turns of one agent. ``session_turns`` > 0: a new session every that many turns, so the
+    history the model is sent stays as short as with the default compaction (30 messages) and the
+    provider parses a request of the size the provider-alone baseline sends; 0: one session for all."""
     async with Client(procs.url, 4) as http, Client(procs.fake_url, 2) as fake:
-        agent = await spawn_with(http, f"latency-{'tool' if with_tool else 'text'}")
+        agent = await spawn_with(http, f"latency-{'tool' if with_tool else 'text'}{label}")
         times = []
         cpu_start = 0.0
+        session = str(uuid.uuid4())
         for i in range(turns + 10):
+            if session_turns and i % session_turns == 0:
+                session = str(uuid.uuid4())
             if i == 10:
                 cpu_start = cpu_seconds(procs.daemon.pid)
             if with_tool:
@@ -177,7 +184,8 @@ async def turn_latency(procs: Processes, turns: int, with_tool: bool) -> dict[st
                     {"tool_calls": [{"name": "system_time", "arguments": {}, "id": f"t{i}"}]}, {"text": "It is now."}])
                 assert status == 200
             started = time.perf_counter()
-            status, body = await http.call("POST", f"/api/agents/{agent}/message", {"message": f"hello {i}"})
+            status, body = await http.call("POST", f"/api/agents/{agent}/message",
+                                           {"message": f"hello {i}", "session_id": session})
             elapsed = time.perf_counter() - started
             assert status == 200, body
             if i >= 10:  # the first turns warm caches and connections
@@ -322,8 +330,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if "latency" in parts:
             report["provider_alone"] = await provider_alone(procs, args.turns)
             report["bare_request"] = await bare_request(procs, args.turns)
-            report["turn_no_tool"] = await turn_latency(procs, args.turns, with_tool=False)
-            report["turn_one_tool"] = await turn_latency(procs, args.turns, with_tool=True)
+            report["turn_no_tool"] = await turn_latency(procs, args.turns, False, args.session_turns)
+            report["turn_one_tool"] = await turn_latency(procs, args.turns, True, args.session_turns)
+            # The same turns in ONE session whose history grows to 2 x turns messages (compaction off):
+            # what an unbounded history adds (a longer prompt to build, send and parse on every call).
+            report["turn_no_tool_long_session"] = await turn_latency(procs, args.turns, False, 0, "-long")
         if "throughput" in parts:
             report["throughput"] = await throughput(procs, args.sessions, args.turns_each)
         if "sse" in parts:
@@ -348,6 +359,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--turns", type=int, default=300, help="sequential turns per latency measurement")
+    parser.add_argument("--session-turns", type=int, default=10,
+                        help="latency phases: a new session every N turns (0: one session for all turns)")
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--turns-each", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=20_000)

@@ -129,6 +129,12 @@ def runtime_rows(report: dict[str, Any]) -> list[Row]:
         rows.append(Row("turn, one tool (2 LLM calls), p50 ms", report["turn_one_tool"]["p50_ms"], turn["p50_ms"],
                         "turn without tool p50"))
         rows.append(Row("daemon CPU ms per turn, no tool", turn.get("daemon_cpu_ms_per_turn")))
+        long = report.get("turn_no_tool_long_session")
+        if long:
+            rows.append(Row(f"turn, no tool, one session of {2 * long['n']}+ messages, p50 ms", long["p50_ms"],
+                            turn["p50_ms"], "turn in a short session p50"))
+            rows.append(Row("daemon CPU ms per turn, no tool, long session", long.get("daemon_cpu_ms_per_turn"),
+                            turn.get("daemon_cpu_ms_per_turn"), "short session"))
     if "throughput" in report:
         tp = report["throughput"]
         sequential = 1000 / report["turn_no_tool"]["p50_ms"] if "turn_no_tool" in report else None
