@@ -7,7 +7,13 @@ result into a response through ``make_response``'s type checks, and matches the 
 werkzeug's state machine. :class:`EdgeQuart` skips each step when there is provably nothing for it
 to do (no receiver, no function registered, a result that already is a response) and remembers the
 route a ``(method, path)`` matched; when a plugin or a test does register a hook or connect a
-signal, the step runs exactly as in Quart.
+signal, the step runs exactly as in Quart. A request's URL adapter is bound only when something
+uses it (:class:`LazyUrlAdapter`), and the handler runs in the task serving the request instead of
+a task of its own (:class:`EdgeHTTPConnection`).
+
+Measured with ``bench/asgi_micro.py`` (function calls per request, steady on a loaded machine):
+``GET /api/health`` 599 → 353 and a JSON ``POST`` with body and response models 869 → 450
+(the bare Quart app: 670), with the body and answer changes of :mod:`librefang.routing`.
 """
 
 from __future__ import annotations
