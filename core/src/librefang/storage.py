@@ -11,7 +11,7 @@ Two ways to run SQL:
   thread and back.
 - :meth:`Database.run`: a plain function run against a sync SQLAlchemy connection inside one
   transaction. With a SQLite file the whole transaction is ONE hop to a database worker thread
-  (its own small pool of pysqlite connections on the same file); with PostgreSQL (asyncpg) it is
+  (one writer thread keeping one pysqlite connection on the same file); with PostgreSQL (asyncpg) it is
   ``AsyncConnection.run_sync``. Meant for short, hot transactions (a few statements, no awaiting).
 """
 
@@ -41,7 +41,8 @@ from sqlalchemy.ext.asyncio import (
 log = logging.getLogger("librefang.storage")
 
 _STATE_TABLE = "librefang_schema_state"
-# Threads (and pysqlite connections) serving Database.run on SQLite. SQLite has one writer at a
+# Pysqlite connections serving Database.run on SQLite (the _Writer thread keeps one: one writer
+# thread, never more). SQLite has one writer at a
 # time: a second thread's write would wait on the file lock in SQLite's busy handler, which sleeps
 # 1, 2, 5, 10… ms between tries; one thread queues our transactions without sleeping (measured:
 # 2,000 concurrent one-row transactions took 1.7 s with 3 threads, 1.1 s with 1).
