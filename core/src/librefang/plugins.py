@@ -27,7 +27,7 @@ from typing import Any
 
 import pluggy
 
-from librefang import hookspecs
+from librefang import hookspecs, hookstate
 from librefang.errors import PluginError
 from librefang.markers import PROJECT
 
@@ -36,26 +36,12 @@ trace_log = logging.getLogger("librefang.plugins.trace")
 
 ENTRY_POINT_GROUP = "librefang.plugins"
 
-# Hook calls happen several times per agent turn, so the plugin order and each hook's implementation
-# list are kept between calls. They are valid while this counter is unchanged: it is bumped by every
-# change they derive from (a plugin record added/removed/changed, a pluggy manager swapped, a plugin
-# registered/unregistered or hookspecs added). One integer comparison per hook call, instead of
-# recomputing a key from every record. Process-wide: a change in one host only costs another host a
-# recomputation.
-_generation = 0
-
-
-def _changed() -> None:
-    global _generation
-    _generation += 1
-
 
 async def await_me_maybe(value: Any) -> Any:
     """Await ``value`` when it is awaitable (hook implementations may be sync or async)."""
     if inspect.isawaitable(value):
         return await value
     return value
-
 
 @dataclass
 class PluginRecord:
@@ -82,7 +68,7 @@ class PluginRecord:
         # module/error (load, failure, hot reload), distribution/requires (order): any change of a
         # record invalidates the host's kept hook lists. Records change only at start and on reload.
         object.__setattr__(self, name, value)
-        _changed()
+        hookstate.changed()
 
     @property
     def ok(self) -> bool:
@@ -254,73 +240,6 @@ def tracing_enabled() -> bool:
     return os.environ.get("LIBREFANG_TRACE_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-class _Records(dict[str, PluginRecord]):
-    """The host's plugin records by name; every change bumps the generation (see ``_generation``)."""
-
-    def __setitem__(self, key: str, value: PluginRecord) -> None:
-        super().__setitem__(key, value)
-        _changed()
-
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        _changed()
-
-    def __ior__(self, other: Any) -> _Records:
-        self.update(other)
-        return self
-
-    def pop(self, *args: Any) -> Any:
-        try:
-            return super().pop(*args)
-        finally:
-            _changed()
-
-    def popitem(self) -> tuple[str, PluginRecord]:
-        try:
-            return super().popitem()
-        finally:
-            _changed()
-
-    def clear(self) -> None:
-        super().clear()
-        _changed()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().update(*args, **kwargs)
-        finally:
-            _changed()
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        try:
-            return super().setdefault(key, default)
-        finally:
-            _changed()
-
-
-class _Manager(pluggy.PluginManager):
-    """A pluggy manager whose every change of hook implementations bumps the generation
-    (``set_blocked`` and ``load_setuptools_entrypoints`` go through these too)."""
-
-    def register(self, plugin: Any, name: str | None = None) -> str | None:
-        try:
-            return super().register(plugin, name)
-        finally:
-            _changed()
-
-    def unregister(self, plugin: Any | None = None, name: str | None = None) -> Any | None:
-        try:
-            return super().unregister(plugin, name)
-        finally:
-            _changed()
-
-    def add_hookspecs(self, module_or_class: Any) -> None:
-        try:
-            super().add_hookspecs(module_or_class)
-        finally:
-            _changed()
-
-
 class PluginHost:
     """Owns the pluggy manager and the records of every plugin.
 
@@ -330,12 +249,12 @@ class PluginHost:
     """
 
     def __init__(self) -> None:
-        self.records = _Records()
+        self.records = hookstate.TrackedRecords()
         self.tracing = tracing_enabled()
         self.live = False
         self.pm = self._new_manager()
         # Hook calls happen several times per agent turn: the dependency order and each hook's
-        # implementation list are kept with the generation they were computed at (see _generation).
+        # implementation list are kept with the generation they were computed at (see hookstate).
         self._loaded_cache: tuple[int, list[PluginRecord]] | None = None
         self._impls_cache: dict[tuple[str, str | None], tuple[int, tuple[_Impl, ...]]] = {}
 
@@ -346,8 +265,8 @@ class PluginHost:
 
     @records.setter
     def records(self, value: dict[str, PluginRecord]) -> None:
-        self._records = value if isinstance(value, _Records) else _Records(value)
-        _changed()
+        self._records = value if isinstance(value, hookstate.TrackedRecords) else hookstate.TrackedRecords(value)
+        hookstate.changed()
 
     @property
     def pm(self) -> pluggy.PluginManager:
@@ -356,13 +275,13 @@ class PluginHost:
 
     @pm.setter
     def pm(self, value: pluggy.PluginManager) -> None:
-        if not isinstance(value, _Manager):  # a manager built elsewhere: make its changes visible too
-            value.__class__ = _Manager
+        if not isinstance(value, hookstate.TrackedManager):  # a manager built elsewhere: make its changes visible too
+            value.__class__ = hookstate.TrackedManager
         self._pm = value
-        _changed()
+        hookstate.changed()
 
     def _new_manager(self) -> pluggy.PluginManager:
-        pm = _Manager(PROJECT)
+        pm = hookstate.TrackedManager(PROJECT)
         pm.add_hookspecs(hookspecs)
         if self.tracing:
             pm.add_hookcall_monitoring(_trace_before, _trace_after)
@@ -454,7 +373,7 @@ class PluginHost:
 
     def loaded(self) -> list[PluginRecord]:
         """Plugins that imported and are not failed, in dependency order."""
-        generation = _generation
+        generation = hookstate.generation
         cached = self._loaded_cache
         if cached is None or cached[0] != generation:
             cached = self._loaded_cache = (generation, order_by_dependencies([r for r in self.records.values() if r.ok]))
@@ -468,12 +387,12 @@ class PluginHost:
 
     def _impls(self, hook_name: str, plugin: str | None) -> tuple[_Impl, ...]:
         """(plugin name, function, argument names) of each implementation, kept between calls."""
-        # The kept answer is valid while nothing it derives from changed (see _generation).
+        # The kept answer is valid while nothing it derives from changed (see hookstate).
         key = (hook_name, plugin)
         cached = self._impls_cache.get(key)
-        if cached is not None and cached[0] == _generation:
+        if cached is not None and cached[0] == hookstate.generation:
             return cached[1]
-        generation = _generation  # read first: a change made while computing makes the entry stale
+        generation = hookstate.generation  # read first: a change made while computing makes the entry stale
         caller = getattr(self.pm.hook, hook_name, None)
         if caller is None:
             result: tuple[_Impl, ...] = ()
@@ -482,7 +401,7 @@ class PluginHost:
             order = [r.name for r in self.loaded()]
             chosen = [found[name] for name in order if name in found and (plugin is None or name == plugin)]
             chosen.sort(key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)  # stable: keeps plugin order
-            result = tuple((impl.plugin_name, impl.function, _arg_names(impl.function)) for impl in chosen)
+            result = tuple((impl.plugin_name, impl.function, hookstate.arg_names(impl.function)) for impl in chosen)
         if len(self._impls_cache) > 1024:  # bounded: hook names x plugin filters
             self._impls_cache.clear()
         self._impls_cache[key] = (generation, result)
@@ -558,7 +477,7 @@ class PluginHost:
                 # inline await_me_maybe (no extra coroutine per call); None and coroutines decided fast
                 if value is not None and (
                     type(value) is types.CoroutineType
-                    or (_awaitable_types.get(type(value), True) and _is_awaitable(value))
+                    or (hookstate.awaitable_types.get(type(value), True) and hookstate.is_awaitable(value))
                 ):
                     value = await value
             except Exception as exc:
@@ -576,7 +495,7 @@ class PluginHost:
     def _kwargs_for(fn: Callable[..., Any], kwargs: dict[str, Any], plugin: str) -> dict[str, Any]:
         """Pass only the arguments an implementation names (pluggy's convention); callables
         given as ``register`` are bound to the calling plugin's name."""
-        wanted = _arg_names(fn)
+        wanted = hookstate.arg_names(fn)
         out = {}
         for key, value in kwargs.items():
             if key not in wanted:
@@ -594,44 +513,12 @@ class PluginHost:
 _Impl = tuple[str, Callable[..., Any], frozenset[str]]
 
 
-def _arg_names(fn: Callable[..., Any]) -> frozenset[str]:
-    """The parameter names of a hook implementation, kept on the function (on the underlying
-    function of a bound method, which takes no attributes itself)."""
-    holder = getattr(fn, "__func__", fn)
-    wanted = getattr(holder, "_librefang_args", None)
-    if wanted is None:
-        wanted = frozenset(inspect.signature(fn).parameters)
-        try:
-            holder._librefang_args = wanted
-        except AttributeError:
-            pass
-    return wanted  # type: ignore[no-any-return]
-
-
 def _direct_kwargs(kwargs: dict[str, Any]) -> bool:
     """Whether the hook arguments can be passed unchanged (no ``register`` callback to bind per plugin)."""
     for value in kwargs.values():
         if isinstance(value, PluginBound):
             return False
     return True
-
-
-# Whether values of a type are awaitable (the answer depends on the type only, except for
-# generators: a generator-based coroutine is told by a flag of its code). Bounded: cleared when full.
-_awaitable_types: dict[type, bool] = {}
-
-
-def _is_awaitable(value: Any) -> bool:
-    kind = type(value)
-    known = _awaitable_types.get(kind)
-    if known is None:
-        known = inspect.isawaitable(value)
-        if kind is types.GeneratorType:
-            return known
-        if len(_awaitable_types) >= 256:
-            _awaitable_types.clear()
-        _awaitable_types[kind] = known
-    return known
 
 
 def _trace_before(hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
