@@ -2,7 +2,11 @@
 
 import re
 
+import httpx
+import pytest
+from librefang.errors import ConfigError
 from librefang.openapi import build_openapi
+from librefang.testing import start_live_server
 
 
 async def test_status_lists_plugins_public_routes_and_uptime(client, kernel):
@@ -11,6 +15,7 @@ async def test_status_lists_plugins_public_routes_and_uptime(client, kernel):
     assert body["uptime_seconds"] >= 0
     assert "GET /api/health" in body["public_routes"]
     assert "POST /api/shutdown" not in body["public_routes"]
+    assert body["event_loop"] == "asyncio"  # the test's own loop (pytest-asyncio)
     names = {p["name"] for p in body["plugins"]}
     assert names == set(kernel.plugins.records)
     for plugin in body["plugins"]:
@@ -86,3 +91,23 @@ async def test_shutdown_requires_auth_from_remote_and_sets_the_event(make_kernel
     recent = await client.get("/api/audit/recent?n=5", headers={"X-API-Key": "k" * 32})
     actions = [e["action"] for e in (await recent.get_json())["items"]]
     assert "Shutdown" in actions
+
+
+@pytest.mark.parametrize("choice, expected", [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_daemon_runs_on_the_configured_event_loop(librefang_home, choice, expected):
+    """``[core] event_loop``: the loop a daemon serves on, as /api/status reports it (uvloop is a
+    dependency of the core wherever it installs, so "auto" picks it)."""
+    (librefang_home / "config.toml").write_text(f'event_loop = "{choice}"\n')
+    server = start_live_server(librefang_home, plugins={}, load_entry_points=False)
+    try:
+        status = httpx.get(server.url + "/api/status", timeout=10)
+        assert status.status_code == 200 and status.json()["event_loop"] == expected
+        assert httpx.get(server.url + "/api/health", timeout=10).json()["status"] == "ok"
+    finally:
+        server.stop()
+
+
+def test_an_unknown_event_loop_is_a_config_error(librefang_home):
+    (librefang_home / "config.toml").write_text('event_loop = "trio"\n')
+    with pytest.raises(ConfigError, match="event_loop"):
+        start_live_server(librefang_home, plugins={}, load_entry_points=False)

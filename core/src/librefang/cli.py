@@ -175,7 +175,7 @@ def _serve_foreground(home: Path, host: str, port: int, dev: bool, config: Any) 
     from librefang.kernel import create_kernel
     from librefang.logs import setup_logging
     from librefang.netutil import is_loopback
-    from librefang.server import serve, write_daemon_file
+    from librefang.server import loop_factory, serve, write_daemon_file
     from librefang.vault import VaultError
 
     lock = open(home / "daemon.lock", "w")  # noqa: SIM115 - held for the process lifetime
@@ -206,7 +206,8 @@ def _serve_foreground(home: Path, host: str, port: int, dev: bool, config: Any) 
         gc.enable()
 
     try:
-        asyncio.run(serve(kernel, host, port, dev=dev, on_started=started))
+        with asyncio.Runner(loop_factory=loop_factory(kernel.config.core.event_loop)) as runner:
+            runner.run(serve(kernel, host, port, dev=dev, on_started=started))
     except (ConfigError, PluginError, VaultError) as exc:  # bad config value, duplicate route
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # the port was taken between the check and the bind

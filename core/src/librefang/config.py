@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -58,6 +58,7 @@ class CoreConfig(Section):
     max_request_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     max_upload_size_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=4 * 1024 * 1024 * 1024)
     database_url: str = ""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)

@@ -29,6 +29,7 @@ log = logging.getLogger("librefang.config")
 RESTART_KEYS = {
     "api_listen": ("api_listen",),
     "database_url": ("database_url",),
+    "event_loop": ("event_loop",),
     "audit.anchor_path": ("audit", "anchor_path"),
     "plugins.disabled": ("plugins", "disabled"),
 }

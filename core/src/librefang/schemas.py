@@ -57,6 +57,7 @@ class Status(BaseModel, extra="allow"):
     log_level: str
     memory_used_mb: float
     auth_mode: str
+    event_loop: str = Field(description="the event loop serving the daemon: uvloop or asyncio")
     plugins: list[PluginInfo]
     public_routes: list[str]
 

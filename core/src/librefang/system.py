@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import sys
 from typing import Any
@@ -79,6 +80,7 @@ def add_system_routes(router: Router) -> None:
             log_level=kernel.config.core.log_level,
             memory_used_mb=round(process_rss_bytes() / 1_048_576, 1),
             auth_mode=kernel.edge.auth.mode,
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
             plugins=kernel.plugins.describe(),
             public_routes=public_routes(kernel.routes.specs.values()),
             **extra,

@@ -129,11 +129,11 @@ def start_live_server(home: Path, *, plugins: dict[str, Any] | None = None, dev:
                       load_entry_points: bool = True) -> LiveServer:
     """Run the daemon (kernel + Hypercorn) in a thread on a free port; returns once it serves."""
     from librefang.kernel import create_kernel
-    from librefang.server import serve
+    from librefang.server import loop_factory, serve
 
     port = free_port()
     kernel = create_kernel(home, plugins=plugins, load_entry_points=load_entry_points)
-    loop = asyncio.new_event_loop()
+    loop = loop_factory(kernel.config.core.event_loop)()  # the loop the daemon itself would run on
     ready = threading.Event()
     failure: list[BaseException] = []
 
