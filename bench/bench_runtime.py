@@ -119,9 +119,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "p50_ms": round(percentile(values, 0.5) * 1000, 3),
-            "p99_ms": round(percentile(values, 0.99) * 1000, 3), "mean_ms": round(statistics.fmean(values) * 1000, 3)}
+            "p99_ms": round(percentile(values, 0.99) * 1000, 3), "mean_ms": round(statistics.fmean(values) * 1000, 3),
+            "samples": values}
+
+
+def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of the rounds of a phase: percentiles over every sample, CPU per call over all."""
+    out = summary([t for part in parts for t in part["samples"]])
+    for key in ("daemon_cpu_ms_per_turn", "daemon_cpu_ms_per_request"):
+        if key in parts[0]:
+            out[key] = round(statistics.fmean(part[key] for part in parts), 3)
+    out["rounds_p50_ms"] = [part["p50_ms"] for part in parts]
+    return out
 
 
 async def spawn(http: httpx.AsyncClient, name: str) -> str:
@@ -319,7 +330,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="lf-bench-runtime-"))
     procs = Processes(home, keepalive=15, plugins=args.plugins)
     try:
-        report: dict[str, Any] = {"plugins": args.plugins, "idle_rss_mb": round(rss_mb(procs.daemon.pid), 1)}
+        report: dict[str, Any] = {"plugins": args.plugins, "idle_rss_mb": round(rss_mb(procs.daemon.pid), 1),
+                                  "rounds": args.rounds}
         parts = set(args.only.split(",")) if args.only else {"latency", "throughput", "sse", "streams"}
         spy = None
         if args.profile:  # collapsed stacks of the daemon (all threads) while the measurements run
@@ -328,13 +340,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await asyncio.sleep(1)
         if "latency" in parts:
-            report["provider_alone"] = await provider_alone(procs, args.turns)
-            report["bare_request"] = await bare_request(procs, args.turns)
-            report["turn_no_tool"] = await turn_latency(procs, args.turns, False, args.session_turns)
-            report["turn_one_tool"] = await turn_latency(procs, args.turns, True, args.session_turns)
-            # The same turns in ONE session whose history grows to 2 x turns messages (compaction off):
-            # what an unbounded history adds (a longer prompt to build, send and parse on every call).
-            report["turn_no_tool_long_session"] = await turn_latency(procs, args.turns, False, 0, "-long")
+            # Rounds: every phase runs a share of its calls in each round, so the baseline and the turns
+            # are measured in alternation, under the same (shared, noisy) machine conditions.
+            per = max(1, args.turns // args.rounds)
+            rounds: dict[str, list[dict[str, Any]]] = {}
+            for r in range(args.rounds):
+                phases = {
+                    "provider_alone": provider_alone(procs, per),
+                    "bare_request": bare_request(procs, per),
+                    "turn_no_tool": turn_latency(procs, per, False, args.session_turns, f"-{r}"),
+                    "turn_one_tool": turn_latency(procs, per, True, args.session_turns, f"-{r}"),
+                    # The same turns in ONE session whose history grows to 2 x turns messages (compaction
+                    # off): what an unbounded history adds (a longer prompt to build, send and parse).
+                    "turn_no_tool_long_session": turn_latency(procs, per, False, 0, f"-long-{r}"),
+                }
+                for name, phase in phases.items():
+                    rounds.setdefault(name, []).append(await phase)
+            for name, parts_of in rounds.items():
+                report[name] = pooled(parts_of)
         if "throughput" in parts:
             report["throughput"] = await throughput(procs, args.sessions, args.turns_each)
         if "sse" in parts:
@@ -347,6 +370,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "no_tool": round(report["turn_no_tool"]["daemon_cpu_ms_per_turn"] / floor, 1),
                 "one_tool": round(report["turn_one_tool"]["daemon_cpu_ms_per_turn"] / floor, 1)}
         report["load_average"] = os.getloadavg()
+        for value in report.values():
+            if isinstance(value, dict):
+                value.pop("samples", None)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
@@ -359,6 +385,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--turns", type=int, default=300, help="sequential turns per latency measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="latency phases: alternate baseline and turns in N rounds")
     parser.add_argument("--session-turns", type=int, default=10,
                         help="latency phases: a new session every N turns (0: one session for all turns)")
     parser.add_argument("--sessions", type=int, default=32)
