@@ -286,3 +286,54 @@ async def test_daemon_log_handlers_learn_the_kernels_secret_values(make_kernel, 
     lines = output.getvalue().splitlines()
     assert "daemon log with *** and Bearer ***" in lines
     assert f"after stop the value {KEY} is only a string" in lines  # no kernel, no known value
+
+
+def test_a_record_logged_while_the_stream_holds_its_lock_is_kept_without_deadlock():
+    """A garbage collection inside the stream's critical section may run a finalizer that logs
+    (aiohttp's "Unclosed connection", asyncio's "Task was destroyed..."): that record comes back
+    to the stream on the same thread, which holds the lock. It froze the whole daemon (seen in a
+    soak); now the record is parked and added, in order, by the next emit."""
+    import gc
+
+    from librefang.logstream import LogStream
+
+    stream = LogStream(lambda: [])
+    loop = asyncio.new_event_loop()
+    logger = logging.getLogger("librefang.test.gc")
+    fired: list[str] = []
+    worker_result: dict[str, object] = {}
+
+    def log_during_collection(phase: str, _info: dict) -> None:
+        if (phase == "start" and not fired and threading.current_thread() is worker
+                and stream._state_lock.locked()):
+            fired.append(phase)
+            logger.error("logged by a collection inside the critical section")
+
+    def subscribe() -> None:
+        worker_result["subscribed"] = stream.subscribe(None, 10)
+
+    worker = threading.Thread(target=subscribe, daemon=True)
+    thresholds = gc.get_threshold()
+    stream.attach(loop)
+    gc.callbacks.append(log_during_collection)
+    gc.set_threshold(1, 1, 1)  # every allocation in the critical section starts a collection
+    try:
+        worker.start()
+        worker.join(10)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.callbacks.remove(log_during_collection)
+    try:
+        assert not worker.is_alive(), "the stream deadlocked on its own lock"
+        assert fired, "no collection ran inside the critical section: the test proved nothing"
+        assert "subscribed" in worker_result
+        logger.error("the next record")
+        messages = [item["message"] for item in stream.ring]
+        assert messages[-2:] == ["logged by a collection inside the critical section", "the next record"]
+        assert [item["seq"] for item in stream.ring][-2:] == [len(stream.ring) - 1, len(stream.ring)]
+    finally:
+        if worker.is_alive():  # deadlocked: its lock is held for good, detach() would wait on it too
+            logging.getLogger().removeHandler(stream)
+        else:
+            stream.detach()
+        loop.close()

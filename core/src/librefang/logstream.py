@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -91,6 +92,12 @@ class LogStream(logging.Handler):
         self.attached = False
         self._seq = 0
         self._state_lock = threading.Lock()  # emit runs on any thread that logs
+        # Set while this thread holds _state_lock. A record logged by that same thread meanwhile (a
+        # finalizer run by a garbage collection inside the critical section, e.g. "Unclosed
+        # connection" from an HTTP client) must not wait for the lock it holds: it is parked in
+        # _reentrant and added by the next emit or subscribe instead.
+        self._holding = threading.local()
+        self._reentrant: collections.deque[dict[str, Any]] = collections.deque()
 
     # -- redaction -------------------------------------------------------------------------------
     def redact(self, text: str) -> str:
@@ -114,15 +121,39 @@ class LogStream(logging.Handler):
                 "logger": record.name,
                 "message": message[:MAX_MESSAGE_CHARS],
             }
-            with self._state_lock:
-                self._seq += 1
-                item["seq"] = self._seq
-                self.ring.append(item)
+            if getattr(self._holding, "active", False):
+                self._reentrant.append(item)  # see __init__: never wait for our own lock
+                return
+            with self._locked():
+                items = self._take_reentrant()
+                items.append(item)
+                for entry in items:
+                    self._seq += 1
+                    entry["seq"] = self._seq
+                    self.ring.append(entry)
                 subscribers = list(self.subscribers)
-            for subscriber in subscribers:
-                subscriber.offer(item)
+            for entry in items:
+                for subscriber in subscribers:
+                    subscriber.offer(entry)
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the state lock, marking this thread as its holder (see ``__init__``)."""
+        with self._state_lock:
+            self._holding.active = True
+            try:
+                yield
+            finally:
+                self._holding.active = False
+
+    def _take_reentrant(self) -> list[dict[str, Any]]:
+        """The records parked while this thread held the lock (called with the lock held)."""
+        items = []
+        while self._reentrant:
+            items.append(self._reentrant.popleft())
+        return items
 
     # -- lifecycle -------------------------------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -150,7 +181,7 @@ class LogStream(logging.Handler):
             if remove_source is not None:
                 remove_source(self.secret_values)
         self.attached = False
-        with self._state_lock:
+        with self._locked():
             subscribers = list(self.subscribers)
             self.subscribers.clear()
         for subscriber in subscribers:
@@ -169,7 +200,7 @@ class LogStream(logging.Handler):
     def subscribe(self, after_seq: int | None, backlog: int) -> tuple[Subscriber, list[dict[str, Any]]]:
         """A new subscriber plus the buffered records to send first (newest ``backlog``, or all
         after ``after_seq`` when the client resumes with ``Last-Event-ID``)."""
-        with self._state_lock:
+        with self._locked():
             self.check_capacity()
             assert self.loop is not None
             subscriber = Subscriber(self.loop, self.queue_size)
@@ -182,7 +213,7 @@ class LogStream(logging.Handler):
         return subscriber, buffered
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        with self._state_lock:
+        with self._locked():
             self.subscribers.discard(subscriber)
 
 
