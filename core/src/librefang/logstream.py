@@ -95,7 +95,7 @@ class LogStream(logging.Handler):
         # Set while this thread holds _state_lock. A record logged by that same thread meanwhile (a
         # finalizer run by a garbage collection inside the critical section, e.g. "Unclosed
         # connection" from an HTTP client) must not wait for the lock it holds: it is parked in
-        # _reentrant and added by the next emit or subscribe instead.
+        # _reentrant and added, in order, by the next emit instead.
         self._holding = threading.local()
         self._reentrant: collections.deque[dict[str, Any]] = collections.deque()
 
