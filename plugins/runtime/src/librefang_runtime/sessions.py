@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from librefang_runtime.history import Window, WindowCache, content_to_json, message_from_json, text_of
 from librefang_runtime.models import messages, sessions, usage
+from librefang_runtime.search_index import SearchIndexer
 from librefang_runtime.session_writes import commit_rows
 
 
@@ -117,6 +118,7 @@ class SessionStore:
         self._pending: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self.windows: WindowCache | None = WindowCache() if db.is_sqlite else None
+        self.indexer = SearchIndexer(db)  # the FTS index follows the commits, off the reply's path
 
     def _forget(self, *session_ids: str) -> None:
         if self.windows is not None:
@@ -215,6 +217,7 @@ class SessionStore:
         try:
             async with self.writing():
                 totals = await self._tx(commit_rows, rows, added, usage_rows, now, self.max_messages)
+            self.indexer.written(len(rows))
         finally:
             if windows is not None:
                 # The windows get what the database now holds, decoded as a read would decode it; a
@@ -237,6 +240,7 @@ class SessionStore:
         """Wait for writes in flight (plugin shutdown)."""
         if self._flusher is not None and not self._flusher.done():
             await self._flusher
+        await self.indexer.aclose()
 
     async def open_turn(self, session_id: str, agent_id: str, limit: int | None) -> tuple[SessionInfo, list[StoredMessage]]:
         """The session (created for ``agent_id`` when new) and its most recent messages. A session in
@@ -382,6 +386,7 @@ class SessionStore:
                 .where(*[messages.c.text.ilike(f"%{w}%") for w in words[:32]]).order_by(messages.c.id.desc())
         if agent_id is not None:
             query = query.where(sessions.c.agent_id == agent_id)
+        await self.indexer.catch_up()  # every message committed so far is in the index
         async with self.db.begin() as conn:
             rows = (await conn.execute(query.limit(limit))).all()
         return [{"session_id": r.session_id, "agent_id": r.agent_id, "label": r.label, "role": r.role,
