@@ -1,4 +1,5 @@
-"""Serving: Hypercorn in front of an ASGI switch that forwards to the current app.
+"""Serving: Hypercorn (through :mod:`librefang.httpserver`) in front of an ASGI switch that forwards
+to the current app.
 
 Reload builds a new app and swaps it in; requests already dispatched keep running on the app
 they started on, so in-flight requests and open sockets finish on the old version.
@@ -52,7 +53,8 @@ class AppSwitch:
             await self._idle.setdefault(key, asyncio.Event()).wait()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":  # the kernel's lifecycle is run by serve(), not by ASGI
+        if scope["type"] == "lifespan":  # the kernel's lifecycle is run by serve(), not by ASGI (this
+            # answers Hypercorn's own serve, used when librefang.httpserver does not mirror its version)
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
@@ -116,7 +118,7 @@ async def serve(
     on_started: Any = None,
 ) -> None:
     """Start the kernel, serve until shutdown is requested, then stop the kernel."""
-    from hypercorn.asyncio import serve as hypercorn_serve
+    from librefang.httpserver import serve_http
 
     kernel.shutdown_requested = asyncio.Event()
     await kernel.start()
@@ -139,7 +141,7 @@ async def serve(
         kernel.state["reloader"] = watcher
         watcher.start()
     config = hypercorn_config(host, port)
-    server = asyncio.create_task(hypercorn_serve(switch, config, shutdown_trigger=kernel.shutdown_requested.wait))
+    server = asyncio.create_task(serve_http(switch, config, shutdown_trigger=kernel.shutdown_requested.wait))
     if on_started is not None:
         on_started()
     if ready is not None:
