@@ -31,7 +31,7 @@ from librefang_providers.errors import (
     UnknownProvider,
     UpstreamError,
 )
-from librefang_providers.registry import LLMRegistry
+from librefang_providers.registry import EventStream, LLMRegistry
 from librefang_providers.ssrf import AllowList, SsrfError, check_fetch_url
 from librefang_providers.types import (
     CONTENT_FILTERED,
@@ -152,36 +152,57 @@ async def collect(events: AsyncIterator[StreamEvent]) -> CompletionResponse:
     content: list[Block] = []
     text: list[str] = []
     thinking: list[str] = []
-    done: ContentComplete | None = None
-
-    def flush_text() -> None:
-        if thinking:
-            content.append(ThinkingBlock("".join(thinking)))
-            thinking.clear()
-        if text:
-            content.append(TextBlock("".join(text)))
-            text.clear()
-
-    async for event in events:
-        if isinstance(event, TextDelta):
-            text.append(event.text)
-        elif isinstance(event, ThinkingDelta):
-            thinking.append(event.text)
-        elif isinstance(event, ToolUseEnd):
-            flush_text()
-            content.append(ToolUseBlock(event.id, event.name, event.input, event.signature))
-        elif isinstance(event, ContentComplete):
-            done = event
-    flush_text()
-    if done is None:
+    done: list[ContentComplete] = []
+    # The registry's stream: its events arrive in lists (one per network read), folded without a
+    # generator step per event. Any other async iterator is read event by event.
+    batches = events.batches() if type(events) is EventStream else None
+    if batches is not None:
+        async for batch in batches:
+            for event in batch:
+                if type(event) is TextDelta:
+                    text.append(event.text)
+                else:
+                    _fold(event, content, text, thinking, done)
+    else:
+        async for event in events:
+            if type(event) is TextDelta:
+                text.append(event.text)
+            else:
+                _fold(event, content, text, thinking, done)
+    _flush_text(content, text, thinking)
+    if not done:
         raise BadResponse("stream ended without a content_complete event")
-    return CompletionResponse(content, done.stop_reason, done.usage, done.provider, done.model)
+    last = done[-1]
+    return CompletionResponse(content, last.stop_reason, last.usage, last.provider, last.model)
+
+
+def _fold(event: StreamEvent, content: list[Block], text: list[str], thinking: list[str],
+          done: list[ContentComplete]) -> None:
+    """``collect`` for every event but a plain text delta."""
+    if isinstance(event, TextDelta):
+        text.append(event.text)
+    elif isinstance(event, ThinkingDelta):
+        thinking.append(event.text)
+    elif isinstance(event, ToolUseEnd):
+        _flush_text(content, text, thinking)
+        content.append(ToolUseBlock(event.id, event.name, event.input, event.signature))
+    elif isinstance(event, ContentComplete):
+        done.append(event)
+
+
+def _flush_text(content: list[Block], text: list[str], thinking: list[str]) -> None:
+    if thinking:
+        content.append(ThinkingBlock("".join(thinking)))
+        thinking.clear()
+    if text:
+        content.append(TextBlock("".join(text)))
+        text.clear()
 
 
 __all__ = [
     "AllProvidersExhausted", "AllowList", "Attempt", "AuthFailed", "BadResponse", "Block", "CONTENT_FILTERED",
     "CompletionRequest", "CompletionResponse", "ConnectionFailed", "ContentComplete", "ContextTooLong",
-    "DriverConfig", "END_TURN", "FallbackProvider", "ImageBlock", "LLMDriver", "LLMError", "LLMRegistry",
+    "DriverConfig", "END_TURN", "EventStream", "FallbackProvider", "ImageBlock", "LLMDriver", "LLMError", "LLMRegistry",
     "MAX_TOKENS", "Message", "MissingApiKey", "ModelNotFound", "Overloaded", "ProviderSpec",
     "ProvidersConfig", "RateLimited", "ResponseFormat", "STOP_SEQUENCE", "SERVICE_KEY", "SsrfError", "StreamEvent",
     "TOOL_USE", "Target", "TextBlock", "TextDelta", "ThinkingBlock", "ThinkingDelta", "TimedOut",

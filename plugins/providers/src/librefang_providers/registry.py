@@ -383,12 +383,19 @@ class LLMRegistry:
                 await asyncio.sleep(delay)
                 attempt += 1
 
-    async def stream(self, request: CompletionRequest, *, provider: str,
-                     fallback_models: Iterable[Any] | None = None, base_url: str | None = None,
-                     api_key_env: str | None = None) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: CompletionRequest, *, provider: str,
+               fallback_models: Iterable[Any] | None = None, base_url: str | None = None,
+               api_key_env: str | None = None) -> EventStream:
         """Stream from ``provider`` with the same retry and fallback rules as :meth:`complete`, applied
         until the first event arrives; after that the stream is committed to that slot and a failure
-        is raised as is (with the partial text)."""
+        is raised as is (with the partial text). The answer is an :class:`EventStream` (an async
+        iterator of the events, closed with ``aclose()``)."""
+        return EventStream(self._stream_batches(request, provider, fallback_models, base_url, api_key_env))
+
+    async def _stream_batches(self, request: CompletionRequest, provider: str, fallback_models: Iterable[Any] | None,
+                              base_url: str | None, api_key_env: str | None) -> AsyncIterator[list[StreamEvent]]:
+        """The events in lists: one per network read from a driver with ``stream_batches`` (see
+        ``HTTPDriver.stream_from_batches``), one per event from any other driver."""
         attempts: list[Attempt] = []
         deadline = time.monotonic() + request.timeout if request.timeout else None
         primary = Target(provider, request.model, base_url, api_key_env)
@@ -397,10 +404,16 @@ class LLMRegistry:
             attempt = 0
             while True:
                 events: Any = None
+                batched = False
                 try:
                     driver = self.driver(target.provider, base_url=target.base_url, api_key_env=target.api_key_env)
-                    events = driver.stream(call_request).__aiter__()
-                    first = await events.__anext__()
+                    if getattr(getattr(type(driver), "stream", None), "from_batches", False):
+                        batched = True
+                        events = driver.stream_batches(call_request).__aiter__()
+                        first = await events.__anext__()
+                    else:
+                        events = driver.stream(call_request).__aiter__()
+                        first = [await events.__anext__()]
                 except asyncio.CancelledError:
                     await _close(events)
                     raise
@@ -412,8 +425,12 @@ class LLMRegistry:
                 else:
                     try:
                         yield first
-                        async for event in events:
-                            yield event
+                        if batched:
+                            async for batch in events:
+                                yield batch
+                        else:
+                            async for event in events:
+                                yield [event]
                     finally:
                         await _close(events)
                     return
@@ -447,3 +464,47 @@ async def _close(events: Any) -> None:
     close = getattr(events, "aclose", None)
     if close is not None:
         await close()
+
+
+class EventStream:
+    """What :meth:`LLMRegistry.stream` returns: the call's events in order, as an async iterator
+    (``async for``, ``__anext__``, ``aclose``). Underneath, the events travel in lists (one per network
+    read): ``api.collect`` folds those lists directly, so an answer nobody streams passes no generator
+    per event; ``async for`` gets the events one by one, each as soon as its read arrived."""
+
+    __slots__ = ("_batches", "_events")
+
+    def __init__(self, batches: AsyncIterator[list[StreamEvent]]) -> None:
+        self._batches: Any = batches
+        self._events: Any = None
+
+    def _iterator(self) -> Any:
+        events = self._events
+        if events is None:
+            events = self._events = _flatten(self._batches)
+        return events
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._iterator()
+
+    def __anext__(self) -> Awaitable[StreamEvent]:
+        return self._iterator().__anext__()
+
+    def batches(self) -> AsyncIterator[list[StreamEvent]] | None:
+        """The lists of events, or ``None`` once the events were asked for one by one."""
+        return self._batches if self._events is None else None
+
+    async def aclose(self) -> None:
+        """Stop the call (the connection is released or closed); harmless once it ended."""
+        if self._events is not None:
+            await self._events.aclose()
+        await self._batches.aclose()
+
+
+async def _flatten(batches: AsyncIterator[list[StreamEvent]]) -> AsyncIterator[StreamEvent]:
+    try:
+        async for batch in batches:
+            for event in batch:
+                yield event
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]

@@ -243,11 +243,12 @@ class HTTPDriver:
         return ConnectionFailed(f"cannot reach provider ({detail})", **kw)
 
     # -- I/O -----------------------------------------------------------------------------------------
-    async def _send(self, url: str, body: dict[str, Any], headers: dict[str, str], request: CompletionRequest,
+    async def _send(self, url: Any, body: dict[str, Any], headers: Mapping[str, str], request: CompletionRequest,
                     stream: bool) -> Any:
+        """``url`` is a ``str`` or an already parsed ``yarl.URL`` (a driver that calls one URL on every
+        turn parses it once: aiohttp would parse the string on every call)."""
         pool = self.pool
-        session = pool.session()
-        return await session.request(
+        return await pool.session().request(
             "POST", url, data=dump_body(body), headers=headers,
             timeout=self.client_timeout(request, stream=stream), allow_redirects=False, proxy=pool.proxy(url),
         )
@@ -279,26 +280,54 @@ class HTTPDriver:
         except ValueError:
             raise BadResponse("response is not valid JSON", provider=self.provider, model=request.model) from None
 
-    @asynccontextmanager
-    async def open_stream(self, url: str, body: dict[str, Any], headers: dict[str, str],
-                          request: CompletionRequest) -> AsyncIterator[StreamResponse]:
-        """Send a streaming POST; yields the response once its status is known to be a success. Read it
-        with ``resp.aiter_bytes()`` and map :data:`TRANSPORT_ERRORS` with :meth:`transport_error`."""
+    async def start_stream(self, url: Any, body: dict[str, Any], headers: Mapping[str, str],
+                           request: CompletionRequest) -> Any:
+        """Send a streaming POST; the aiohttp response once its status is known to be a success (an
+        error status raises its typed error). The caller reads ``resp.content`` and calls
+        ``resp.release()`` when done (what :meth:`open_stream` does around it)."""
         try:
             resp = await self._send(url, body, headers, request, True)
         except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc, request.model, "", False) from None
-        try:
-            if resp.status >= 400:
+        if resp.status >= 400:
+            try:
                 try:
                     raw, _ = await read_limited(resp, MAX_RESPONSE_BYTES)
                 except TRANSPORT_ERRORS:
                     raw = b""
                 raise self.error_from_body(resp.status, resp.headers, raw, request.model)
+            finally:
+                resp.release()
+        return resp
+
+    @asynccontextmanager
+    async def open_stream(self, url: str, body: dict[str, Any], headers: dict[str, str],
+                          request: CompletionRequest) -> AsyncIterator[StreamResponse]:
+        """Send a streaming POST; yields the response once its status is known to be a success. Read it
+        with ``resp.aiter_bytes()`` and map :data:`TRANSPORT_ERRORS` with :meth:`transport_error`."""
+        resp = await self.start_stream(url, body, headers, request)
+        try:
             yield StreamResponse(resp)
         finally:
             # Back to the pool when the body was read to its end; closed otherwise (aiohttp decides).
             resp.release()
+
+    async def stream_from_batches(self, request: CompletionRequest) -> AsyncIterator[Any]:
+        """``stream`` of a driver that implements ``stream_batches(request)`` (an async iterator of
+        lists of events, one list per network read): the same events one by one. The registry calls
+        ``stream_batches`` itself when a driver's ``stream`` is this method, so a consumer that folds
+        the whole answer (``api.collect``) handles each read's events in one step."""
+        batches = self.stream_batches(request)  # type: ignore[attr-defined]
+        try:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+        finally:
+            await batches.aclose()
+
+    # The registry reads this mark on a driver class's ``stream`` (a subclass that overrides ``stream``
+    # is called through its own ``stream``).
+    stream_from_batches.from_batches = True  # type: ignore[attr-defined]
 
     def bad_json(self, model: str, partial: str) -> BadResponse:
         return BadResponse("malformed chunk in stream (not JSON)", partial_text=partial,

@@ -13,8 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+from yarl import URL
+
 from librefang_providers.drivers import DEFAULT_BASE_URLS
-from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, load_json, parse_tool_input
+from librefang_providers.drivers.base import TRANSPORT_ERRORS, HTTPDriver, parse_tool_input
 from librefang_providers.drivers.sse import SSEDecoder, StreamTooLarge
 from librefang_providers.types import (
     CONTENT_FILTERED,
@@ -125,6 +128,7 @@ class OpenAIDriver(HTTPDriver):
     """Chat Completions over HTTP (``{base_url}/chat/completions``)."""
 
     default_base_url = DEFAULT_BASE_URLS["openai"]
+    _parsed_url: tuple[str, Any] | None = None  # (base_url, URL of url) for _target
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -192,8 +196,18 @@ class OpenAIDriver(HTTPDriver):
         return CompletionResponse(content=content, stop_reason=stop, usage=_usage(data.get("usage")),
                                   provider=self.provider, model=data.get("model") or request.model)
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamEvent]:
-        """Stream the call as normalised events (see the module docstring)."""
+    stream = HTTPDriver.stream_from_batches  # the events one by one (see stream_batches)
+
+    def _target(self) -> Any:
+        """``url`` parsed once (yarl.URL) while ``base_url`` stays the same: aiohttp parses a string on every call."""
+        cached = self._parsed_url
+        if cached is None or cached[0] != self.base_url:
+            cached = self._parsed_url = (self.base_url, URL(self.url))
+        return cached[1]
+
+    async def stream_batches(self, request: CompletionRequest) -> AsyncIterator[list[StreamEvent]]:
+        """Stream the call as normalised events (see the module docstring), one list per network read:
+        the events a read completes are all there at once, so they travel to the consumer in one step."""
         model = request.model
         text: list[str] = []
         calls: dict[int, list[Any]] = {}  # index -> [id, name, [argument pieces]]
@@ -202,21 +216,28 @@ class OpenAIDriver(HTTPDriver):
         done = False
         served_model = model
         deadline = self.deadline(request)
-        decoder = SSEDecoder()
-        loads = load_json
-        async with self.open_stream(self.url, self.build_body(request, stream=True), self.headers(), request) as resp:
-            try:
-                async for chunk in resp.aiter_bytes():
-                    if time.monotonic() > deadline:
-                        raise self.timed_out(model, "".join(text))
-                    for _name, data in decoder.feed(chunk):
+        feed = SSEDecoder().feed
+        loads = orjson.loads
+        monotonic = time.monotonic
+        resp = await self.start_stream(self._target(), self.build_body(request, stream=True), self.headers(), request)
+        try:
+            async for chunk in resp.content.iter_any():
+                if monotonic() > deadline:
+                    raise self.timed_out(model, "".join(text))
+                failure: Exception | None = None
+                out: list[StreamEvent] = []
+                try:
+                    for _name, data in feed(chunk):
                         if data == b"[DONE]":
                             done = True
                             continue
                         try:
                             obj = loads(data)
                         except ValueError:
-                            raise self.bad_json(model, "".join(text)) from None
+                            try:  # what orjson refuses (NaN, lone surrogates...) json may read: load_json's rule
+                                obj = json.loads(data)
+                            except ValueError:
+                                raise self.bad_json(model, "".join(text)) from None
                         choices = obj.get("choices")
                         if choices:
                             choice = choices[0]
@@ -225,10 +246,9 @@ class OpenAIDriver(HTTPDriver):
                                 piece = delta.get("content")
                                 if piece:
                                     text.append(piece)
-                                    yield TextDelta(piece)
+                                    out.append(TextDelta(piece))
                                 if "tool_calls" in delta or "reasoning_content" in delta or "reasoning" in delta:
-                                    for event in self._rare_delta(delta, calls):
-                                        yield event
+                                    out += self._rare_delta(delta, calls)
                             if choice.get("finish_reason"):
                                 finish = choice["finish_reason"]
                         elif "error" in obj:
@@ -237,19 +257,32 @@ class OpenAIDriver(HTTPDriver):
                             usage = _usage(obj["usage"])
                         if obj.get("model"):
                             served_model = obj["model"]
-            except TRANSPORT_ERRORS as exc:
-                raise self.transport_error(exc, model, "".join(text), bool(text) or bool(calls)) from None
-            except StreamTooLarge:
-                raise self.bad_json(model, "".join(text)) from None
+                except StreamTooLarge:
+                    failure = self.bad_json(model, "".join(text))
+                except Exception as exc:  # raised after the events before it in this read are delivered
+                    failure = exc
+                # What came before a failure in the same read is delivered first, as it would have been
+                # event by event (a stream that emitted anything is committed to its provider).
+                if out:
+                    yield out
+                if failure is not None:
+                    raise failure
+        except TRANSPORT_ERRORS as exc:
+            raise self.transport_error(exc, model, "".join(text), bool(text) or bool(calls)) from None
+        finally:
+            # Back to the pool when the body was read to its end; closed otherwise (aiohttp decides).
+            resp.release()
         if finish is None and not done:
             raise self.incomplete(model, "".join(text))
+        tail: list[StreamEvent] = []
         for index in sorted(calls):
             call_id, name, pieces = calls[index]
-            yield ToolUseEnd(call_id, name, parse_tool_input("".join(pieces), self, model))
+            tail.append(ToolUseEnd(call_id, name, parse_tool_input("".join(pieces), self, model)))
         stop = FINISH_REASONS.get(finish or "stop", END_TURN)
         if stop == END_TURN and calls:
             stop = TOOL_USE  # some compatible servers say "stop" after tool calls
-        yield ContentComplete(stop, usage, self.provider, served_model)
+        tail.append(ContentComplete(stop, usage, self.provider, served_model))
+        yield tail
 
     @staticmethod
     def _rare_delta(delta: dict[str, Any], calls: dict[int, list[Any]]) -> list[StreamEvent]:

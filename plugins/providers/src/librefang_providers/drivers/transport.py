@@ -74,7 +74,7 @@ class HTTPPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._httpx: Any = None
         self._proxies: dict[str, str] = {}
-        self._proxy_cache: dict[str, str | None] = {}
+        self._proxy_cache: dict[Any, str | None] = {}
 
     def session(self) -> Any:
         """The ``aiohttp.ClientSession`` (created on the first call, in the running loop)."""
@@ -103,8 +103,9 @@ class HTTPPool:
         self._proxy_cache = {}
         return self._session
 
-    def proxy(self, url: str) -> str | None:
-        """The environment's proxy for ``url`` (cached per URL; ``None`` without proxy variables)."""
+    def proxy(self, url: Any) -> str | None:
+        """The environment's proxy for ``url`` (a ``str`` or a ``yarl.URL``; cached per URL; ``None``
+        without proxy variables)."""
         if not self._proxies:
             return None
         try:
@@ -112,7 +113,7 @@ class HTTPPool:
         except KeyError:
             if len(self._proxy_cache) >= _MAX_PROXY_CACHE:
                 self._proxy_cache.clear()
-            found = self._proxy_cache[url] = proxy_for(url, self._proxies)
+            found = self._proxy_cache[url] = proxy_for(str(url), self._proxies)
             return found
 
     def httpx_client(self) -> Any:
