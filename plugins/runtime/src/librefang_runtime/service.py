@@ -85,6 +85,35 @@ class Turn:
     module: Any = None  # an AgentModule (librefang_runtime.modules) answers instead of the LLM loop
 
 
+class _Run:
+    """A running turn: the task that runs it and the cancellations :meth:`RuntimeService.stop` sent it."""
+
+    __slots__ = ("task", "stops", "looping", "ended")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.stops = 0  # cancellations sent by stop() and not yet taken back (Task.uncancel)
+        self.looping = True  # the loop still runs (afterwards the task only stores what it did)
+        self.ended: asyncio.Future[None] | None = None  # made by the first stop(), resolved when the run ends
+
+    def stop(self) -> asyncio.Future[None]:
+        """Cancel the loop (unless it has ended); the future resolves when the run has ended."""
+        if self.ended is None:
+            self.ended = self.task.get_loop().create_future()
+        if self.looping:
+            self.stops += 1
+            self.task.cancel()
+        return self.ended
+
+    def loop_ended(self) -> None:
+        """The loop has ended: stop() no longer cancels, and its cancellations are taken back
+        (``Task.uncancel``; the caller goes on, to answer 409); the caller's own cancellation stays."""
+        self.looping = False
+        for _ in range(self.stops):
+            self.task.uncancel()
+        self.stops = 0
+
+
 def llm_error(exc: LLMError) -> ApiError:
     """The HTTP error for a provider failure that survived retries and fallbacks."""
     details = {"provider": exc.provider, "model": exc.model} if exc.provider else None
@@ -124,8 +153,8 @@ class RuntimeService:
         self.tools = tools
         self.store = SessionStore(kernel.db, config.max_session_messages)
         self.locks = SessionLocks()
-        # agent id -> session id -> the task running that session's turn (for stop and "active")
-        self.running: dict[str, dict[str, asyncio.Task[TurnResult]]] = {}
+        # agent id -> session id -> the turn running in that session (for stop and "active")
+        self.running: dict[str, dict[str, _Run]] = {}
         self.ws_connections: dict[str, int] = {}  # client IP -> open WebSockets (bounded by the limit)
         self._web_client: Any = None
         self._touched: dict[tuple[str, str | None], float] = {}
@@ -336,39 +365,53 @@ class RuntimeService:
                                   policy=self.policy, emit=emit, commit=commit, repairs=repairs) \
                 if turn.module is None else modules.ModuleLoop(turn.module, turn, emit=emit, commit=commit)
             started = time.perf_counter()
-            task = asyncio.ensure_future(loop.run(history, user_message(turn.text, turn.attachments)))
-            self.running.setdefault(turn.agent_id, {})[turn.session_id] = task
+            # The loop runs in the caller's task (no task of its own: one fewer task and two fewer
+            # event-loop steps per turn). ``stop`` cancels this task through its _Run, which counts
+            # its own cancellations, so a stop is told apart from the caller going away.
+            task = asyncio.current_task()
+            assert task is not None
+            entry = _Run(task)
+            self.running.setdefault(turn.agent_id, {})[turn.session_id] = entry
             try:
-                result = await task
+                result = await loop.run(history, user_message(turn.text, turn.attachments))
             except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    # Our caller is going away (client disconnect): the run is cancelled with it, and
-                    # what it had committed is still written.
-                    if pending:
-                        await asyncio.shield(self.store.write(turn.session_id, pending[:]))
-                    raise
-                if loop.partial is not None:
-                    await self._account(turn, loop.partial, started, pending, outcome="cancelled")
-                raise ApiError("the run was cancelled", status=409, code="run_cancelled") from None
+                if entry.stops and task.cancelling() <= entry.stops:
+                    entry.loop_ended()  # a stop: this caller goes on and answers 409
+                    if loop.partial is not None:
+                        await self._account(turn, loop.partial, started, pending, outcome="cancelled")
+                    raise ApiError("the run was cancelled", status=409, code="run_cancelled") from None
+                # Our caller is going away (client disconnect): the run is cancelled with it, and
+                # what it had committed is still written.
+                entry.loop_ended()
+                if pending:
+                    await asyncio.shield(self.store.write(turn.session_id, pending[:]))
+                raise
             except MaxIterationsExceeded as exc:
+                entry.loop_ended()
                 await self._account(turn, exc.result, started, pending, outcome="error", error="max_iterations_exceeded")
                 raise ApiError(str(exc), status=502, code="max_iterations_exceeded",
                                details={"iterations": exc.iterations}) from None
             except LLMError as exc:
+                entry.loop_ended()
                 if loop.partial is not None:
                     await self._account(turn, loop.partial, started, pending, outcome="error", error=exc.code)
                 raise llm_error(exc) from None
             finally:
-                sessions_of = self.running.get(turn.agent_id, {})
-                if sessions_of.get(turn.session_id) is task:
-                    del sessions_of[turn.session_id]
-                if not sessions_of:
-                    self.running.pop(turn.agent_id, None)
-                if not task.done():
-                    task.cancel()
+                entry.loop_ended()  # (also a stop the loop swallowed)
+                self._end_run(turn, entry)
             await self._account(turn, result, started, pending)
             return result
+
+    def _end_run(self, turn: Turn, entry: _Run) -> None:
+        """The turn of ``entry`` ended: forget it and wake stop()'s waiters."""
+        sessions_of = self.running.get(turn.agent_id)
+        if sessions_of is not None:
+            if sessions_of.get(turn.session_id) is entry:
+                del sessions_of[turn.session_id]
+            if not sessions_of:
+                del self.running[turn.agent_id]
+        if entry.ended is not None and not entry.ended.done():
+            entry.ended.set_result(None)
 
     async def _auto_compact(self, turn: Turn, count: int, window: list[Message], emit: Emit | None) -> bool:
         """Compact the session before the turn when it passed a ``[compaction]`` threshold."""
@@ -409,12 +452,10 @@ class RuntimeService:
         """Cancel the running turns of an agent (or of one of its sessions); True when one was running.
         What the turns had committed stays; the next turn's repair closes any open tool call."""
         runs = self.running.get(agent_id, {})
-        tasks = [t for sid, t in runs.items() if session_id is None or sid == session_id]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-        return bool(tasks)
+        ended = [run.stop() for sid, run in list(runs.items()) if session_id is None or sid == session_id]
+        if ended:
+            await asyncio.wait(ended, timeout=10)
+        return bool(ended)
 
     async def cost(self, result: TurnResult) -> float | None:
         """USD cost of the turn's calls from the model catalog (None when it prices none of them)."""
