@@ -28,7 +28,8 @@ async def asgi_app(scope, receive, send):
 
 
 class Server:
-    def __init__(self, keep_alive: float = 30.0) -> None:
+    def __init__(self, keep_alive: float = 30.0, app=asgi_app) -> None:
+        self.app = app
         self.port = free_port()
         self.config = hypercorn_config("127.0.0.1", self.port)
         self.config.keep_alive_timeout = keep_alive
@@ -36,7 +37,7 @@ class Server:
         self.task: asyncio.Task | None = None
 
     async def __aenter__(self) -> Server:
-        self.task = asyncio.create_task(httpserver.serve_http(asgi_app, self.config, shutdown_trigger=self.stop.wait))
+        self.task = asyncio.create_task(httpserver.serve_http(self.app, self.config, shutdown_trigger=self.stop.wait))
         for _ in range(200):
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -144,3 +145,135 @@ async def test_other_hypercorn_versions_are_served_by_hypercorn(monkeypatch):
 def test_versions_not_mirrored_are_refused(monkeypatch, version):
     monkeypatch.setattr(httpserver, "version", lambda name: version)
     assert not httpserver.lean_server_supported()
+
+
+# ---- HTTP/1.1: remembered header checks, one write for a sized response ----
+
+GOOD_BLOCKS = [
+    [(b"content-type", b"application/json"), (b"content-length", b"12"), (b"x-request-id", b"abc")],
+    [(b"Content-Type", b"text/plain"), (b"X-Api-Version", b"v1"), (b"transfer-encoding", b"Chunked")],
+    [(b"content-length", b"7"), (b"vary", b"Origin")],
+    [(b"content-length", b"5"), (b"content-length", b"5")],  # repeated, same value: h11 keeps one
+    [],
+]
+BAD_BLOCKS = [
+    [(b"x-bad", b"new\r\nline")],
+    [(b"bad name", b"v")],
+    [(b"content-length", b"5"), (b"content-length", b"6")],
+    [(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")],
+    [(b"transfer-encoding", b"gzip")],
+    [(b"content-length", b"abc")],
+    [(b"content-length", b"5, 6")],
+    [(b"content-length", b" 7 ")],
+]
+
+
+@pytest.mark.parametrize("block", GOOD_BLOCKS)
+def test_remembered_header_checks_give_h11s_items(block):
+    from h11._headers import normalize_and_validate
+
+    valid = httpserver.ValidHeaders()
+    for _ in range(2):  # first checked, then remembered
+        headers, sized = valid(block)
+        assert headers._full_items == normalize_and_validate(block)._full_items
+        assert sized == any(name.lower() == b"content-length" for name, _ in block)
+
+
+@pytest.mark.parametrize("block", BAD_BLOCKS)
+def test_remembered_header_checks_refuse_what_h11_refuses(block):
+    import h11
+    from h11._headers import normalize_and_validate
+
+    valid = httpserver.ValidHeaders()
+    valid([(b"content-length", b"5")])  # a remembered pair does not hide a conflict
+    with pytest.raises(h11.LocalProtocolError) as ours:
+        valid(block)
+    with pytest.raises(h11.LocalProtocolError) as theirs:
+        normalize_and_validate(block)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_remembered_headers_are_bounded():
+    valid = httpserver.ValidHeaders()
+    for index in range(httpserver.VALID_HEADERS_SIZE * 3):
+        valid([(b"x-item", str(index).encode()), (b"x-request-id", str(index).encode())])
+        assert len(valid._valid) <= httpserver.VALID_HEADERS_SIZE
+    assert all(name != b"x-request-id" for name, _ in valid._valid)
+
+
+async def raw_app(scope, receive, send):
+    """Answers by path: sized bodies (late, empty, HEAD), a stream, a failure after the start."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    path = scope["path"]
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await STREAM_GATE.wait()
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": False})
+        return
+    if path == "/fail":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        raise RuntimeError("the app fails after the start")
+    body = b"" if path in ("/empty", "/204") else b"hello"
+    status = 204 if path == "/204" else 200
+    headers = [(b"content-type", b"text/plain"), (b"x-api-version", b"v1")]
+    if status != 204:
+        headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if path == "/late":
+        await asyncio.sleep(0.2)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+STREAM_GATE = asyncio.Event()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lowered = head.lower()
+    if b"content-length: " not in lowered:
+        return head, b""
+    length = int(lowered.split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_sized_responses_go_out_in_one_write_and_streams_start_at_once(monkeypatch):
+    writes: list[bytes] = []
+    real_write = asyncio.StreamWriter.write
+
+    def counting_write(self, data):
+        if self.get_extra_info("sockname")[1] == server.port:  # the server's side only
+            writes.append(bytes(data))
+        return real_write(self, data)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "write", counting_write)
+    server = Server(app=raw_app)
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        for path, body in (("/sized", b"hello"), ("/late", b"hello"), ("/empty", b""), ("/sized", b"hello")):
+            writes.clear()
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head, got = await read_response(reader)
+            assert head.startswith(b"HTTP/1.1 200") and got == body
+            assert b"content-type: text/plain\r\nx-api-version: v1\r\ncontent-length: " in head
+            assert b"date: " in head
+            assert len(writes) == 1 and writes[0] == head + body  # one write: header block and body
+        writer.write(b"HEAD /sized HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"content-length: 5" in head
+        writer.write(b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 204")
+        # A stream (chunked): its header block is sent before its first event exists.
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"transfer-encoding: chunked" in head.lower()
+        STREAM_GATE.set()
+        assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
+        # An app failing after its start: the header block still goes out, then the connection closes.
+        writer.write(b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"content-length: 10" in head
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()

@@ -11,9 +11,19 @@ event).
 
 Each request's ASGI task also runs the app without Hypercorn's per-request WSGI helpers (a
 ``functools.partial`` and a closure that only a WSGI app uses): :func:`serve_http` serves an ASGI
-app. Everything else (h11, HTTP/2 upgrade, the stream state machine, access logging, graceful
-shutdown) is Hypercorn's own code. The classes here subclass the Hypercorn version they were
-written against; with any other version :func:`serve_http` is Hypercorn's own ``serve``.
+app.
+
+On HTTP/1.1 (:class:`EdgeH11Protocol`, h11 0.16), a response's header block is checked by h11's
+own rules once per distinct ``(name, value)`` pair, not on every response (h11 runs two regexes
+per header; most of the daemon's headers never change), and the header block of a response with
+a ``Content-Length`` goes out in one socket write with the first part of its body (Hypercorn
+wrote them separately: two sends, two TCP segments on every response). A streamed response
+(chunked: SSE) still has its headers sent at once.
+
+Everything else (h11's state machine and framing, HTTP/2 upgrade, the stream state machine,
+access logging, graceful shutdown) is Hypercorn's and h11's own code. The classes here subclass
+the versions they were written against; with any other Hypercorn :func:`serve_http` is
+Hypercorn's own ``serve``, and with any other h11 the HTTP/1.1 protocol is Hypercorn's.
 """
 
 from __future__ import annotations
@@ -22,11 +32,16 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
+from time import time
 from typing import Any
 
 log = logging.getLogger("librefang.server")
 
 SUPPORTED_HYPERCORN = ("0.18.",)  # the versions whose TCPServer.run and task group this mirrors
+SUPPORTED_H11 = ("0.16.",)  # the versions whose header normalisation EdgeH11Protocol reuses
+VALID_HEADERS_SIZE = 512  # distinct (name, value) pairs remembered as valid; cleared when full
+UNREMEMBERED = frozenset({b"x-request-id"})  # a new value on every response
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 def lean_server_supported() -> bool:
@@ -35,6 +50,52 @@ def lean_server_supported() -> bool:
         return version("hypercorn").startswith(SUPPORTED_HYPERCORN)
     except Exception:  # noqa: BLE001 - no metadata: do not guess
         return False
+
+
+def lean_h11_supported() -> bool:
+    """True when the installed h11 is one :class:`EdgeH11Protocol` was written against."""
+    try:
+        return version("h11").startswith(SUPPORTED_H11)
+    except Exception:  # noqa: BLE001 - no metadata: do not guess
+        return False
+
+
+class ValidHeaders:
+    """h11's header normalisation (``normalize_and_validate``), remembering the pairs it accepted.
+
+    h11 normalises each pair on its own except for two checks across pairs: one Content-Length
+    value and one Transfer-Encoding. A block where either name occurs more than once is handed to
+    h11 whole, so every block gets exactly h11's answer (the same items, or the same error)."""
+
+    def __init__(self) -> None:
+        from h11._headers import Headers, normalize_and_validate
+
+        self._headers_class = Headers
+        self._normalize = normalize_and_validate
+        self._valid: dict[tuple[bytes, bytes], tuple[bytes, bytes, bytes]] = {}
+
+    def __call__(self, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bool]:
+        """The h11 ``Headers`` of ``headers`` (raises h11's ``LocalProtocolError`` for a bad one),
+        and whether they declare a Content-Length."""
+        valid = self._valid
+        items = []
+        framing = 0
+        sized = False
+        for pair in headers:
+            item = valid.get(pair)
+            if item is None:
+                item = self._normalize([pair])._full_items[0]
+                if item[1] not in UNREMEMBERED:
+                    if len(valid) >= VALID_HEADERS_SIZE:
+                        valid.clear()
+                    valid[pair] = item
+            if item[1] in FRAMING:
+                framing += 1
+                sized = sized or item[1] == b"content-length"
+            items.append(item)
+        if framing > 1:
+            return self._normalize(headers), sized
+        return self._headers_class(items), sized
 
 
 async def _run_app(app: Any, config: Any, scope: Any, receive: Any, send: Any) -> None:
@@ -102,13 +163,79 @@ class IdleTimer:
             pass  # the connection's task group has finished: it is closing already
 
 
-def _classes() -> tuple[type, type]:
+def _classes() -> tuple[type, type, type]:
     """The Hypercorn subclasses (imported on first use: Hypercorn is not needed to build an app)."""
+    import h11
     from hypercorn.asyncio.task_group import TaskGroup
     from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.events import RawData
     from hypercorn.protocol import ProtocolWrapper
+    from hypercorn.protocol.events import Body, Response
+    from hypercorn.protocol.h11 import H11Protocol
     from hypercorn.typing import ConnectionState
     from hypercorn.utils import parse_socket_addr
+
+    valid_headers = ValidHeaders() if lean_h11_supported() else None
+
+    class EdgeH11Protocol(H11Protocol):
+        """Hypercorn's HTTP/1.1 protocol with remembered header checks and one write for the
+        header block and the start of a sized body (see the module docstring)."""
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self._held: bytes | None = None  # a sized response's header block, until its body
+            self._extra: tuple[int, list[tuple[bytes, bytes]]] = (-1, [])  # (second, config headers)
+
+        def _server_headers(self) -> list[tuple[bytes, bytes]]:
+            # Hypercorn's config headers (the Date, to the second), built once a second.
+            second = int(time())
+            if self._extra[0] != second:
+                self._extra = (second, self.config.response_headers("h11"))
+            return self._extra[1]
+
+        def _h11_bytes(self, event: Any) -> bytes | None:
+            # Hypercorn's _send_h11_event, returning the bytes instead of sending them.
+            try:
+                return self.connection.send(event)  # type: ignore[no-any-return]
+            except h11.LocalProtocolError:
+                if self.connection.their_state != h11.ERROR:
+                    raise
+                return None
+
+        async def stream_send(self, event: Any) -> None:
+            held = self._held
+            if held is not None:
+                self._held = None
+                if type(event) is Body:
+                    data = self._h11_bytes(h11.Data(data=event.data))
+                    await self.send(RawData(data=held if data is None else held + data))
+                    return
+                await self.send(RawData(data=held))
+            if type(event) is not Response or event.status_code < 200 or valid_headers is None:
+                await super().stream_send(event)
+                return
+            headers = [*event.headers, *self._server_headers()]
+            if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+                headers.append((b"connection", b"close"))
+            checked, sized = valid_headers(headers)
+            data = self._h11_bytes(h11.Response(headers=checked, status_code=event.status_code))
+            if data is None:
+                return
+            if sized:
+                self._held = data  # its body follows at once; an empty one ends with EndBody
+            else:
+                await self.send(RawData(data=data))
+
+    class EdgeProtocolWrapper(ProtocolWrapper):
+        """Hypercorn's protocol choice, with :class:`EdgeH11Protocol` for HTTP/1.1."""
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            if type(self.protocol) is H11Protocol:
+                self.protocol = EdgeH11Protocol(
+                    self.app, self.config, self.context, self.task_group, self.state, self.ssl,
+                    self.client, self.server, self.send,
+                )
 
     class EdgeTaskGroup(TaskGroup):
         """Hypercorn's connection task group, spawning each request's app task without the WSGI helpers."""
@@ -140,7 +267,7 @@ def _classes() -> tuple[type, type]:
                     alpn_protocol = "http/1.1"
                 async with EdgeTaskGroup(self.loop) as task_group:
                     self._task_group = task_group
-                    self.protocol = ProtocolWrapper(
+                    self.protocol = EdgeProtocolWrapper(
                         self.app, self.config, self.context, task_group, ConnectionState(self.state),
                         ssl, client, server, self.protocol_send, alpn_protocol,
                     )
@@ -152,7 +279,12 @@ def _classes() -> tuple[type, type]:
             finally:
                 await self._close()
 
-    return EdgeTaskGroup, EdgeTCPServer
+        async def protocol_send(self, event: Any) -> None:
+            if type(event) is RawData and not event.data:
+                return  # h11's end of a sized body: nothing to write (Hypercorn wrote b"" and drained)
+            await super().protocol_send(event)
+
+    return EdgeTaskGroup, EdgeTCPServer, EdgeH11Protocol
 
 
 async def serve_http(app: Any, config: Any, *, shutdown_trigger: Callable[[], Awaitable[Any]]) -> None:
@@ -169,7 +301,7 @@ async def serve_http(app: Any, config: Any, *, shutdown_trigger: Callable[[], Aw
 
         await serve(app, config, shutdown_trigger=shutdown_trigger)
         return
-    _, server_class = _classes()
+    _, server_class, _ = _classes()
     loop = asyncio.get_running_loop()
     sockets = config.create_sockets()
     context = WorkerContext(None)
