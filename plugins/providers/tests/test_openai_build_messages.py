@@ -71,6 +71,11 @@ HISTORY = [
     Message("assistant", [ThinkingBlock("only thinking")]),
     Message("assistant", "a string answer"),
     Message("system", "a system note"),
+    # one text block (the fast path), with and without text, in every role
+    Message("assistant", [TextBlock("solo")]),
+    Message("assistant", [TextBlock("")]),
+    Message("user", [TextBlock("one block")]),
+    Message("system", [TextBlock("a note as blocks")]),
 ]
 
 

@@ -73,6 +73,12 @@ def build_messages(request: CompletionRequest) -> list[dict[str, Any]]:
         if isinstance(content, str):
             append({"role": message.role, "content": content})
             continue
+        if len(content) == 1 and type(content[0]) is TextBlock:  # the usual stored message: one text block
+            if message.role == "assistant":
+                append({"role": "assistant", "content": content[0].text or None})
+            else:
+                append({"role": "user", "content": content[0].text})
+            continue
         if message.role == "assistant":
             texts: list[str] = []
             calls: list[dict[str, Any]] = []
