@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from librefang_providers.api import Message, Usage
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -60,6 +61,31 @@ class StoredMessage:
 
     message: Message
     created_at: float
+
+
+# The stdlib's exact output for content orjson would write differently (floats, NaN, big ints, non-str
+# keys: tool inputs); one shared encoder (json.dumps with arguments builds a new one per call).
+_STDLIB_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_FLAT_TYPES = (str, bool, type(None))
+
+
+def _flat(content: list[dict[str, Any]]) -> bool:
+    """Whether every value of every block is a str, bool or None (every block but a tool call's)."""
+    return all(type(value) in _FLAT_TYPES for block in content for value in block.values())
+
+
+def encode_content(content: list[dict[str, Any]], flat: bool | None = None) -> str:
+    """The stored JSON of a message's content (``content_to_json``). Flat content (see :func:`_flat`)
+    goes through orjson, whose output is then byte for byte the stdlib's ``json.dumps(...,
+    ensure_ascii=False, separators=(",", ":"))`` (strings, booleans and null are written alike;
+    tested over every code point); anything else, and what orjson refuses (lone surrogates), gets
+    the stdlib's output."""
+    if flat if flat is not None else _flat(content):
+        try:
+            return orjson.dumps(content).decode()
+        except TypeError:
+            pass
+    return _STDLIB_JSON.encode(content)
 
 
 def _info(row: Any) -> SessionInfo:
@@ -199,9 +225,15 @@ class SessionStore:
         return await self.db.run(fn, *args)
 
     async def _commit(self, batch: list[_Write]) -> None:
-        rows = [{"session_id": e.session_id, "role": m.role, "created_at": e.at, "text": text_of(m),
-                 "content": json.dumps(content_to_json(m), ensure_ascii=False, separators=(",", ":"))}
-                for e in batch for m in e.items]
+        rows = []
+        contents: list[tuple[list[dict[str, Any]], bool]] = []  # each row's content and whether it is flat
+        for entry in batch:
+            for message in entry.items:
+                content = content_to_json(message)
+                flat = _flat(content)
+                contents.append((content, flat))
+                rows.append({"session_id": entry.session_id, "role": message.role, "created_at": entry.at,
+                             "text": text_of(message), "content": encode_content(content, flat)})
         added: dict[str, int] = {}
         for entry in batch:
             if entry.items:
@@ -224,16 +256,18 @@ class SessionStore:
                 # failed (or cancelled: outcome unknown) write makes the next turn read again.
                 at = 0
                 for entry in batch:
-                    payloads = rows[at:at + len(entry.items)]
-                    at += len(entry.items)
+                    start, at = at, at + len(entry.items)
                     if not entry.items:
                         continue
                     total = totals.get(entry.session_id) if totals is not None else None
                     if total is None:
                         windows.end_write(entry.session_id, None)
                         continue
-                    decoded = [StoredMessage(message_from_json(r["role"], json.loads(r["content"])), entry.at)
-                               for r in payloads]
+                    # Flat content decodes from its dicts to what json.loads of its JSON would give
+                    # (str, bool and None survive the round trip unchanged); the rest is parsed.
+                    decoded = [StoredMessage(message_from_json(
+                        rows[i]["role"], contents[i][0] if contents[i][1] else json.loads(rows[i]["content"])),
+                        entry.at) for i in range(start, at)]
                     windows.end_write(entry.session_id, decoded, total, now)
 
     async def aclose(self) -> None:
@@ -395,7 +429,7 @@ class SessionStore:
     async def compact_prefix(self, session_id: str, count: int, summary_message: Message, summary: str) -> None:
         """Replace the first ``count`` messages by ``summary_message`` (which takes the first one's place,
         so order is kept) and remember ``summary`` as the session's compacted summary."""
-        payload = json.dumps(content_to_json(summary_message), ensure_ascii=False, separators=(",", ":"))
+        payload = encode_content(content_to_json(summary_message))
         try:
             async with self.db.begin() as conn:
                 ids = [r.id for r in (await conn.execute(
