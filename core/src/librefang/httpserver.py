@@ -61,30 +61,40 @@ def lean_h11_supported() -> bool:
 
 
 class ValidHeaders:
-    """h11's header normalisation (``normalize_and_validate``), remembering the pairs it accepted.
+    """What a response's ASGI headers become on their way out: Hypercorn's checks
+    (``build_and_validate_headers``: bytes, stripped, no pseudo-header) then h11's normalisation
+    (``normalize_and_validate``), remembering each pair that passed.
 
-    h11 normalises each pair on its own except for two checks across pairs: one Content-Length
+    Both handle each pair on its own except for two checks across pairs in h11: one Content-Length
     value and one Transfer-Encoding. A block where either name occurs more than once is handed to
-    h11 whole, so every block gets exactly h11's answer (the same items, or the same error)."""
+    both whole, so every block gets exactly their answer (the same items, or the same error)."""
 
     def __init__(self) -> None:
         from h11._headers import Headers, normalize_and_validate
+        from hypercorn.utils import build_and_validate_headers
 
         self._headers_class = Headers
         self._normalize = normalize_and_validate
+        self._hypercorn = build_and_validate_headers
         self._valid: dict[tuple[bytes, bytes], tuple[bytes, bytes, bytes]] = {}
 
-    def __call__(self, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bool]:
-        """The h11 ``Headers`` of ``headers`` (raises h11's ``LocalProtocolError`` for a bad one),
-        and whether they declare a Content-Length."""
+    def _check(self, pair: Any) -> tuple[bytes, bytes, bytes]:
+        return self._normalize(self._hypercorn([pair]))._full_items[0]  # type: ignore[no-any-return]
+
+    def __call__(self, headers: Any) -> tuple[Any, bool]:
+        """The h11 ``Headers`` of ``headers`` (raises Hypercorn's ``ValueError`` or h11's
+        ``LocalProtocolError`` for a bad one), and whether they declare a Content-Length."""
         valid = self._valid
         items = []
         framing = 0
         sized = False
         for pair in headers:
-            item = valid.get(pair)
+            try:
+                item = valid.get(pair)
+            except TypeError:  # not hashable (e.g. a bytearray): checked, not remembered
+                item = self._check(pair)
             if item is None:
-                item = self._normalize([pair])._full_items[0]
+                item = self._check(pair)
                 if item[1] not in UNREMEMBERED:
                     if len(valid) >= VALID_HEADERS_SIZE:
                         valid.clear()
@@ -94,7 +104,7 @@ class ValidHeaders:
                 sized = sized or item[1] == b"content-length"
             items.append(item)
         if framing > 1:
-            return self._normalize(headers), sized
+            return self._normalize(self._hypercorn(headers)), sized
         return self._headers_class(items), sized
 
 
@@ -170,12 +180,27 @@ def _classes() -> tuple[type, type, type]:
     from hypercorn.asyncio.tcp_server import TCPServer
     from hypercorn.events import RawData
     from hypercorn.protocol import ProtocolWrapper
-    from hypercorn.protocol.events import Body, Response
-    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.events import Body, Request, Response
+    from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+    from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
     from hypercorn.typing import ConnectionState
     from hypercorn.utils import parse_socket_addr
 
-    valid_headers = ValidHeaders() if lean_h11_supported() else None
+    valid_headers = ValidHeaders() if lean_h11_supported() else None  # else: Hypercorn's H11Protocol
+
+    class EdgeHTTPStream(HTTPStream):
+        """Hypercorn's HTTP stream, leaving a response's header checks to :class:`EdgeH11Protocol`
+        (which makes Hypercorn's, remembered: :class:`ValidHeaders`)."""
+
+        async def app_send(self, message: Any) -> None:
+            if (message is not None and message["type"] == "http.response.start"
+                    and self.state == ASGIHTTPState.REQUEST and int(message["status"]) >= 200):
+                self.response = message
+                await self.send(Response(stream_id=self.stream_id, headers=message.get("headers", []),
+                                         status_code=int(message["status"])))
+                self.state = ASGIHTTPState.RESPONSE
+                return
+            await super().app_send(message)
 
     class EdgeH11Protocol(H11Protocol):
         """Hypercorn's HTTP/1.1 protocol with remembered header checks and one write for the
@@ -184,7 +209,42 @@ def _classes() -> tuple[type, type, type]:
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
             self._held: bytes | None = None  # a sized response's header block, until its body
+            self._plain = True  # the request being read has no Upgrade header
             self._extra: tuple[int, list[tuple[bytes, bytes]]] = (-1, [])  # (second, config headers)
+
+        async def _check_protocol(self, event: Any) -> None:
+            # Hypercorn's check for an HTTP/2 upgrade, which only a request with an Upgrade header
+            # or the HTTP/2 preface can need; h11 gives names lowercased (and values stripped).
+            self._plain = True
+            for _, name, _value in event.headers._full_items:
+                if name == b"upgrade":
+                    self._plain = False
+                    break
+            if not self._plain or event.method == b"PRI":
+                await super()._check_protocol(event)
+
+        async def _create_stream(self, request: Any) -> None:
+            if not self._plain:  # an upgrade (WebSocket...): Hypercorn's own choice of stream
+                await super()._create_stream(request)
+                return
+            # Hypercorn's _create_stream for a request without an Upgrade header.
+            self.stream = EdgeHTTPStream(
+                self.app, self.config, self.context, self.task_group, self.ssl, self.client,
+                self.server, self.stream_send, STREAM_ID,
+            )
+            if self.config.h11_pass_raw_headers:
+                headers = request.headers.raw_items()
+            else:
+                headers = [(name, value) for _, name, value in request.headers._full_items]
+            await self.stream.handle(
+                Request(
+                    stream_id=STREAM_ID, headers=headers, http_version=request.http_version.decode(),
+                    method=request.method.decode("ascii").upper(), raw_path=request.target,
+                    state=self.connection_state,
+                )
+            )
+            self.keep_alive_requests += 1
+            await self.context.mark_request()
 
         def _server_headers(self) -> list[tuple[bytes, bytes]]:
             # Hypercorn's config headers (the Date, to the second), built once a second.
@@ -211,7 +271,7 @@ def _classes() -> tuple[type, type, type]:
                     await self.send(RawData(data=held if data is None else held + data))
                     return
                 await self.send(RawData(data=held))
-            if type(event) is not Response or event.status_code < 200 or valid_headers is None:
+            if type(event) is not Response or event.status_code < 200:
                 await super().stream_send(event)
                 return
             headers = [*event.headers, *self._server_headers()]
@@ -231,7 +291,7 @@ def _classes() -> tuple[type, type, type]:
 
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
-            if type(self.protocol) is H11Protocol:
+            if type(self.protocol) is H11Protocol and valid_headers is not None:
                 self.protocol = EdgeH11Protocol(
                     self.app, self.config, self.context, self.task_group, self.state, self.ssl,
                     self.client, self.server, self.send,
