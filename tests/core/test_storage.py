@@ -269,6 +269,65 @@ async def test_run_on_a_sqlite_file_one_writer_thread_cancellation_and_close(tmp
         assert plain.execute("SELECT COUNT(*) FROM w WHERE id >= 300").fetchone()[0] == 20
 
 
+async def test_run_on_a_sqlite_file_commits_and_rolls_back_driver_writes_and_failed_commits(tmp_path):
+    """The writer thread begins no SQLAlchemy Transaction of its own: writes sent straight to the
+    driver's cursor, through SQLAlchemy, or both, commit together on return and roll back together on
+    raise; a COMMIT that fails (a deferred foreign key) rolls back and the next transaction works on the
+    same connection; a read leaves no transaction open."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'raw.db'}")
+    await db.open()
+    async with db.begin() as conn:
+        await conn.execute(text("CREATE TABLE parent (id INTEGER PRIMARY KEY)"))
+        await conn.execute(text("CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER "
+                                "REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"))
+
+    def raw(conn, sql: str) -> None:
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    def driver_only(conn, item: int, fail: bool = False) -> int:
+        raw(conn, f"INSERT INTO parent (id) VALUES ({item})")
+        if fail:
+            raise RuntimeError("refused")
+        return threading.get_ident()
+
+    def both(conn, item: int, fail: bool = False) -> None:
+        conn.execute(text("INSERT INTO parent (id) VALUES (:i)"), {"i": item})
+        raw(conn, f"INSERT INTO parent (id) VALUES ({item + 1})")
+        if fail:
+            raise RuntimeError("refused")
+
+    def orphan(conn, through_sqlalchemy: bool) -> None:  # fails only at COMMIT (deferred foreign key)
+        raw(conn, "INSERT INTO parent (id) VALUES (50)")
+        if through_sqlalchemy:
+            conn.execute(text("INSERT INTO child (id, parent) VALUES (1, 999)"))
+        else:
+            raw(conn, "INSERT INTO child (id, parent) VALUES (1, 999)")
+
+    def ids(conn) -> list[int]:
+        return [r[0] for r in conn.execute(text("SELECT id FROM parent ORDER BY id"))]
+
+    thread = await db.run(driver_only, 1)
+    with pytest.raises(RuntimeError, match="refused"):
+        await db.run(driver_only, 2, fail=True)
+    await db.run(both, 10)
+    with pytest.raises(RuntimeError, match="refused"):
+        await db.run(both, 20, fail=True)
+    for through_sqlalchemy in (False, True):
+        with pytest.raises(Exception, match="FOREIGN KEY"):
+            await db.run(orphan, through_sqlalchemy)
+    assert await db.run(driver_only, 3) == thread
+    assert await db.run(ids) == [1, 3, 10, 11]
+    assert await db.run(lambda conn: conn.connection.dbapi_connection.in_transaction) is False
+    await db.close()
+    with sqlite3.connect(tmp_path / "raw.db") as plain:
+        assert [r[0] for r in plain.execute("SELECT id FROM parent ORDER BY id")] == [1, 3, 10, 11]
+        assert plain.execute("SELECT COUNT(*) FROM child").fetchone()[0] == 0
+
+
 async def test_run_on_in_memory_sqlite_uses_the_async_engine():
     db = Database("sqlite+aiosqlite:///:memory:")
     await db.open()

@@ -104,6 +104,7 @@ class _Writer:
         # Finished transactions per event loop, waiting for that loop's one scheduled delivery.
         self.outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
         self.conn: Connection | None = None
+        self.dbapi: Any = None  # the pysqlite connection under conn
         # A daemon thread: a database nobody closed must not keep the process alive at exit
         # (close() drains the queue and joins it; an unclosed one only loses work nobody awaits).
         self.thread = threading.Thread(target=self._work, name="librefang-db", daemon=True)
@@ -146,11 +147,31 @@ class _Writer:
             if conn is not None:
                 conn.close()
             conn = self.conn = self.engine.connect()
+            self.dbapi = conn.connection.dbapi_connection
+        # No SQLAlchemy Transaction around fn: pysqlite opens the database transaction itself before the
+        # first write whether or not SQLAlchemy began one (its do_begin is a no-op), so the transaction
+        # is the same; what is saved is the Transaction object's begin/commit bookkeeping (about a tenth
+        # of a turn's commit in Python). A statement fn runs through SQLAlchemy autobegins its
+        # Transaction: that one is committed (or rolled back) through SQLAlchemy, as before. Writes fn
+        # sends straight to the driver's cursor are committed (or rolled back) on the driver connection.
+        dbapi = self.dbapi
         try:
-            with conn.begin():  # commits when fn returns, rolls back when it raises
-                return fn(conn, *args, **kwargs)
+            result = fn(conn, *args, **kwargs)
+            if conn.in_transaction():
+                conn.commit()
+            else:
+                dbapi.commit()  # a no-op when nothing was written
+            return result
         except BaseException:
-            if conn.invalidated or conn.in_transaction():  # not cleanly rolled back: a fresh one next time
+            try:
+                transaction = conn.get_transaction()  # also one a failed commit left inactive
+                if transaction is not None:
+                    transaction.rollback()
+                dbapi.rollback()
+                clean = not (conn.invalidated or dbapi.in_transaction or conn.get_transaction() is not None)
+            except Exception:
+                clean = False
+            if not clean:  # not cleanly rolled back: a fresh connection next time
                 self.conn = None
                 try:
                     conn.close()
