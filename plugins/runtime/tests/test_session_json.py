@@ -10,8 +10,7 @@ import sys
 from typing import Any
 
 from librefang_providers.api import Message, ToolUseBlock
-from librefang_runtime.history import content_to_json
-from librefang_runtime.sessions import encode_content
+from librefang_runtime.history import content_to_json, encode_content
 
 from tests.fakes.llm_server import Script, ToolCall
 

@@ -25,6 +25,7 @@ class AgentView:
     fallback_models: list[dict[str, Any]]
     _prompt: tuple[int, str] = (-1, "")  # (minute since the epoch, prompt): the prompt shows the minute
     workspace: Any = None  # the agent's workspace folder (its path; existence is checked per turn)
+    workspace_path: str = ""  # the same as a string (os.path.isdir on it is the per-turn check)
     source: Any = None  # the manifest data it was derived from (a copy)
 
     def system_prompt(self, name: str) -> str:

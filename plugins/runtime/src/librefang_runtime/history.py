@@ -8,10 +8,12 @@ cuts a window without separating a tool_use from its tool_result.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from librefang_providers.api import (
     Block,
     ImageBlock,
@@ -75,6 +77,31 @@ def message_from_json(role: str, content: list[dict[str, Any]]) -> Message:
     if role not in ("user", "assistant"):
         raise ValueError(f"unknown role {role!r}")
     return Message(role, [block_from_json(b) for b in content])  # type: ignore[arg-type]
+
+
+# The stdlib's exact output for content orjson would write differently (floats, NaN, big ints, non-str
+# keys: tool inputs); one shared encoder (json.dumps with arguments builds a new one per call).
+_STDLIB_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_FLAT_TYPES = (str, bool, type(None))
+
+
+def is_flat(content: list[dict[str, Any]]) -> bool:
+    """Whether every value of every block is a str, bool or None (every block but a tool call's)."""
+    return all(type(value) in _FLAT_TYPES for block in content for value in block.values())
+
+
+def encode_content(content: list[dict[str, Any]], flat: bool | None = None) -> str:
+    """The stored JSON of a message's content (``content_to_json``). Flat content (see :func:`is_flat`)
+    goes through orjson, whose output is then byte for byte the stdlib's ``json.dumps(...,
+    ensure_ascii=False, separators=(",", ":"))`` (strings, booleans and null are written alike;
+    tested over every code point); anything else, and what orjson refuses (lone surrogates), gets
+    the stdlib's output."""
+    if flat if flat is not None else is_flat(content):
+        try:
+            return orjson.dumps(content).decode()
+        except TypeError:
+            pass
+    return _STDLIB_JSON.encode(content)
 
 
 def text_of(message: Message) -> str:

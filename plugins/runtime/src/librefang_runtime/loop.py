@@ -139,6 +139,8 @@ def call_fingerprint(call: ToolUseBlock) -> str:
 
 def split_thinking(text: str) -> tuple[str, str]:
     """(reply without ``<think>`` blocks, the thinking they held)."""
+    if "<" not in text:  # no tag at all (the common case): what the regular expressions would give
+        return text.strip(), ""
     thoughts = [m.strip() for m in THINK_TAG.findall(text)]
     return THINK_TAG.sub("", text).strip(), "\n".join(t for t in thoughts if t)
 
@@ -167,12 +169,16 @@ class AgentLoop:
         emit: Emit | None = None,
         commit: Commit | None = None,
         repairs: RepairMemo | None = None,
+        definitions: list[Any] | None = None,
     ) -> None:
         self.llm = llm
         self.tools = tools
         self.settings = settings
         self.context = context
         self.allowed = [n for n in (allowed_tools or []) if tools.get(n) is not None]
+        # What the model is offered on every call of the turn (``definitions``: the caller's, already
+        # built for these tools, as the runtime keeps them per agent).
+        self.definitions = list(definitions) if definitions is not None else tools.definitions(self.allowed)
         self.policy = policy
         self.emit = emit or _no_emit
         self.commit = commit or _no_commit
@@ -191,7 +197,7 @@ class AgentLoop:
         s = self.settings
         request = CompletionRequest(
             model=s.model, messages=messages, system=s.system_prompt or None,
-            tools=self.tools.definitions(self.allowed), max_tokens=s.max_tokens, temperature=s.temperature,
+            tools=list(self.definitions), max_tokens=s.max_tokens, temperature=s.temperature,
             timeout=s.request_timeout, extra_body=dict(s.extra_body),
         )
         # before_llm_call / after_llm_call (budgets, metering): a refusal raises and fails the turn.

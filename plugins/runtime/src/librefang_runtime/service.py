@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -50,7 +52,8 @@ from librefang_runtime.loop import (
     TurnResult,
 )
 from librefang_runtime.repair_memo import RepairMemo
-from librefang_runtime.sessions import SessionLocks, SessionStore
+from librefang_runtime.runs import Run, SessionLocks
+from librefang_runtime.sessions import SessionStore
 from librefang_runtime.tools import Deny, ToolContext, ToolRegistry
 
 log = logging.getLogger("librefang.runtime")
@@ -83,35 +86,7 @@ class Turn:
     context_window: int | None = None
     attachments: Any = None  # attachments.Attached: the files the message attaches
     module: Any = None  # an AgentModule (librefang_runtime.modules) answers instead of the LLM loop
-
-
-class _Run:
-    """A running turn: the task that runs it and the cancellations :meth:`RuntimeService.stop` sent it."""
-
-    __slots__ = ("task", "stops", "looping", "ended")
-
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
-        self.stops = 0  # cancellations sent by stop() and not yet taken back (Task.uncancel)
-        self.looping = True  # the loop still runs (afterwards the task only stores what it did)
-        self.ended: asyncio.Future[None] | None = None  # made by the first stop(), resolved when the run ends
-
-    def stop(self) -> asyncio.Future[None]:
-        """Cancel the loop (unless it has ended); the future resolves when the run has ended."""
-        if self.ended is None:
-            self.ended = self.task.get_loop().create_future()
-        if self.looping:
-            self.stops += 1
-            self.task.cancel()
-        return self.ended
-
-    def loop_ended(self) -> None:
-        """The loop has ended: stop() no longer cancels, and its cancellations are taken back
-        (``Task.uncancel``; the caller goes on, to answer 409); the caller's own cancellation stays."""
-        self.looping = False
-        for _ in range(self.stops):
-            self.task.uncancel()
-        self.stops = 0
+    definitions: list[Any] | None = None  # the definitions of ``allowed_tools`` (the agent view's)
 
 
 def llm_error(exc: LLMError) -> ApiError:
@@ -137,7 +112,13 @@ def llm_error(exc: LLMError) -> ApiError:
     return ApiError(f"the model call failed: {exc.message}", status=502, code=exc.code, details=details)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def parse_session_id(value: str) -> str:
+    """The canonical form of a session id (400 ``invalid_session_id`` when it is not a UUID)."""
+    if type(value) is str and _CANONICAL_UUID.fullmatch(value):  # already canonical: str(UUID(value)) == value
+        return value
     try:
         return str(uuid.UUID(value))
     except (ValueError, TypeError, AttributeError):
@@ -154,7 +135,7 @@ class RuntimeService:
         self.store = SessionStore(kernel.db, config.max_session_messages)
         self.locks = SessionLocks()
         # agent id -> session id -> the turn running in that session (for stop and "active")
-        self.running: dict[str, dict[str, _Run]] = {}
+        self.running: dict[str, dict[str, Run]] = {}
         self.ws_connections: dict[str, int] = {}  # client IP -> open WebSockets (bounded by the limit)
         self._web_client: Any = None
         self._touched: dict[tuple[str, str | None], float] = {}
@@ -186,8 +167,10 @@ class RuntimeService:
 
     def check_size(self, text: str) -> None:
         """413 ``message_too_large`` beyond ``[runtime] max_message_bytes`` / ``max_message_chars``."""
-        size = len(text.encode("utf-8"))
-        if size > self.config.max_message_bytes or len(text) > self.config.max_message_chars:
+        chars = len(text)
+        # A character is at most 4 bytes in UTF-8: a short text needs no encoding to be measured.
+        size = chars if chars * 4 <= self.config.max_message_bytes else len(text.encode("utf-8"))
+        if size > self.config.max_message_bytes or chars > self.config.max_message_chars:
             raise PayloadTooLarge(
                 f"message is {size} bytes / {len(text)} characters; the limit is {self.config.max_message_bytes} "
                 f"bytes and {self.config.max_message_chars} characters", code="message_too_large")
@@ -197,8 +180,8 @@ class RuntimeService:
         the record's, when the caller has it validated already."""
         if requested:
             session_id = parse_session_id(requested)
-            found = await self.store.get(session_id)
-            if found is not None and found.agent_id != record.id:
+            owner = await self.store.agent_of(session_id)
+            if owner is not None and owner != record.id:
                 raise BadRequest("the session belongs to another agent", code="session_agent_mismatch")
             return session_id, True
         if (manifest or record.parsed()).session_mode == "new" or not record.session_id:
@@ -207,8 +190,9 @@ class RuntimeService:
 
     def resolve_model(self, manifest: Any) -> tuple[str, str]:
         """The provider and model that will serve, with 412 when there is none or it lacks credentials."""
-        provider, model = agents_api.resolve_model(manifest.model.provider, manifest.model.model,
-                                                   self.agents.default_model())
+        provider, model = manifest.model.provider, manifest.model.model
+        if provider == "default" or model == "default":  # only then is [default_model] read
+            provider, model = agents_api.resolve_model(provider, model, self.agents.default_model())
         if not provider or provider == "auto" or not model:
             raise PreconditionFailed(
                 "the agent has no provider and model: set them in its manifest or in [default_model]",
@@ -262,8 +246,11 @@ class RuntimeService:
             fallback_models=[dict(f) for f in view.fallback_models] or None,
         )
         workspace = view.workspace
-        if workspace is None or not workspace.is_dir():  # made on first use, and again if it was removed
+        # Made on first use, and again if it was removed: one stat of a local folder per turn (as
+        # Path.is_dir did, without pathlib's own work).
+        if workspace is None or not os.path.isdir(view.workspace_path):  # noqa: ASYNC240
             workspace = view.workspace = agents_api.workspace_of(self.kernel, record)
+            view.workspace_path = os.fspath(workspace)
         context = ToolContext(kernel=self.kernel, agent_id=record.id, agent_name=record.name, session_id=session_id,
                               workspace=workspace)
         settings.system_prompt = view.system_prompt(record.name)
@@ -272,7 +259,7 @@ class RuntimeService:
             persist=not (ephemeral or body.incognito), load_history=not ephemeral, text=text,
             show_thinking=body.show_thinking, settings=settings, allowed_tools=allowed,
             max_history=manifest.max_history_messages, context=context, attachments=attached,
-            context_window=manifest.model.context_window, module=module,
+            context_window=manifest.model.context_window, module=module, definitions=view.definitions,
         )
 
     def repair_memo(self, session_id: str) -> RepairMemo:
@@ -362,15 +349,16 @@ class RuntimeService:
             repairs = self.repair_memo(turn.session_id) if turn.load_history else None
             llm = await model_client(get_registry(self.kernel), self.kernel, turn, history, self.config, repairs)
             loop: Any = AgentLoop(llm, self.tools, turn.settings, turn.context, allowed_tools=turn.allowed_tools,
-                                  policy=self.policy, emit=emit, commit=commit, repairs=repairs) \
+                                  policy=self.policy, emit=emit, commit=commit, repairs=repairs,
+                                  definitions=turn.definitions) \
                 if turn.module is None else modules.ModuleLoop(turn.module, turn, emit=emit, commit=commit)
             started = time.perf_counter()
             # The loop runs in the caller's task (no task of its own: one fewer task and two fewer
-            # event-loop steps per turn). ``stop`` cancels this task through its _Run, which counts
+            # event-loop steps per turn). ``stop`` cancels this task through its Run, which counts
             # its own cancellations, so a stop is told apart from the caller going away.
             task = asyncio.current_task()
             assert task is not None
-            entry = _Run(task)
+            entry = Run(task)
             self.running.setdefault(turn.agent_id, {})[turn.session_id] = entry
             try:
                 result = await loop.run(history, user_message(turn.text, turn.attachments))
@@ -402,7 +390,7 @@ class RuntimeService:
             await self._account(turn, result, started, pending)
             return result
 
-    def _end_run(self, turn: Turn, entry: _Run) -> None:
+    def _end_run(self, turn: Turn, entry: Run) -> None:
         """The turn of ``entry`` ended: forget it and wake stop()'s waiters."""
         sessions_of = self.running.get(turn.agent_id)
         if sessions_of is not None:
@@ -415,14 +403,14 @@ class RuntimeService:
 
     async def _auto_compact(self, turn: Turn, count: int, window: list[Message], emit: Emit | None) -> bool:
         """Compact the session before the turn when it passed a ``[compaction]`` threshold."""
-        from librefang_runtime.compactor import compact
-
         config = self.kernel.config.section("compaction")
         over_count = bool(config.threshold_messages) and count > config.threshold_messages
         # Not over the count: only the token share can trigger it, and only with a known context window.
         if not over_count and (not turn.context_window or not needs_compaction(
                 window, config.model_copy(update={"threshold_messages": 0}), turn.context_window)):
             return False
+        from librefang_runtime.compactor import compact
+
         if emit is not None:
             await emit(PhaseChange("compacting"))
         s = turn.settings
@@ -502,7 +490,8 @@ class RuntimeService:
         session: a busy agent's ``last_active`` need not cost a write per turn."""
         key = (turn.agent_id, None if turn.pinned else turn.session_id)
         now = time.monotonic()
-        if now - self._touched.get(key, float("-inf")) < TOUCH_INTERVAL:
+        last = self._touched.get(key)
+        if last is not None and now - last < TOUCH_INTERVAL:
             return
         if len(self._touched) >= MAX_TOUCHED:
             self._touched.clear()

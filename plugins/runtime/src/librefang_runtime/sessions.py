@@ -13,19 +13,24 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from librefang_providers.api import Message, Usage
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from librefang_runtime.history import Window, WindowCache, content_to_json, message_from_json, text_of
+from librefang_runtime.history import (
+    Window,
+    WindowCache,
+    content_to_json,
+    encode_content,
+    is_flat,
+    message_from_json,
+    text_of,
+)
 from librefang_runtime.models import messages, sessions, usage
 from librefang_runtime.search_index import SearchIndexer
 from librefang_runtime.session_writes import commit_rows
@@ -61,31 +66,6 @@ class StoredMessage:
 
     message: Message
     created_at: float
-
-
-# The stdlib's exact output for content orjson would write differently (floats, NaN, big ints, non-str
-# keys: tool inputs); one shared encoder (json.dumps with arguments builds a new one per call).
-_STDLIB_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_FLAT_TYPES = (str, bool, type(None))
-
-
-def _flat(content: list[dict[str, Any]]) -> bool:
-    """Whether every value of every block is a str, bool or None (every block but a tool call's)."""
-    return all(type(value) in _FLAT_TYPES for block in content for value in block.values())
-
-
-def encode_content(content: list[dict[str, Any]], flat: bool | None = None) -> str:
-    """The stored JSON of a message's content (``content_to_json``). Flat content (see :func:`_flat`)
-    goes through orjson, whose output is then byte for byte the stdlib's ``json.dumps(...,
-    ensure_ascii=False, separators=(",", ":"))`` (strings, booleans and null are written alike;
-    tested over every code point); anything else, and what orjson refuses (lone surrogates), gets
-    the stdlib's output."""
-    if flat if flat is not None else _flat(content):
-        try:
-            return orjson.dumps(content).decode()
-        except TypeError:
-            pass
-    return _STDLIB_JSON.encode(content)
 
 
 def _info(row: Any) -> SessionInfo:
@@ -163,6 +143,14 @@ class SessionStore:
         row = await self.db.run(_first_session, session_id)
         return _info(row) if row is not None else None
 
+    async def agent_of(self, session_id: str) -> str | None:
+        """The id of the agent owning the session (None when it does not exist); as :meth:`get`."""
+        window = self.windows.peek(session_id) if self.windows is not None else None
+        if window is not None:
+            return window.info.agent_id
+        row = await self.db.run(_first_session, session_id)
+        return row.agent_id if row is not None else None
+
     async def ensure(self, session_id: str, agent_id: str) -> SessionInfo:
         """The session, created for ``agent_id`` when it does not exist yet (the caller checks ownership).
 
@@ -230,7 +218,7 @@ class SessionStore:
         for entry in batch:
             for message in entry.items:
                 content = content_to_json(message)
-                flat = _flat(content)
+                flat = is_flat(content)
                 contents.append((content, flat))
                 rows.append({"session_id": entry.session_id, "role": message.role, "created_at": entry.at,
                              "text": text_of(message), "content": encode_content(content, flat)})
@@ -507,34 +495,3 @@ def _snippet(text: str, words: list[str], width: int = 160) -> str:
     start = max(0, at - width // 3)
     piece = text[start:start + width]
     return ("…" if start else "") + piece + ("…" if start + width < len(text) else "")
-
-
-class SessionLocks:
-    """One :class:`asyncio.Lock` per busy session. asyncio locks wake waiters in FIFO order, so
-    messages to one session run in the order they arrived; a lock nobody holds or waits for is dropped
-    (the table stays as small as the number of busy sessions)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    def busy(self, session_id: str) -> bool:
-        entry = self._locks.get(session_id)
-        return entry is not None and entry[0].locked()
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    @asynccontextmanager
-    async def hold(self, session_id: str) -> AsyncIterator[None]:
-        """Run the block while holding the session's lock (waiting in line for it)."""
-        lock, users = self._locks.get(session_id) or (asyncio.Lock(), 0)
-        self._locks[session_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[session_id]
-            if users <= 1:
-                del self._locks[session_id]
-            else:
-                self._locks[session_id] = (lock, users - 1)
