@@ -13,7 +13,7 @@ from librefang.app import build_app
 from librefang.quartapp import EdgeQuart
 from librefang.routing import Router
 from librefang.testing import make_client
-from quart import Response, after_this_request, g, url_for
+from quart import Response, after_this_request, g, request, url_for
 from quart.signals import request_finished, request_started, request_tearing_down
 
 
@@ -277,3 +277,73 @@ async def test_a_server_cancellation_still_propagates(make_kernel):
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(call, 5)
+
+
+async def call_app(app, path: str, headers: list | None = None) -> list[dict]:
+    """One ASGI HTTP call; the messages the app sent (the client stays connected meanwhile)."""
+    scope = http_scope(path)
+    scope["headers"] = scope["headers"] + (headers or [])
+    sent: list[dict] = []
+    arrived = [{"type": "http.request", "body": b"", "more_body": False}]
+    never = asyncio.Event()
+
+    async def receive() -> dict:
+        if arrived:
+            return arrived.pop()
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    return sent
+
+
+class ResponsesPlugin:
+    @librefang.hookimpl
+    def register_routes(self, register):
+        router = Router("responses")
+
+        @router.get("/api/responses/range")
+        async def ranged() -> Response:
+            response = Response(b"0123456789", content_type="application/octet-stream")
+            await response.make_conditional(request, accept_ranges=True, complete_length=10)
+            return response
+
+        @router.get("/api/responses/slow-stream")
+        async def slow_stream() -> Response:
+            async def chunks():
+                yield b"first;"
+                await asyncio.sleep(5)
+                yield b"never"
+
+            response = Response(chunks(), content_type="text/plain")
+            response.timeout = 0.2  # this response's own send timeout
+            return response
+
+        register(router)
+
+
+async def test_a_whole_body_is_one_body_message_with_the_same_bytes(make_kernel):
+    kernel = await make_kernel(plugins={"responses": ResponsesPlugin()}, load_entry_points=False)
+    app = build_app(kernel)
+    sent = await call_app(app, "/api/health")
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1]["more_body"] is False and sent[1]["body"].startswith(b'{"status":')
+    # A range of a body held in memory: only the asked bytes, still one message.
+    sent = await call_app(app, "/api/responses/range", [(b"range", b"bytes=2-4")])
+    assert sent[0]["status"] == 206
+    assert (b"content-range", b"bytes 2-4/10") in sent[0]["headers"]
+    assert [m["body"] for m in sent[1:]] == [b"234"]
+
+
+async def test_a_response_not_sent_within_its_timeout_is_abandoned_silently(make_kernel):
+    kernel = await make_kernel(plugins={"responses": ResponsesPlugin()}, load_entry_points=False)
+    app = build_app(kernel)
+    started = asyncio.get_running_loop().time()
+    sent = await call_app(app, "/api/responses/slow-stream")  # returns normally, as Quart's wait_for did
+    assert asyncio.get_running_loop().time() - started < 2
+    assert sent[0]["status"] == 200
+    assert [m["body"] for m in sent[1:]] == [b"first;"]
+    assert sent[-1]["more_body"] is True  # never finished: the server closes the connection

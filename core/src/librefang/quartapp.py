@@ -22,10 +22,12 @@ import asyncio
 from typing import Any
 
 from quart import Quart
-from quart.asgi import ASGIHTTPConnection
+from quart.asgi import ASGIHTTPConnection, _handle_exception
 from quart.ctx import RequestContext
 from quart.signals import appcontext_tearing_down, request_finished, request_started, request_tearing_down
+from quart.utils import encode_headers
 from quart.wrappers import Request, Response
+from quart.wrappers.response import DataBody
 
 MATCH_CACHE_SIZE = 2048  # (method, path) → matched rule; paths carry client-chosen ids: bounded
 
@@ -78,6 +80,40 @@ class EdgeHTTPConnection(ASGIHTTPConnection):
                 reader.cancel()
         if not reader.cancelled() and reader.done() and reader.exception() is not None:
             raise reader.exception()  # type: ignore[misc]
+
+
+    async def handle_request(self, request: Any, send: Any) -> None:
+        """Quart's :meth:`~quart.asgi.ASGIHTTPConnection.handle_request`, bounding the send by the
+        response timeout with ``asyncio.timeout`` (Quart's ``asyncio.wait_for`` runs the send in a
+        task of its own when there is a timeout). As in Quart, a response not sent in time is
+        abandoned silently; with no timeout it is simply awaited."""
+        try:
+            response = await self.app.handle_request(request)
+        except Exception as error:  # noqa: BLE001 - as Quart: shown in debug/testing, else raised
+            response = await _handle_exception(self.app, error)
+        if isinstance(response, Response) and response.timeout != Ellipsis:
+            timeout = response.timeout
+        else:
+            timeout = self.app.config["RESPONSE_TIMEOUT"]
+        if timeout is None:
+            await self._send_response(send, response)
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send_response(send, response)
+        except TimeoutError:
+            pass
+
+    async def _send_response(self, send: Any, response: Any) -> None:
+        """Quart's send; a body held whole in memory (a JSON answer) goes in one body message
+        where Quart sends it and then an empty last one (the same bytes reach the client)."""
+        body = getattr(response, "response", None)
+        if type(body) is not DataBody:
+            await super()._send_response(send, response)
+            return
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": encode_headers(response.headers)})
+        await send({"type": "http.response.body", "body": body.data[body.begin:body.end], "more_body": False})
 
 
 class LazyUrlAdapter:
