@@ -8,6 +8,7 @@ messages and a usage row). Other databases take the SQLAlchemy Core path.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,8 +30,18 @@ _SQLITE_ADD_MESSAGES = (f"UPDATE {sessions.name} SET message_count = message_cou
                         "WHERE id = ? RETURNING message_count")
 
 
+_message_values = itemgetter(*MESSAGE_COLUMNS)  # a row dict -> its values in column order, in C
+_usage_inserts: dict[tuple[str, ...], str] = {}  # the usage INSERT per column set (one or two in practice)
+
+
 def _sqlite_insert_usage(columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {usage.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    sql = _usage_inserts.get(columns)
+    if sql is None:
+        # Keys are checked against the table's columns before they get here (commit_rows).
+        sql = f"INSERT INTO {usage.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        if len(_usage_inserts) < 16:
+            _usage_inserts[columns] = sql
+    return sql
 
 
 def _trim(conn: Any, session_id: str, total: int, max_messages: int) -> int:
@@ -49,7 +60,7 @@ def _commit_sqlite(conn: Any, rows: list[dict[str, Any]], added: dict[str, int],
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         if rows:
-            cursor.executemany(_SQLITE_INSERT_MESSAGE, [tuple(r[c] for c in MESSAGE_COLUMNS) for r in rows])
+            cursor.executemany(_SQLITE_INSERT_MESSAGE, map(_message_values, rows))
         totals: dict[str, int] = {}
         for session_id, count in added.items():
             cursor.execute(_SQLITE_ADD_MESSAGES, (count, now, session_id))
