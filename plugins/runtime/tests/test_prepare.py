@@ -96,3 +96,25 @@ async def test_message_size_limits_count_bytes_and_characters(start_runtime: Any
         with pytest.raises(ApiError) as caught:
             await runtime.prepare(agent_id, MessageRequest(message=text))
         assert caught.value.status == 413 and caught.value.code == "message_too_large"
+
+
+async def test_the_repair_memo_finds_the_last_history_in_the_next_turns(runtime_env: Any, spawn: Any,
+                                                                         fake_llm: Any) -> None:
+    """The user's message goes to the loop in its stored form (one text block), so the history a next
+    turn reads back holds equal copies and the memo matches all of the last history at once."""
+    kernel, _ = runtime_env
+    runtime = kernel.services["runtime"]
+    agent_id = await spawn(kernel, "remembered")
+    session_id = str(uuid.uuid4())
+    for text in ("first", "second"):
+        fake_llm.script(Script(text=f"reply to {text}"))
+        turn = await runtime.prepare(agent_id, MessageRequest(message=text, session_id=session_id))
+        await runtime.run(turn)
+    memo = runtime.repair_memo(session_id)
+    stored = await runtime.store.load(session_id)
+    history = [s.message for s in stored]
+    assert [m.content[0].text for m in history] == ["first", "reply to first", "second", "reply to second"]
+    assert memo.inputs == history[:3]  # the last call's history: up to the second user message
+    assert memo._overlap(history) == (0, 3)
+    # what the provider got is unchanged: the user's message as plain text content
+    assert fake_llm.requests[-1].body["messages"][-1] == {"role": "user", "content": "second"}

@@ -104,6 +104,18 @@ def encode_content(content: list[dict[str, Any]], flat: bool | None = None) -> s
     return _STDLIB_JSON.encode(content)
 
 
+def stored_form(message: Message) -> tuple[list[dict[str, Any]], bool, str]:
+    """(``content_to_json(message)``, whether it :func:`is_flat`, ``text_of(message)``), with a short
+    way for the usual message: one text block."""
+    content = message.content
+    if type(content) is list and len(content) == 1 and type(content[0]) is TextBlock:
+        text = content[0].text
+        if type(text) is str:
+            return [{"type": "text", "text": text}], True, text
+    data = content_to_json(message)
+    return data, is_flat(data), text_of(message)
+
+
 def text_of(message: Message) -> str:
     """All text blocks of ``message`` joined."""
     return "".join(b.text for b in message.blocks() if isinstance(b, TextBlock))

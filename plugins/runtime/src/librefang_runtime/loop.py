@@ -175,7 +175,7 @@ class AgentLoop:
         self.tools = tools
         self.settings = settings
         self.context = context
-        self.allowed = [n for n in (allowed_tools or []) if tools.get(n) is not None]
+        self.allowed = list(filter(tools.tools.__contains__, allowed_tools or ()))  # the registered ones
         # What the model is offered on every call of the turn (``definitions``: the caller's, already
         # built for these tools, as the runtime keeps them per agent).
         self.definitions = list(definitions) if definitions is not None else tools.definitions(self.allowed)

@@ -113,13 +113,12 @@ class RepairMemo:
         inputs = self.inputs
         if not inputs or not messages:
             return 0, 0
-        first = messages[0]
-        start = next((i for i, item in enumerate(inputs) if item is first), -1)
-        if start < 0:
-            try:
-                start = inputs.index(first)
-            except ValueError:
-                return 0, 0
+        try:
+            # The first element that is, or equals, the first message (at C speed): an equal run is as
+            # good as the same one (equal inputs were repaired to equal outputs).
+            start = inputs.index(messages[0])
+        except ValueError:
+            return 0, 0
         limit = min(len(messages), len(inputs) - start)
         if messages[:limit] == inputs[start:start + limit]:  # list comparison: same objects compare at C speed
             return start, limit

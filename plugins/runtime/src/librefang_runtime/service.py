@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import operator
 import os
 import re
 import time
@@ -30,6 +31,7 @@ from librefang_providers.api import (
     MissingApiKey,
     Overloaded,
     RateLimited,
+    TextBlock,
     ToolResultBlock,
     UnknownProvider,
     Usage,
@@ -57,6 +59,7 @@ from librefang_runtime.sessions import SessionStore
 from librefang_runtime.tools import Deny, ToolContext, ToolRegistry
 
 log = logging.getLogger("librefang.runtime")
+_MESSAGE = operator.attrgetter("message")  # StoredMessage -> Message, at C speed
 
 SOURCE = "runtime"
 CATALOG_SERVICE = "providers.catalog"
@@ -324,13 +327,13 @@ class RuntimeService:
             history: list[Message] = []
             if turn.persist:
                 info, stored = await self.store.open_turn(turn.session_id, turn.agent_id, turn.max_history)
-                history = trim([s.message for s in stored], turn.max_history)
+                history = trim(list(map(_MESSAGE, stored)), turn.max_history)
                 if await self._auto_compact(turn, info.message_count, history, emit):
                     stored = await self.store.load(turn.session_id, limit=turn.max_history)
-                    history = trim([s.message for s in stored], turn.max_history)
+                    history = trim(list(map(_MESSAGE, stored)), turn.max_history)
             elif turn.load_history:
                 stored = await self.store.load(turn.session_id, limit=turn.max_history)
-                history = trim([s.message for s in stored], turn.max_history)
+                history = trim(list(map(_MESSAGE, stored)), turn.max_history)
             sections = await self._sections(turn)
             if sections:
                 turn.settings.system_prompt += "\n\n" + "\n\n".join(sections)
@@ -360,8 +363,14 @@ class RuntimeService:
             assert task is not None
             entry = Run(task)
             self.running.setdefault(turn.agent_id, {})[turn.session_id] = entry
+            message = user_message(turn.text, turn.attachments)
+            if type(message.content) is str and message.content:
+                # In the form it is stored and read back in (one text block; the repair pass sends that
+                # form anyway): the next turn's history then holds an equal copy, and the session's
+                # repair memo finds the whole last history again at once.
+                message = Message("user", [TextBlock(message.content)])
             try:
-                result = await loop.run(history, user_message(turn.text, turn.attachments))
+                result = await loop.run(history, message)
             except asyncio.CancelledError:
                 if entry.stops and task.cancelling() <= entry.stops:
                     entry.loop_ended()  # a stop: this caller goes on and answers 409

@@ -27,8 +27,8 @@ from librefang_runtime.history import (
     WindowCache,
     content_to_json,
     encode_content,
-    is_flat,
     message_from_json,
+    stored_form,
     text_of,
 )
 from librefang_runtime.models import messages, sessions, usage
@@ -217,11 +217,10 @@ class SessionStore:
         contents: list[tuple[list[dict[str, Any]], bool]] = []  # each row's content and whether it is flat
         for entry in batch:
             for message in entry.items:
-                content = content_to_json(message)
-                flat = is_flat(content)
+                content, flat, text = stored_form(message)
                 contents.append((content, flat))
                 rows.append({"session_id": entry.session_id, "role": message.role, "created_at": entry.at,
-                             "text": text_of(message), "content": encode_content(content, flat)})
+                             "text": text, "content": encode_content(content, flat)})
         added: dict[str, int] = {}
         for entry in batch:
             if entry.items:
