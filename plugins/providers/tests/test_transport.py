@@ -178,15 +178,24 @@ async def test_session_is_lazy_closed_with_the_registry_and_made_again(monkeypat
         registry = LLMRegistry(ProvidersConfig())
         registry.register("openai", builtin_factory("openai"))
         driver = registry.driver("raw", base_url=server.url + "/v1")
-        assert driver.pool is registry.pool() and driver.pool._session is None  # nothing made yet
+        pool = driver.pool
+        assert pool is registry.pool() and pool._session is None and pool._h1 is None  # nothing made yet
         await registry.complete(ask(), provider="raw", base_url=server.url + "/v1")
-        session = driver.pool._session
-        assert session is not None and not session.closed
+        client = pool._h1  # the completion calls' lean HTTP/1.1 client (no proxy: no aiohttp session)
+        assert client is not None and not client.closed and pool._session is None
+        assert server.open == 1  # its connection is kept alive
+        await registry.aclose()
+        assert client.closed
+        for _ in range(50):
+            if server.open == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.open == 0  # the kept connection was closed with it
+        await registry.complete(ask(), provider="raw", base_url=server.url + "/v1")  # a fresh pool
+        assert registry.pool()._h1 is not client and server.connections == 2
+        session = registry.pool().session()  # aiohttp's session (calls through a proxy) is closed with it too
         await registry.aclose()
         assert session.closed
-        await registry.complete(ask(), provider="raw", base_url=server.url + "/v1")  # a fresh pool
-        assert registry.pool()._session is not session
-        await registry.aclose()
 
 
 def test_aiohttp_is_imported_on_the_first_call_only() -> None:

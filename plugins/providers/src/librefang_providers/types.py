@@ -246,7 +246,7 @@ class DriverConfig:
     """Everything a driver factory gets. ``api_key`` is resolved already and must never be logged,
     serialised or echoed; ``http_client`` is a shared pooled ``httpx.AsyncClient`` (may be None: a
     built-in driver then takes it from ``pool`` when it needs one); ``pool`` is the registry's shared
-    ``HTTPPool`` (the aiohttp session of the built-in drivers' completion calls, and that httpx client)."""
+    ``HTTPPool`` (the clients of the built-in drivers' completion calls, and that httpx client)."""
 
     provider: str
     base_url: str = ""

@@ -1,8 +1,9 @@
 """What every HTTP driver shares: the pooled clients, timeouts, error mapping and key scrubbing.
 
 The completion calls (:meth:`HTTPDriver.post_json`, :meth:`HTTPDriver.open_stream`) go over the pool's
-``aiohttp`` session (see ``transport.py`` for why); :attr:`HTTPDriver.client` is still the pooled
-``httpx.AsyncClient`` for a subclass that makes other calls with it.
+lean HTTP/1.1 client (aiohttp's session through a proxy; see ``transport.py`` for why);
+:attr:`HTTPDriver.client` is still the pooled ``httpx.AsyncClient`` for a subclass that makes other
+calls with it.
 """
 
 from __future__ import annotations
@@ -248,9 +249,12 @@ class HTTPDriver:
         """``url`` is a ``str`` or an already parsed ``yarl.URL`` (a driver that calls one URL on every
         turn parses it once: aiohttp would parse the string on every call)."""
         pool = self.pool
+        proxy = pool.proxy(url)
+        if proxy is None:  # the lean client (drivers/h1.py); through a proxy, aiohttp's session
+            return await pool.h1().request(url, dump_body(body), headers, self.client_timeout(request, stream=stream))
         return await pool.session().request(
             "POST", url, data=dump_body(body), headers=headers,
-            timeout=self.client_timeout(request, stream=stream), allow_redirects=False, proxy=pool.proxy(url),
+            timeout=self.client_timeout(request, stream=stream), allow_redirects=False, proxy=proxy,
         )
 
     async def post_json(self, url: str, body: dict[str, Any], headers: dict[str, str],

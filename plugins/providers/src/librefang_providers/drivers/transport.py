@@ -1,15 +1,18 @@
-"""The HTTP clients of the built-in drivers: one pooled ``aiohttp`` session for the completion calls,
-and one ``httpx`` client for everything else (probe, catalog download, OAuth, provider test, and any
-third-party driver that uses ``DriverConfig.http_client`` / ``HTTPDriver.client``).
+"""The HTTP clients of the built-in drivers: a lean HTTP/1.1 client for the completion calls
+(``h1.py``), aiohttp's session for a completion call that goes through a proxy, and one ``httpx``
+client for everything else (probe, catalog download, OAuth, provider test, and any third-party driver
+that uses ``DriverConfig.http_client`` / ``HTTPDriver.client``).
 
-Why two: the completion call is the hot path of every agent turn. Measured per streamed chat
+Why several: the completion call is the hot path of every agent turn. Measured per streamed chat
 completion against the fake provider (client-process CPU): httpx 2.0 ms, aiohttp 0.6 ms (its HTTP
-parser is C; httpx goes through httpcore, h11 and anyio in Python). The other calls are rare and keep
-httpx, whose pinned-address transport the SSRF rules (``ssrf.fetch_limited``) are built on.
+parser is C; httpx goes through httpcore, h11 and anyio in Python), and in a later measurement
+aiohttp 0.50 ms against 0.35 ms for ``h1.py`` (aiohttp runs ~8 Python calls per received SSE chunk in
+its stream reader, and ~60 per request). The other calls are rare and keep httpx, whose
+pinned-address transport the SSRF rules (``ssrf.fetch_limited``) are built on.
 
-Both clients are created on first use (``aiohttp`` and ``httpx`` are imported then, not when the
-daemon starts), the aiohttp session inside the running event loop. Both keep no cookies, follow no
-redirects, keep connections alive (``max_connections`` from ``[providers]``), and honour the
+All clients are created on first use (``aiohttp`` and ``httpx`` are imported then, not when the
+daemon starts), the completion clients inside the running event loop. They keep no cookies, follow
+no redirects, keep connections alive (``max_connections`` from ``[providers]``), and honour the
 environment as httpx does by default: ``HTTP(S)_PROXY``/``ALL_PROXY``/``NO_PROXY``, and the CA bundle
 from ``SSL_CERT_FILE``/``SSL_CERT_DIR`` or else ``certifi``.
 """
@@ -66,14 +69,16 @@ def proxy_for(url: str, proxies: dict[str, str]) -> str | None:
 
 class HTTPPool:
     """The lazily created clients the built-in drivers share (one per registry, or per driver
-    built without one). ``aclose`` closes both; a closed pool makes fresh ones on its next use."""
+    built without one). ``aclose`` closes them all; a closed pool makes fresh ones on its next use."""
 
     def __init__(self, max_connections: int = 100) -> None:
         self.max_connections = max_connections
         self._session: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._httpx: Any = None
-        self._proxies: dict[str, str] = {}
+        self._h1: Any = None
+        self._ssl: Any = None
+        self._proxies: dict[str, str] | None = None  # read from the environment on first need
         self._proxy_cache: dict[Any, str | None] = {}
 
     def session(self) -> Any:
@@ -99,14 +104,17 @@ class HTTPPool:
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
         )
-        self._proxies = env_proxies()  # read once per session, as httpx reads them once per client
-        self._proxy_cache = {}
+        self._proxies = None  # read again for a new session, as httpx reads them once per client
         return self._session
 
     def proxy(self, url: Any) -> str | None:
         """The environment's proxy for ``url`` (a ``str`` or a ``yarl.URL``; cached per URL; ``None``
         without proxy variables)."""
-        if not self._proxies:
+        proxies = self._proxies
+        if proxies is None:
+            proxies = self._proxies = env_proxies()
+            self._proxy_cache = {}
+        if not proxies:
             return None
         try:
             return self._proxy_cache[url]
@@ -115,6 +123,24 @@ class HTTPPool:
                 self._proxy_cache.clear()
             found = self._proxy_cache[url] = proxy_for(str(url), self._proxies)
             return found
+
+    def h1(self) -> Any:
+        """The lean HTTP/1.1 client of the completion calls (``h1.H1Pool``; made on first use, in the
+        running loop; a call through a proxy goes over :meth:`session` instead)."""
+        pool = self._h1
+        if pool is not None and not pool.closed and pool.loop is asyncio.get_running_loop():
+            return pool
+        from librefang_providers.drivers.h1 import H1Pool
+
+        if self._ssl is None:
+            context = ssl_context()
+            if context is True:  # SSL_CERT_FILE/SSL_CERT_DIR: OpenSSL's default paths read them
+                context = ssl.create_default_context()
+                context.set_alpn_protocols(("http/1.1",))
+            self._ssl = context
+        self._proxies = None  # read again for a new pool
+        self._h1 = H1Pool(self.max_connections, self._ssl)
+        return self._h1
 
     def httpx_client(self) -> Any:
         """The pooled ``httpx.AsyncClient`` of the non-completion calls (created on first use)."""
@@ -129,6 +155,9 @@ class HTTPPool:
         """Close the session and the httpx client (each only if it was created)."""
         session, self._session = self._session, None
         client, self._httpx = self._httpx, None
+        h1, self._h1 = self._h1, None
+        if h1 is not None:
+            h1.close()
         if session is not None and not session.closed:
             try:
                 await session.close()
@@ -145,7 +174,7 @@ class StreamResponse:
     __slots__ = ("raw", "status_code", "headers", "content")
 
     def __init__(self, raw: Any) -> None:
-        self.raw = raw  # the aiohttp.ClientResponse
+        self.raw = raw  # an h1.Response (or an aiohttp.ClientResponse through a proxy)
         self.status_code: int = raw.status
         self.headers = raw.headers
         self.content = raw.content
