@@ -98,3 +98,24 @@ async def test_get_answers_a_cached_id_and_still_checks_other_spellings(agents_k
     await registry.kill(record.id)
     with pytest.raises(NotFound):
         await registry.get(record.id)
+
+
+def test_load_json_reads_what_the_stdlib_reads() -> None:
+    import json
+    import math
+
+    from librefang_agents.store import load_json
+
+    samples = [
+        {"name": "a", "model": {"provider": "openai", "temperature": 0.7, "max_tokens": 4096}, "tags": ["x", "é ✓ 😀"]},
+        {"big": 2 ** 70, "negative": -(2 ** 63) - 1, "edge": 2 ** 63 - 1, "u64": 2 ** 64 - 1},
+        {"text": "call 1234567890123456789012 now", "float": 1.2345678901234567e-300, "zero": -0.0},
+        {"nan": math.nan, "inf": math.inf},
+        {"escaped": "\ud800 lone", "control": "\x00\x1f", "nested": [[[{"a": None, "b": True}]]]},
+    ]
+    for sample in samples:
+        text = json.dumps(sample, separators=(",", ":"))
+        loaded, expected = load_json(text), json.loads(text)
+        assert repr(loaded) == repr(expected)  # repr: NaN compares unequal to itself
+        assert type(loaded.get("big", 0)) is int
+    assert load_json('{"huge":1e400}') == {"huge": math.inf}

@@ -9,11 +9,13 @@ write; with a shared database (``shared=True``) a version row tells when another
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -138,13 +140,30 @@ def _entry(values: dict[str, Any], manifest: AgentManifest) -> Entry:
     )
 
 
+# 19 digits in a row may be an integer beyond 64 bits, which orjson would read as a float.
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
+def load_json(text: str) -> Any:
+    """``json.loads(text)``, faster: orjson reads what it reads exactly as the stdlib does (strings,
+    64-bit integers, floats to the same double), and refuses NaN, infinities and numbers beyond a
+    double; text that may hold an integer beyond 64 bits, or that orjson refuses, is read by the
+    stdlib."""
+    if _LONG_NUMBER.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
 def _record(row: Any) -> AgentRecord:
     return AgentRecord(
         id=row.id,
         name=row.name,
         state=row.state,
         mode=row.mode,
-        manifest=json.loads(row.manifest),
+        manifest=load_json(row.manifest),
         parent_id=row.parent_id,
         session_id=row.session_id,
         signer=row.signer,
@@ -199,8 +218,9 @@ class AgentStore:
         as long as that data is unchanged (a write of other columns, like ``last_active``, keeps it)."""
         record = _record(row)
         memo = self._memos.get(agent_id)
-        if memo is None or memo[0] != record.manifest:
-            memo = self._memos[agent_id] = [json.loads(row.manifest), None]
+        # memo[2]: the stored text it was read from; the same text is the same data (no deep compare)
+        if memo is None or (memo[2] is not row.manifest and memo[2] != row.manifest):
+            memo = self._memos[agent_id] = [load_json(row.manifest), None, row.manifest]
         record._memo = memo  # type: ignore[attr-defined]
         return record
 
