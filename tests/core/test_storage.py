@@ -4,12 +4,14 @@ and an upgrade from an older schema that keeps the rows."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import textwrap
 import threading
 from pathlib import Path
 
 import librefang
+import librefang.storage as storage
 import pytest
 from librefang.storage import Database
 from sqlalchemy import text
@@ -326,6 +328,55 @@ async def test_run_on_a_sqlite_file_commits_and_rolls_back_driver_writes_and_fai
     with sqlite3.connect(tmp_path / "raw.db") as plain:
         assert [r[0] for r in plain.execute("SELECT id FROM parent ORDER BY id")] == [1, 3, 10, 11]
         assert plain.execute("SELECT COUNT(*) FROM child").fetchone()[0] == 0
+
+
+def _checkpointed_rows(path: Path, tmp_path: Path) -> int:
+    """Rows of ``w`` in the database file itself (what a checkpoint copied back from the WAL)."""
+    copy = tmp_path / f"copy-{len(list(tmp_path.glob('copy-*')))}.db"
+    shutil.copy(path, copy)  # the main file alone: without its WAL, only checkpointed pages
+    with sqlite3.connect(copy) as plain:
+        try:
+            return plain.execute("SELECT COUNT(*) FROM w").fetchone()[0]
+        except sqlite3.OperationalError:  # the table itself is still only in the WAL
+            return 0
+
+
+async def test_writer_checkpoints_after_delivering_results_not_inside_a_commit(tmp_path, monkeypatch):
+    """The writer's connection does not checkpoint inside a commit (its automatic threshold is only a
+    bound); it checkpoints every CHECKPOINT_EVERY transactions once idle, or after CHECKPOINT_FORCED
+    when it never is."""
+    monkeypatch.setattr(storage, "CHECKPOINT_EVERY", 6)
+    monkeypatch.setattr(storage, "CHECKPOINT_FORCED", 8)
+    path = tmp_path / "ckpt.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.open()
+    async with db.begin() as conn:
+        await conn.execute(text("CREATE TABLE w (id INTEGER PRIMARY KEY)"))
+
+    def add(conn, item_id: int) -> None:
+        conn.execute(text("INSERT INTO w (id) VALUES (:i)"), {"i": item_id})
+
+    autocheckpoint = await db.run(lambda conn: conn.execute(text("PRAGMA wal_autocheckpoint")).scalar())  # 1
+    assert autocheckpoint == storage.WRITER_AUTOCHECKPOINT
+    for i in range(4):  # 2..5
+        await db.run(add, i)
+    assert _checkpointed_rows(path, tmp_path) == 0
+    await db.run(add, 4)  # 6: delivered, nothing queued: checkpoint
+    await db.run(add, 5)  # 1 (after the checkpoint, which ran before this one)
+    assert _checkpointed_rows(path, tmp_path) == 5
+
+    # never idle: a slow transaction while eleven more queue behind it; the eighth since the last
+    # checkpoint is followed by one although the queue is not empty; the last five are fewer than
+    # CHECKPOINT_EVERY, so nothing else is checkpointed (without the forced one: 6, or 17 once idle)
+    release = threading.Event()
+    slow = asyncio.ensure_future(db.run(lambda conn: release.wait(5)))  # 2
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(db.run(add, 100 + i)) for i in range(11)]  # 3..8, then 1..5
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(slow, *queued)
+    assert _checkpointed_rows(path, tmp_path) == 6 + 6
+    await db.close()
 
 
 async def test_run_on_in_memory_sqlite_uses_the_async_engine():

@@ -47,6 +47,16 @@ _STATE_TABLE = "librefang_schema_state"
 # 1, 2, 5, 10… ms between tries; one thread queues our transactions without sleeping (measured:
 # 2,000 concurrent one-row transactions took 1.7 s with 3 threads, 1.1 s with 1).
 RUN_THREADS = 1
+# The writer thread's connection does not checkpoint the WAL inside a commit (SQLite's automatic
+# checkpoint runs in the commit that crosses its threshold, so that caller waited for the copy back and
+# the fsyncs: measured here, the turns' commits slower than 2 ms went from about 60 to about 20 in 2,000).
+# It checkpoints after every CHECKPOINT_EVERY transactions once it has delivered their results and
+# nothing is queued (the same PASSIVE checkpoint, off every caller's path), or after
+# CHECKPOINT_FORCED of them if it is never idle; the automatic checkpoint stays as a bound on the
+# WAL's size at WRITER_AUTOCHECKPOINT pages.
+CHECKPOINT_EVERY = 128
+CHECKPOINT_FORCED = 1024
+WRITER_AUTOCHECKPOINT = 10000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,6 +77,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _writer_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
 
 
 def _sqlite_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
@@ -105,6 +119,7 @@ class _Writer:
         self.outbox: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
         self.conn: Connection | None = None
         self.dbapi: Any = None  # the pysqlite connection under conn
+        self.unchecked = 0  # transactions since the last checkpoint
         # A daemon thread: a database nobody closed must not keep the process alive at exit
         # (close() drains the queue and joins it; an unclosed one only loses work nobody awaits).
         self.thread = threading.Thread(target=self._work, name="librefang-db", daemon=True)
@@ -137,9 +152,22 @@ class _Writer:
                 result, error = None, exc
             self._post(loop, future, result, error)
             del item, loop, future, fn, args, kwargs, result, error  # no references kept while idle
+            self.unchecked += 1
+            if self.unchecked >= CHECKPOINT_EVERY and (self.queue.empty() or self.unchecked >= CHECKPOINT_FORCED):
+                self._checkpoint()
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the database file (PASSIVE: never waits for readers or writers)."""
+        self.unchecked = 0
+        if self.conn is None or self.dbapi is None:
+            return
+        try:
+            self.dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        except Exception:  # the automatic checkpoint (and the next try) still bound the WAL
+            log.warning("checkpointing the database's WAL failed", exc_info=True)
 
     def _transaction(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
         conn = self.conn
@@ -270,6 +298,7 @@ class Database:
                 pool_size=RUN_THREADS, max_overflow=0,
             )
             event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self._sync_engine, "connect", _writer_pragmas)
             self._writer = _Writer(self._sync_engine)
         self._sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
