@@ -145,6 +145,23 @@ async def test_every_body_framing_and_encoding(driver_for: Any) -> None:
         assert expected in lowered
 
 
+async def test_an_answer_written_one_byte_at_a_time(driver_for: Any) -> None:
+    answer = (b"HTTP/1.1 100 Continue\r\n\r\n" + head(content_type="text/event-stream", transfer_encoding="chunked")
+              + chunked(sse("by", "te"), 5))
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        for i in range(len(answer)):
+            writer.write(answer[i:i + 1])
+            await writer.drain()
+            if i % 16 == 0:
+                await asyncio.sleep(0)  # let the client read what is there
+
+    async with Server([trickle, trickle]) as server:
+        driver = driver_for(server.url)
+        assert await stream_text(driver) == "byte"
+        assert await stream_text(driver) == "byte" and server.connections == 1
+
+
 async def test_interim_answers_are_skipped(driver_for: Any) -> None:
     answer = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
               + head(content_length=str(len(COMPLETION))) + COMPLETION)

@@ -62,7 +62,9 @@ class Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.phase = 0  # 0: no request; _HEAD, _BODY, _DONE
-        self.buf = b""
+        self.head = bytearray()  # the response head as it arrives
+        self.scanned = 0  # how far head was searched for its end already
+        self.buf = b""  # body bytes not parsed yet
         self.status = 0
         self.headers: CIMultiDictProxy[str] | None = None
         self.reusable = False
@@ -98,10 +100,13 @@ class Connection(asyncio.Protocol):
             if self.phase == 0:
                 self.close()
             return
-        self.buf = self.buf + data if self.buf else data
         try:
-            if self.phase == _HEAD and not self._parse_head():
-                return
+            if self.phase == _HEAD:
+                self.head += data  # a bytearray: a head arriving in many small reads stays linear
+                if not self._parse_head():
+                    return
+            else:
+                self.buf = self.buf + data if self.buf else data
             self._parse_body()
         except aiohttp.ClientPayloadError as exc:
             self.exc = exc
@@ -112,14 +117,17 @@ class Connection(asyncio.Protocol):
     def _parse_head(self) -> bool:
         """True once a final (non-1xx) status line and its headers are parsed."""
         while True:
-            buf = self.buf
-            end = buf.find(b"\r\n\r\n")
+            head = self.head
+            end = head.find(b"\r\n\r\n", self.scanned)
             if end < 0:
-                if len(buf) > MAX_HEADER_BYTES * (MAX_HEADERS + 1):
+                if len(head) > MAX_HEADER_BYTES * (MAX_HEADERS + 1):
                     raise _bad("header block too long")
+                self.scanned = max(0, len(head) - 3)
                 return False
-            lines = buf[:end].split(b"\r\n")
-            self.buf = buf[end + 4:]
+            lines = bytes(head[:end]).split(b"\r\n")
+            self.buf = bytes(head[end + 4:])
+            self.head = bytearray(self.buf)
+            self.scanned = 0
             parts = lines[0].split(b" ", 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
                 raise _bad("bad status line")
@@ -160,6 +168,7 @@ class Connection(asyncio.Protocol):
             else:
                 self.framing, self.reusable = _UNTIL_CLOSE, False
             self.phase = _BODY
+            self.head = bytearray()
             return True
 
     def _parse_body(self) -> None:
@@ -298,7 +307,7 @@ class Connection(asyncio.Protocol):
             if chunks:
                 self.chunks = []
                 self.buffered = 0
-                if self.paused and self.transport is not None:
+                if self.paused and self.transport is not None and not self.closed:
                     self.paused = False
                     self.transport.resume_reading()
                     # the peer could not send while paused: its silence counts from now (as aiohttp's
@@ -310,6 +319,10 @@ class Connection(asyncio.Protocol):
             if self.phase == _DONE:
                 return b""
             await self._wait(idle)
+
+    def usable(self, now: float) -> bool:
+        """An idle connection may carry the next request: open, not closing, not idle for too long."""
+        return not self.closed and not self.transport.is_closing() and now - self.idle_since < KEEPALIVE_SECS
 
     def close(self) -> None:
         self.reusable = False
@@ -415,7 +428,7 @@ class H1Pool:
         now = self.loop.time()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < KEEPALIVE_SECS:
+            if conn.usable(now):
                 return conn
             self._drop(conn)
         try:
@@ -435,7 +448,7 @@ class H1Pool:
                         idle = self._idle.get(key)
                         while idle:
                             conn = idle.pop()
-                            if not conn.closed and self.loop.time() - conn.idle_since < KEEPALIVE_SECS:
+                            if conn.usable(self.loop.time()):
                                 return conn
                             self._drop(conn)
                 self._open += 1
