@@ -347,3 +347,19 @@ async def test_a_response_not_sent_within_its_timeout_is_abandoned_silently(make
     assert sent[0]["status"] == 200
     assert [m["body"] for m in sent[1:]] == [b"first;"]
     assert sent[-1]["more_body"] is True  # never finished: the server closes the connection
+
+
+async def test_sessions_are_null_without_a_secret_key_and_work_with_one(app):
+    from quart import session
+
+    async def counter() -> dict[str, object]:
+        if app.secret_key:  # a null session refuses writes
+            session["n"] = session.get("n", 0) + 1
+        return {"n": session.get("n"), "null": app.session_interface.is_null_session(session._get_current_object())}
+
+    app.add_url_rule("/api/hooks/session", "counter", counter)
+    client = make_client(app)
+    assert await (await client.get("/api/hooks/session")).get_json() == {"n": None, "null": True}
+    app.secret_key = "a-test-secret-key"
+    assert await (await client.get("/api/hooks/session")).get_json() == {"n": 1, "null": False}
+    assert await (await client.get("/api/hooks/session")).get_json() == {"n": 2, "null": False}  # cookie read back

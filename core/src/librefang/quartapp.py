@@ -24,6 +24,7 @@ from typing import Any
 from quart import Quart
 from quart.asgi import ASGIHTTPConnection, _handle_exception
 from quart.ctx import RequestContext
+from quart.sessions import SecureCookieSessionInterface
 from quart.signals import appcontext_tearing_down, request_finished, request_started, request_tearing_down
 from quart.utils import encode_headers
 from quart.wrappers import Request, Response
@@ -151,6 +152,15 @@ class EdgeRequestContext(RequestContext):
     The daemon's URL map matches on the path and method only (no host matching, no subdomains,
     no slash redirects: see :func:`librefang.app.build_app`), so the same pair always matches the
     same rule with the same arguments. Failed matches (404, 405) are not remembered."""
+
+    async def push(self) -> None:
+        """Quart's push. Quart opens a session for every request; with Quart's own cookie sessions
+        and no secret key, opening one always gives None, then Quart's null session: made here."""
+        app = self.app
+        interface = app.session_interface
+        if self.session is None and type(interface) is SecureCookieSessionInterface and not app.secret_key:
+            self.session = interface.null_session_class()
+        await super().push()
 
     def match_request(self) -> None:
         request = self.request_websocket
