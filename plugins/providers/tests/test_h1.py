@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
 import ssl
 import subprocess
 import zlib
@@ -49,9 +50,10 @@ class Server:
     """Answers the n-th request with ``answers[n]`` (bytes, or a callable returning them); ``close``
     after an answer when the entry is a (bytes, True) pair. Counts connections and keeps requests."""
 
-    def __init__(self, answers: list[Any], tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, answers: list[Any], tls: ssl.SSLContext | None = None, slow_body: bool = False) -> None:
         self.answers = answers
         self.tls = tls
+        self.slow_body = slow_body  # read request bodies 512 KiB at a time, 50 ms apart (~10 MB/s)
         self.connections = 0
         self.requests: list[bytes] = []
         self.server: asyncio.AbstractServer | None = None
@@ -71,6 +73,10 @@ class Server:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 length = int(raw.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while self.slow_body and length > 0:
+                    piece = await reader.readexactly(min(length, 512 * 1024))
+                    raw, length = raw + piece, length - len(piece)
+                    await asyncio.sleep(0.05)
                 raw += await reader.readexactly(length)
                 self.requests.append(raw)
                 answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
@@ -89,6 +95,8 @@ class Server:
 
     async def __aenter__(self) -> Server:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0, ssl=self.tls)
+        if self.slow_body:  # a fixed small receive buffer: what the client sent is what was read, nearly
+            self.server.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -227,6 +235,17 @@ async def test_a_silent_server_times_out_and_a_stall_mid_body_too(driver_for: An
         with pytest.raises(TimedOut, match="stream stalled") as info:
             await stream_text(driver_for(server.url, stream_idle_timeout=0.3))
         assert info.value.partial_text == "partial"
+
+
+async def test_a_long_upload_is_not_a_silent_server(driver_for: Any) -> None:
+    # 24 MB take the server ~2.4 s to read, 1 s is the idle limit: as with aiohttp, the silence of
+    # the server counts once the body is out of the client (what the kernel still holds, at most a few
+    # MB, is read well within the limit)
+    async with Server([head(transfer_encoding="chunked") + chunked(sse("got", "it"))], slow_body=True) as server:
+        driver = driver_for(server.url, stream_idle_timeout=1.0)
+        request = CompletionRequest(model="raw-model", messages=[Message("user", "x" * 24_000_000)])
+        got = [e.text async for e in driver.stream(request) if isinstance(e, TextDelta)]
+        assert "".join(got) == "gotit" and len(server.requests[0]) > 24_000_000
 
 
 async def test_a_slow_reader_pauses_the_socket_and_misses_nothing(driver_for: Any,

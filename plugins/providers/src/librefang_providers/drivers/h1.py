@@ -57,6 +57,7 @@ class Connection(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: Any = None
         self.closed = False
+        self.sending = False
         self.idle_since = 0.0
         self._reset()
 
@@ -76,12 +77,22 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.exc: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.last_data = 0.0
         self.decoder: Any = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+
+    def pause_writing(self) -> None:
+        self.sending = True  # a long request body is still going out
+
+    def resume_writing(self) -> None:
+        # The body is (nearly) out: the silence of the peer counts from now, as aiohttp starts its
+        # sock_read timer once the body is written.
+        self.sending = False
+        self.last_data = self.loop.time()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -273,25 +284,34 @@ class Connection(asyncio.Protocol):
     # -- reading -----------------------------------------------------------------------------------
     async def _wait(self, idle: float | None) -> None:
         """Until the parser has something new; ``idle`` bounds the silence of the socket (measured from
-        the last bytes received, as aiohttp's ``sock_read``)."""
+        the last bytes received, or from when a long request body was out)."""
         loop = self.loop
         waiter = self.waiter = loop.create_future()
         if not idle:
             await waiter
             return
-        timer = loop.call_at(self.last_data + idle, self._silent_for_too_long, waiter)
+        self.timer = loop.call_at(self.last_data + idle, self._check_silence, waiter, idle)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
 
-    def _silent_for_too_long(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            if self.exc is None:
-                self.exc = aiohttp.SocketTimeoutError("Timeout on reading data from socket")
-            self.close()
-            self.waiter = None
-            waiter.set_result(None)
+    def _check_silence(self, waiter: asyncio.Future[None], idle: float) -> None:
+        if waiter.done():
+            return
+        now = self.loop.time()
+        due = now + idle if self.sending else self.last_data + idle
+        if now < due:  # the body is still going out, or it went out since the timer was set
+            self.timer = self.loop.call_at(due, self._check_silence, waiter, idle)
+            return
+        self.timer = None
+        if self.exc is None:
+            self.exc = aiohttp.SocketTimeoutError("Timeout on reading data from socket")
+        self.close()
+        self.waiter = None
+        waiter.set_result(None)
 
     async def read_head(self, idle: float | None) -> None:
         """Until the status line and headers of the final response arrived."""
