@@ -118,3 +118,38 @@ async def test_the_repair_memo_finds_the_last_history_in_the_next_turns(runtime_
     assert memo._overlap(history) == (0, 3)
     # what the provider got is unchanged: the user's message as plain text content
     assert fake_llm.requests[-1].body["messages"][-1] == {"role": "user", "content": "second"}
+
+
+async def test_a_pinned_session_is_read_once_and_cached_by_prepare(runtime_env: Any, spawn: Any,
+                                                                    fake_llm: Any) -> None:
+    """The owner check of a pinned session that is not cached reads it with its history into the
+    window cache (the turn then needs no read); a new session is created by the turn's one write-first
+    transaction; either way the window is what the database holds."""
+    from librefang_providers.api import Message
+
+    kernel, _ = runtime_env
+    runtime = kernel.services["runtime"]
+    store = runtime.store
+    agent_id = await spawn(kernel, "pinned")
+    existing = (await store.create(agent_id)).id
+    for text in ("old question", "old answer"):
+        await store.append(existing, Message("user" if "question" in text else "assistant", text))
+    assert existing not in store.windows
+    turn = await runtime.prepare(agent_id, MessageRequest(message="new question", session_id=existing))
+    window = store.windows.get(existing, turn.max_history)
+    assert window is not None and [s.message.blocks()[0].text for s in window.items] == ["old question", "old answer"]
+    fake_llm.script(Script(text="new answer"))
+    await runtime.run(turn)
+    assert [m["content"] for m in fake_llm.requests[-1].body["messages"][1:]] == [
+        "old question", "old answer", "new question"]
+    fresh = str(uuid.uuid4())
+    turn = await runtime.prepare(agent_id, MessageRequest(message="first", session_id=fresh))
+    assert fresh not in store.windows and await store.get(fresh) is None  # nothing written before the turn
+    fake_llm.script(Script(text="hello"))
+    await runtime.run(turn)
+    for session_id, count in ((existing, 4), (fresh, 2)):
+        window = store.windows.get(session_id, turn.max_history)
+        stored = await store.load(session_id)
+        assert [(s.message, s.created_at) for s in window.items] == [(s.message, s.created_at) for s in stored]
+        info = await store.get(session_id)
+        assert info.agent_id == agent_id and info.message_count == count == len(stored)

@@ -183,7 +183,10 @@ class RuntimeService:
         the record's, when the caller has it validated already."""
         if requested:
             session_id = parse_session_id(requested)
-            owner = await self.store.agent_of(session_id)
+            # With the window cache, an existing session is read (and cached) here with the history
+            # a turn of this agent loads: the turn then opens it without a database read.
+            limit = (manifest or record.parsed()).max_history_messages
+            owner = await self.store.agent_of(session_id, limit)
             if owner is not None and owner != record.id:
                 raise BadRequest("the session belongs to another agent", code="session_agent_mismatch")
             return session_id, True

@@ -95,17 +95,29 @@ def _ensure_session(conn: Any, session_id: str, agent_id: str, now: float) -> An
     return _first_session(conn, session_id)
 
 
-def _read_window(conn: Any, session_id: str, limit: int | None) -> tuple[Any, list[StoredMessage]]:
-    """The session's row (None when it does not exist) and its last ``limit`` messages, decoded."""
-    row = conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
-    if row is None:
-        return None, []
+def _read_messages(conn: Any, session_id: str, limit: int | None) -> list[StoredMessage]:
+    """The session's last ``limit`` messages (None: all), decoded, oldest first."""
     query = sa.select(messages.c.role, messages.c.content, messages.c.created_at) \
         .where(messages.c.session_id == session_id).order_by(messages.c.id.desc())
     if limit is not None:
         query = query.limit(limit)
     rows = conn.execute(query).all()
-    return row, [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
+    return [StoredMessage(message_from_json(r.role, json.loads(r.content)), r.created_at) for r in reversed(rows)]
+
+
+def _read_window(conn: Any, session_id: str, limit: int | None) -> tuple[Any, list[StoredMessage]]:
+    """The session's row (None when it does not exist) and its last ``limit`` messages, decoded."""
+    row = _first_session(conn, session_id)
+    if row is None:
+        return None, []
+    return row, _read_messages(conn, session_id, limit)
+
+
+def _open_window(conn: Any, session_id: str, agent_id: str, now: float, limit: int | None) -> tuple[Any, list[StoredMessage]]:
+    """The session's row, created for ``agent_id`` unless it exists (write first: see ``ensure``),
+    and its last ``limit`` messages."""
+    row = _ensure_session(conn, session_id, agent_id, now)
+    return row, _read_messages(conn, session_id, limit)
 
 
 class SessionStore:
@@ -143,12 +155,25 @@ class SessionStore:
         row = await self.db.run(_first_session, session_id)
         return _info(row) if row is not None else None
 
-    async def agent_of(self, session_id: str) -> str | None:
-        """The id of the agent owning the session (None when it does not exist); as :meth:`get`."""
-        window = self.windows.peek(session_id) if self.windows is not None else None
+    async def agent_of(self, session_id: str, limit: int | None = None) -> str | None:
+        """The id of the agent owning the session (None when it does not exist). A session in the
+        window cache costs nothing; with the window cache (SQLite), a session that exists is read
+        with its last ``limit`` messages and cached, so the turn that asked opens it without a read."""
+        windows = self.windows
+        if windows is None:
+            row = await self.db.run(_first_session, session_id)
+            return row.agent_id if row is not None else None
+        window = windows.peek(session_id)
         if window is not None:
             return window.info.agent_id
-        row = await self.db.run(_first_session, session_id)
+        token = windows.begin_read(session_id)
+        installed: Window | None = None
+        try:
+            row, stored = await self._tx(_read_window, session_id, limit)
+            if row is not None:
+                installed = Window(_info(row), stored, limit)
+        finally:
+            windows.end_read(session_id, token, installed)
         return row.agent_id if row is not None else None
 
     async def ensure(self, session_id: str, agent_id: str) -> SessionInfo:
@@ -265,8 +290,11 @@ class SessionStore:
 
     async def open_turn(self, session_id: str, agent_id: str, limit: int | None) -> tuple[SessionInfo, list[StoredMessage]]:
         """The session (created for ``agent_id`` when new) and its most recent messages. A session in
-        the window cache costs nothing; another costs one read-only transaction (a read that turned
-        into a write could fail under SQLite's snapshot rules when another writer went first)."""
+        the window cache costs nothing. Another costs, with the window cache (SQLite, where every
+        transaction goes to the one database thread anyway), one transaction that writes first (the
+        session's row unless it exists: as :meth:`ensure`) and then reads; elsewhere one read-only
+        transaction, and a second one that creates a new session (a read that turned into a write
+        could fail under SQLite's snapshot rules when another writer went first)."""
         windows = self.windows
         if windows is not None:
             window = windows.get(session_id, limit)
@@ -276,12 +304,17 @@ class SessionStore:
             token = windows.begin_read(session_id)
         installed: Window | None = None
         try:
-            row, stored = await self._tx(_read_window, session_id, limit)
-            if row is None:
-                info = await self.ensure(session_id, agent_id)
-                stored = []
-            else:
+            if windows is not None:
+                async with self.writing():
+                    row, stored = await self._tx(_open_window, session_id, agent_id, time.time(), limit)
                 info = _info(row)
+            else:
+                row, stored = await self._tx(_read_window, session_id, limit)
+                if row is None:
+                    info = await self.ensure(session_id, agent_id)
+                    stored = []
+                else:
+                    info = _info(row)
             installed = Window(_copy_info(info), list(stored), limit)
         finally:
             if windows is not None:
