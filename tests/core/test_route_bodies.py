@@ -262,3 +262,21 @@ async def test_a_body_that_stops_arriving_is_408_after_the_body_timeout(make_ker
     status, body = await drive(app, "/api/bodies/message/s2", [raw[:10]], total=len(raw), pause=0)
     assert status == 408
     assert set(json.loads(body)) == {"error", "code", "request_id"}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/json", 201),
+        ("application/json; charset=utf-8", 201),
+        ("APPLICATION/JSON", 201),
+        ("application/vnd.api+json", 201),
+        ("text/plain", 415),
+        ("application/jsonx", 415),
+        ("application/json-seq", 415),
+        (" application/json", 201),
+    ],
+)
+async def test_content_types_are_judged_by_their_mimetype(client, content_type, status):
+    response = await post(client, "/api/bodies/message/a1", b'{"message": "x"}', content_type)
+    assert response.status_code == status

@@ -74,11 +74,15 @@ async def read_json_bytes(request: Any) -> bytes:
         raw = await wait_bytes(request.body_timeout)
     else:
         raw = await request.get_data(cache=True, as_text=False)
-    mimetype = request.mimetype
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"expected Content-Type application/json, got {mimetype}", code="unsupported_media_type"
-        )
+    # The header as sent is checked first: "application/json" exactly (what clients send) needs no
+    # parsing of its parameters; anything else is judged on werkzeug's parsed mimetype, as always.
+    content_type = request.content_type
+    if content_type and content_type != "application/json":
+        mimetype = request.mimetype
+        if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise UnsupportedMediaType(
+                f"expected Content-Type application/json, got {mimetype}", code="unsupported_media_type"
+            )
     return raw
 
 
