@@ -145,11 +145,17 @@ class RepairMemo:
         if not well_formed(messages, matched):
             self.inputs, self.outputs, self.image_free = [], [], False
             return repair(messages)
-        new = messages[matched:]
         outputs = self.outputs[start:start + matched]
-        outputs.extend(Message(m.role, list(m.blocks())) for m in new)
         # A run of an image-free history is image-free: only the new messages need looking at.
-        image_free = (self.image_free or not matched) and not any(
-            isinstance(b, ImageBlock) for m in new for b in m.blocks())
+        image_free = self.image_free or not matched
+        for index in range(matched, len(messages)):
+            message = messages[index]
+            blocks = message.blocks()
+            outputs.append(Message(message.role, list(blocks)))
+            if image_free:
+                for block in blocks:
+                    if isinstance(block, ImageBlock):
+                        image_free = False
+                        break
         self.inputs, self.outputs, self.image_free = list(messages), outputs, image_free
         return list(outputs), RepairReport()

@@ -260,7 +260,7 @@ class SessionStore:
         totals: dict[str, int] | None = None
         try:
             async with self.writing():
-                totals = await self._tx(commit_rows, rows, added, usage_rows, now, self.max_messages)
+                totals = await self.db.run(commit_rows, rows, added, usage_rows, now, self.max_messages)
             self.indexer.written(len(rows))
         finally:
             if windows is not None:
@@ -473,7 +473,15 @@ class SessionStore:
                   cost_usd: float | None, iterations: int, outcome: str = "ok", error: str | None = None,
                   latency_ms: float = 0.0, traces: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The ``runtime_usage`` row of one turn: usage, outcome, latency and its decision traces."""
-        traces = traces or []
+        if not traces:  # a turn without tool calls (most): nothing to count or encode
+            return {
+                "agent_id": agent_id, "session_id": session_id, "provider": provider, "model": model,
+                "input_tokens": usage_.input_tokens, "output_tokens": usage_.output_tokens,
+                "cache_read_tokens": usage_.cache_read_tokens, "cache_write_tokens": usage_.cache_write_tokens,
+                "cost_usd": cost_usd, "iterations": iterations, "created_at": time.time(), "outcome": outcome,
+                "error": error[:200] if error else None, "latency_ms": latency_ms, "tool_calls": 0,
+                "tool_errors": 0, "traces": None,
+            }
         return {
             "agent_id": agent_id, "session_id": session_id, "provider": provider, "model": model,
             "input_tokens": usage_.input_tokens, "output_tokens": usage_.output_tokens,
