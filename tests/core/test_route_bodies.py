@@ -280,3 +280,46 @@ async def test_a_body_that_stops_arriving_is_408_after_the_body_timeout(make_ker
 async def test_content_types_are_judged_by_their_mimetype(client, content_type, status):
     response = await post(client, "/api/bodies/message/a1", b'{"message": "x"}', content_type)
     assert response.status_code == status
+
+
+JSON_VALUES = [
+    {"text": "héllo ✓ 😀", "n": 1, "f": 1e16, "small": 1.5e-7, "neg": -0.0, "big": 2**70},
+    [1, "two", None, True, {"nested": [1.25, {"é": "ü"}]}],
+    {"when": __import__("datetime").datetime(2026, 11, 29, 13, 0), "id": uuid.UUID(int=7),
+     "dec": decimal.Decimal("1.10"), 3: "int key", "nan": float("nan")},
+    {},
+]
+
+
+@pytest.mark.parametrize("value", JSON_VALUES)
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+@pytest.mark.parametrize("sort_keys", [False, True])
+def test_compact_json_is_the_providers_text(value, ensure_ascii, sort_keys):
+    from librefang.routing import _compact_json
+    from quart import Quart
+    from quart.json.provider import DefaultJSONProvider
+
+    provider = DefaultJSONProvider(Quart("t"))
+    provider.ensure_ascii, provider.sort_keys = ensure_ascii, sort_keys
+    if sort_keys and isinstance(value, dict) and 3 in value:
+        with pytest.raises(TypeError):
+            provider.dumps(value, separators=(",", ":"))
+        with pytest.raises(TypeError):
+            _compact_json(provider, value)
+        return
+    for _ in range(2):  # the encoder is built, then reused
+        assert _compact_json(provider, value) == provider.dumps(value, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("status", [200, 201, 404, 299])
+async def test_json_response_is_the_response_quart_builds(status):
+    from librefang.routing import json_response
+    from quart import Response
+
+    body = '{"é":"✓"}\n'
+    ours = json_response(body.encode(), status)
+    quarts = Response(body, status=status, content_type="application/json")
+    assert type(ours) is type(quarts)
+    assert list(ours.headers.items()) == list(quarts.headers.items())
+    assert (ours.status, ours.status_code, ours.timeout) == (quarts.status, quarts.status_code, quarts.timeout)
+    assert await ours.get_data() == await quarts.get_data()

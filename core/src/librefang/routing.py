@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from quart import Blueprint, Response, current_app, request
 from quart.json.provider import DefaultJSONProvider
+from werkzeug.datastructures import Headers
 
 from librefang.errors import BadRequest
 from librefang.jsonbody import parse_json_bytes, read_json_bytes, shallow_json_text
@@ -82,12 +84,36 @@ def format_validation_error(exc: ValidationError, where: str) -> str:
 
 
 JSON_CONTENT_TYPE = "application/json"  # what werkzeug makes of mimetype="application/json" (no charset)
+_ENCODERS: dict[tuple[Any, bool, bool], json.JSONEncoder] = {}  # (default, ensure_ascii, sort_keys) → encoder
+
+
+def json_response(body: bytes, status: int, response_class: type[Response] = Response) -> Response:
+    """The response Quart builds from ``response_class(body_text, status, content_type="application/json")``
+    (Content-Type, then the Content-Length it sets), with its headers set in one step."""
+    if response_class is not Response:  # a subclass may build its response differently
+        return response_class(body, status=status, content_type=JSON_CONTENT_TYPE)
+    headers = Headers()
+    headers[:] = [("Content-Type", JSON_CONTENT_TYPE), ("Content-Length", str(len(body)))]
+    return Response(Response.data_body_class(body), status=status, headers=headers)
+
+
+def _compact_json(provider: Any, value: Any) -> str:
+    """``provider.dumps(value, separators=(",", ":"))`` for Flask's DefaultJSONProvider, with the
+    encoder built once per set of provider settings instead of on every call."""
+    key = (provider.default, provider.ensure_ascii, provider.sort_keys)
+    encoder = _ENCODERS.get(key)
+    if encoder is None:
+        if len(_ENCODERS) >= 16:
+            _ENCODERS.clear()
+        encoder = _ENCODERS[key] = json.JSONEncoder(
+            ensure_ascii=key[1], sort_keys=key[2], separators=(",", ":"), default=key[0])
+    return encoder.encode(value)
 
 
 def to_response(result: Any, status: int) -> Any:
     """Turn a handler's return value into something Quart sends."""
     if isinstance(result, BaseModel):
-        return Response(result.model_dump_json(), status=status, content_type=JSON_CONTENT_TYPE)
+        return json_response(result.model_dump_json().encode(), status)
     if isinstance(result, dict | list):
         # What Quart's make_response does with ``(result, status)`` (the app's JSON provider,
         # compact unless in debug mode, a final newline), without its type checks.
@@ -100,8 +126,8 @@ def to_response(result: Any, status: int) -> Any:
             if status != 200:
                 response.status_code = status
             return response
-        text = provider.dumps(result, separators=(",", ":"))
-        return app.response_class(f"{text}\n", status=status, content_type=JSON_CONTENT_TYPE)
+        text = _compact_json(provider, result)
+        return json_response(f"{text}\n".encode(), status, app.response_class)
     return result
 
 
@@ -222,7 +248,7 @@ class Router:
                 async def direct_view(**kwargs: Any) -> Any:
                     result = await fn(**kwargs)
                     if isinstance(result, BaseModel):
-                        return Response(result.model_dump_json(), status=status, content_type=JSON_CONTENT_TYPE)
+                        return json_response(result.model_dump_json().encode(), status)
                     return to_response(result, status)
 
                 view = direct_view
