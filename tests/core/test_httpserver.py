@@ -155,6 +155,8 @@ GOOD_BLOCKS = [
     [(b"content-length", b"7"), (b"vary", b"Origin")],
     [(b"content-length", b"5"), (b"content-length", b"5")],  # repeated, same value: h11 keeps one
     [(b"content-length", b" 7 "), (bytearray(b"x-from-a-bytearray"), b" padded ")],  # Hypercorn strips
+    [(b"x-request-id", b"0b6a4a59-6a3c-4a4e-9d55-1f0f7f3b2c11"), (b"x-request-id", b" padded  value ")],
+    [(b"x-request-id", b"\xe9t\xe9 obs-text")],
     [],
 ]
 BAD_BLOCKS = [
@@ -167,6 +169,9 @@ BAD_BLOCKS = [
     [(b"content-length", b"5, 6")],
     [(b":path", b"/")],  # a pseudo-header: Hypercorn's ValueError
     [(b"x-bad", b"tab\tinside\x00")],
+    [(b"x-request-id", b"nul\x00inside")],
+    [(b"x-request-id", b"line\r\nbreak")],
+    [(b"x-request-id", "not-bytes")],
 ]
 
 
@@ -190,7 +195,7 @@ def test_remembered_header_checks_give_hypercorns_and_h11s_items(block):
 @pytest.mark.parametrize("block", BAD_BLOCKS)
 def test_remembered_header_checks_refuse_what_hypercorn_or_h11_refuses(block):
     valid = httpserver.ValidHeaders()
-    valid([(b"content-length", b"5")])  # a remembered pair does not hide a conflict
+    valid([(b"content-length", b"5"), (b"x-request-id", b"known")])  # remembered: no effect on a bad block
     with pytest.raises((ValueError, Exception)) as ours:
         valid(block)
     with pytest.raises((ValueError, Exception)) as theirs:

@@ -71,15 +71,32 @@ class ValidHeaders:
 
     def __init__(self) -> None:
         from h11._headers import Headers, normalize_and_validate
+        from h11._headers import _field_value_re as field_value_re
         from hypercorn.utils import build_and_validate_headers
 
         self._headers_class = Headers
         self._normalize = normalize_and_validate
         self._hypercorn = build_and_validate_headers
         self._valid: dict[tuple[bytes, bytes], tuple[bytes, bytes, bytes]] = {}
+        # Names whose values are not remembered (UNREMEMBERED) → their checked (raw, lowercased)
+        # form; h11's own pattern for a value then decides for the value alone.
+        self._names: dict[bytes, tuple[bytes, bytes]] = {}
+        self._value_re = field_value_re
 
     def _check(self, pair: Any) -> tuple[bytes, bytes, bytes]:
         return self._normalize(self._hypercorn([pair]))._full_items[0]  # type: ignore[no-any-return]
+
+    def _check_unremembered(self, pair: Any) -> tuple[bytes, bytes, bytes]:
+        # A value h11's pattern accepts has no surrounding whitespace (Hypercorn's strip changes
+        # nothing) and passes h11; anything else takes the full path, for the exact error.
+        name, value = pair
+        known = self._names.get(name)
+        if known is not None and type(value) is bytes and self._value_re.fullmatch(value) is not None:
+            return known[0], known[1], value
+        item = self._check(pair)
+        if type(name) is bytes:
+            self._names[name] = (item[0], item[1])
+        return item
 
     def __call__(self, headers: Any) -> tuple[Any, bool]:
         """The h11 ``Headers`` of ``headers`` (raises Hypercorn's ``ValueError`` or h11's
@@ -94,6 +111,9 @@ class ValidHeaders:
             except TypeError:  # not hashable (e.g. a bytearray): checked, not remembered
                 item = self._check(pair)
             if item is None:
+                if pair[0] in UNREMEMBERED:
+                    items.append(self._check_unremembered(pair))
+                    continue
                 item = self._check(pair)
                 if item[1] not in UNREMEMBERED:
                     if len(valid) >= VALID_HEADERS_SIZE:
