@@ -264,6 +264,18 @@ async def test_a_slow_reader_pauses_the_socket_and_misses_nothing(driver_for: An
         assert got == pieces
 
 
+async def test_configured_host_and_content_length_headers(driver_for: Any) -> None:
+    async with Server([head(content_length=str(len(COMPLETION))) + COMPLETION]) as server:
+        driver = driver_for(server.url)
+        driver.config.headers = {"Host": "gateway.example", "Content-Length": "1"}
+        assert (await driver.complete(ask())).text == "pong"
+    lines = server.requests[0].decode().lower().split(CRLF)
+    assert [line for line in lines if line.startswith("host:")] == ["host: gateway.example"]
+    assert len([line for line in lines if line.startswith("content-length:")]) == 1
+    body = server.requests[0].split(CRLF.encode() * 2, 1)[1]
+    assert f"content-length: {len(body)}" in lines
+
+
 async def test_a_header_with_a_line_break_is_refused_before_sending(driver_for: Any) -> None:
     async with Server([head(content_length="0")]) as server:
         driver = driver_for(server.url)

@@ -414,13 +414,18 @@ class H1Pool:
         scheme = url.scheme
         if scheme not in ("http", "https") or not url.raw_host:
             raise aiohttp.InvalidUrlClientError(url)
-        head = [f"POST {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n"]
+        head = [f"POST {url.raw_path_qs} HTTP/1.1\r\n", ""]
         given = set()
         for name, value in headers.items():
             if "\r" in name or "\n" in name or "\r" in value or "\n" in value or ":" in name:
                 raise ValueError("Newline or carriage return character detected in HTTP header")
+            lowered = name.lower()
+            if lowered == "content-length":
+                continue  # the body's own length is written below
             head.append(f"{name}: {value}\r\n")
-            given.add(name.lower())
+            given.add(lowered)
+        if "host" not in given:  # a configured Host header replaces the URL's, as with aiohttp
+            head[1] = f"Host: {url.host_port_subcomponent}\r\n"
         if "accept-encoding" not in given:
             head.append("Accept-Encoding: gzip, deflate\r\n")
         if "user-agent" not in given:
