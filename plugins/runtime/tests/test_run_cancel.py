@@ -97,3 +97,32 @@ async def test_a_stop_after_the_loop_ended_leaves_the_turn_alone(start_runtime: 
     result = await asyncio.wait_for(task, 5)
     assert result.response == "done already"
     assert [t["outcome"] for t in (await runtime.store.turns(agent_id))[1]] == ["ok"]
+
+
+async def test_a_cancellation_raised_inside_the_loop_is_a_cancelled_run(start_runtime: Any, spawn: Any,
+                                                                       fake_llm: Any) -> None:
+    """A CancelledError that does not come from cancelling the caller (here: a tool raising it)
+    ends the turn as a cancelled run (409), as it did when the loop ran in a task of its own."""
+    from librefang_runtime.api import Tool
+
+    from tests.fakes.llm_server import ToolCall
+
+    def bail(_data: Any, _ctx: Any) -> str:
+        raise asyncio.CancelledError
+
+    @hookimpl
+    def register_tools(register: Any) -> None:
+        register(Tool("bail", "Give up.", bail))
+
+    kernel, _ = await start_runtime(plugins={"bailer": SimpleNamespace(register_tools=register_tools)})
+    runtime = kernel.services["runtime"]
+    agent_id = await spawn(kernel, "bailing", 'name = "bailing"\n[model]\nprovider = "openai"\nmodel = "fake-model"\n'
+                                              '[capabilities]\ntools = ["bail"]\n')
+    fake_llm.script(Script(tool_calls=[ToolCall("bail", {}, id="b1")]))
+    turn = await runtime.prepare(agent_id, MessageRequest(message="try"))
+    assert "bail" in turn.allowed_tools
+    with pytest.raises(ApiError) as caught:
+        await runtime.run(turn)
+    assert caught.value.code == "run_cancelled"
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    assert runtime.running == {} and len(runtime.locks) == 0

@@ -375,8 +375,10 @@ class RuntimeService:
             try:
                 result = await loop.run(history, message)
             except asyncio.CancelledError:
-                if entry.stops and task.cancelling() <= entry.stops:
-                    entry.loop_ended()  # a stop: this caller goes on and answers 409
+                if task.cancelling() <= entry.stops:
+                    # A stop (or a cancellation from inside the loop, not of this task: as when the
+                    # loop had a task of its own): this caller goes on and answers 409.
+                    entry.loop_ended()
                     if loop.partial is not None:
                         await self._account(turn, loop.partial, started, pending, outcome="cancelled")
                     raise ApiError("the run was cancelled", status=409, code="run_cancelled") from None
