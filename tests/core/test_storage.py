@@ -4,6 +4,7 @@ and an upgrade from an older schema that keeps the rows."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 import textwrap
@@ -328,6 +329,64 @@ async def test_run_on_a_sqlite_file_commits_and_rolls_back_driver_writes_and_fai
     with sqlite3.connect(tmp_path / "raw.db") as plain:
         assert [r[0] for r in plain.execute("SELECT id FROM parent ORDER BY id")] == [1, 3, 10, 11]
         assert plain.execute("SELECT COUNT(*) FROM child").fetchone()[0] == 0
+
+
+def _eventfds() -> set[int]:
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventfd]":
+                found.add(int(name))
+        except OSError:  # closed meanwhile
+            pass
+    return found
+
+
+@pytest.mark.skipif(not hasattr(os, "eventfd") or not Path("/proc/self/fd").is_dir(), reason="Linux eventfd")
+async def test_run_results_reach_each_loop_through_its_eventfd_and_close_releases_them(tmp_path):
+    """Results are handed back through an eventfd per event loop: two loops (threads) share the writer
+    and each gets its own results; a loop that closed without detaching falls back cleanly; results in
+    flight while the loop detaches still arrive; close() leaves no descriptor behind."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'fd.db'}")
+    await db.open()
+    writer = db._writer
+    assert await db.run(lambda conn: 1) == 1
+    loop = asyncio.get_running_loop()
+    assert loop in writer.wakers
+
+    def other_loop() -> list[int]:
+        async def many() -> list[int]:
+            return list(await asyncio.gather(*(db.run(lambda conn, i=i: i) for i in range(50))))
+        return asyncio.run(many())  # this loop closes without detaching
+
+    here, there = await asyncio.gather(asyncio.gather(*(db.run(lambda conn, i=i: -i) for i in range(50))),
+                                       asyncio.to_thread(other_loop))
+    assert list(here) == [-i for i in range(50)] and there == list(range(50))
+    assert len(writer.wakers) == 2
+    ours = set(writer.wakers.values())
+    assert ours <= _eventfds()
+
+    # results posted while the loop detaches (reader removed mid-flight) still arrive
+    release = threading.Event()
+    slow = asyncio.ensure_future(db.run(lambda conn: release.wait(5)))
+    queued = [asyncio.ensure_future(db.run(lambda conn, i=i: i)) for i in range(30)]
+    await asyncio.sleep(0.02)
+    release.set()
+    writer.detach(loop)
+    assert await asyncio.wait_for(asyncio.gather(slow, *queued), 5) == [True, *range(30)]
+    assert loop not in writer.wakers
+    assert await db.run(lambda conn: 7) == 7  # attached again
+    # the race itself, step by step: a result posted (eventfd written), then the reader removed
+    # before the loop got to it: detach delivers it
+    posted = loop.create_future()
+    writer._post(loop, posted, "late", None)
+    writer.detach(loop)
+    assert await asyncio.wait_for(posted, 2) == "late"
+    assert await db.run(lambda conn: 8) == 8
+    ours |= set(writer.wakers.values())
+    await db.close()
+    assert writer.wakers == {}
+    assert not ours & _eventfds()  # every descriptor it made is closed
 
 
 def _checkpointed_rows(path: Path, tmp_path: Path) -> int:
