@@ -31,7 +31,8 @@ from librefang_providers.errors import (
     UnknownProvider,
     UpstreamError,
 )
-from librefang_providers.registry import EventStream, LLMRegistry
+from librefang_providers.eventstream import EventStream
+from librefang_providers.registry import LLMRegistry
 from librefang_providers.ssrf import AllowList, SsrfError, check_fetch_url
 from librefang_providers.types import (
     CONTENT_FILTERED,

@@ -125,12 +125,12 @@ class HTTPPool:
             return found
 
     def h1(self) -> Any:
-        """The lean HTTP/1.1 client of the completion calls (``h1.H1Pool``; made on first use, in the
+        """The lean HTTP/1.1 client of the completion calls (``h1pool.H1Pool``; made on first use, in the
         running loop; a call through a proxy goes over :meth:`session` instead)."""
         pool = self._h1
         if pool is not None and not pool.closed and pool.loop is asyncio.get_running_loop():
             return pool
-        from librefang_providers.drivers.h1 import H1Pool
+        from librefang_providers.drivers.h1pool import H1Pool
 
         if self._ssl is None:
             context = ssl_context()
