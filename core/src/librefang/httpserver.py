@@ -20,6 +20,11 @@ a ``Content-Length`` goes out in one socket write with the first part of its bod
 wrote them separately: two sends, two TCP segments on every response). A streamed response
 (chunked: SSE) still has its headers sent at once.
 
+Measured (the daemon's app, core only, a keep-alive client on the same loop, function calls per
+request with ``sys.setprofile``): ``GET /api/health`` 1187 → 858 and a JSON ``POST`` 1361 → 1003,
+with the changes of :mod:`librefang.quartapp`, :mod:`librefang.routing` and :mod:`librefang.jsonbody`;
+event-loop callbacks per no-tool agent turn 26.7 → 16.2.
+
 Everything else (h11's state machine and framing, HTTP/2 upgrade, the stream state machine,
 access logging, graceful shutdown) is Hypercorn's and h11's own code. The classes here subclass
 the versions they were written against; with any other Hypercorn :func:`serve_http` is

@@ -13,7 +13,9 @@ a task of its own (:class:`EdgeHTTPConnection`).
 
 Measured with ``bench/asgi_micro.py`` (function calls per request, steady on a loaded machine):
 ``GET /api/health`` 599 → 353 and a JSON ``POST`` with body and response models 869 → 450
-(the bare Quart app: 670), with the body and answer changes of :mod:`librefang.routing`.
+(the bare Quart app: 670), with the body and answer changes of :mod:`librefang.routing`; then
+353 → 317 and 450 → 398 with the one-message body, the direct null session and the JSON answer
+and content-type changes of :mod:`librefang.routing` and :mod:`librefang.jsonbody`.
 """
 
 from __future__ import annotations
