@@ -189,7 +189,8 @@ def test_remembered_header_checks_give_hypercorns_and_h11s_items(block):
     for _ in range(2):  # first checked, then remembered
         headers, sized = valid(block)
         assert headers._full_items == hypercorn_then_h11(block)._full_items
-        assert sized == any(name.lower() == b"content-length" for name, _ in block)
+        names = {bytes(name).lower() for name, _ in block}
+        assert sized == (b"content-length" in names and b"transfer-encoding" not in names)
 
 
 @pytest.mark.parametrize("block", BAD_BLOCKS)
@@ -221,6 +222,12 @@ async def raw_app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         await STREAM_GATE.wait()
         await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": False})
+        return
+    if path == "/both":  # both framing headers: h11 sends it chunked, so its headers go at once
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"7"), (b"transfer-encoding", b"chunked")]})
+        await STREAM_GATE.wait()
+        await send({"type": "http.response.body", "body": b"data: 2", "more_body": False})
         return
     if path == "/fail":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
@@ -281,6 +288,12 @@ async def test_sized_responses_go_out_in_one_write_and_streams_start_at_once(mon
         assert b"transfer-encoding: chunked" in head.lower()
         STREAM_GATE.set()
         assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
+        STREAM_GATE.clear()
+        writer.write(b"GET /both HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"transfer-encoding: chunked" in head.lower() and b"content-length" not in head.lower()
+        STREAM_GATE.set()
+        assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"7\r\ndata: 2\r\n0\r\n\r\n"
         # An app failing after its start: the header block still goes out, then the connection closes.
         writer.write(b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)

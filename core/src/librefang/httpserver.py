@@ -103,13 +103,14 @@ class ValidHeaders:
             self._names[name] = (item[0], item[1])
         return item
 
-    def __call__(self, headers: Any) -> tuple[Any, bool]:
+    def __call__(self, headers: list[Any]) -> tuple[Any, bool]:
         """The h11 ``Headers`` of ``headers`` (raises Hypercorn's ``ValueError`` or h11's
-        ``LocalProtocolError`` for a bad one), and whether they declare a Content-Length."""
+        ``LocalProtocolError`` for a bad one), and whether the body is sized: a Content-Length
+        and no Transfer-Encoding (which h11 would use instead)."""
         valid = self._valid
         items = []
         framing = 0
-        sized = False
+        sized = chunked = False
         for pair in headers:
             try:
                 item = valid.get(pair)
@@ -126,11 +127,14 @@ class ValidHeaders:
                     valid[pair] = item
             if item[1] in FRAMING:
                 framing += 1
-                sized = sized or item[1] == b"content-length"
+                if item[1] == b"content-length":
+                    sized = True
+                else:
+                    chunked = True
             items.append(item)
         if framing > 1:
-            return self._normalize(self._hypercorn(headers)), sized
-        return self._headers_class(items), sized
+            return self._normalize(self._hypercorn(headers)), sized and not chunked
+        return self._headers_class(items), sized and not chunked
 
 
 async def _run_app(app: Any, config: Any, scope: Any, receive: Any, send: Any) -> None:
