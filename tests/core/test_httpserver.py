@@ -229,6 +229,10 @@ async def raw_app(scope, receive, send):
         await STREAM_GATE.wait()
         await send({"type": "http.response.body", "body": b"data: 2", "more_body": False})
         return
+    if path == "/overlong":  # more body than its Content-Length: h11 refuses the body
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": False})
+        return
     if path == "/fail":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
         raise RuntimeError("the app fails after the start")
@@ -294,7 +298,16 @@ async def test_sized_responses_go_out_in_one_write_and_streams_start_at_once(mon
         assert b"transfer-encoding: chunked" in head.lower() and b"content-length" not in head.lower()
         STREAM_GATE.set()
         assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"7\r\ndata: 2\r\n0\r\n\r\n"
-        # An app failing after its start: the header block still goes out, then the connection closes.
+        # An app failing after its start, or sending more than it declared: the header block still
+        # goes out (as when Hypercorn sent it on its own), then the connection closes.
+        for path in ("/overlong", "/fail"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200") and b"content-length: " in head
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n")
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 200") and b"content-length: 10" in head

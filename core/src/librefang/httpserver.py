@@ -296,7 +296,11 @@ def _classes() -> tuple[type, type, type]:
             if held is not None:
                 self._held = None
                 if type(event) is Body:
-                    data = self._h11_bytes(h11.Data(data=event.data))
+                    try:
+                        data = self._h11_bytes(h11.Data(data=event.data))
+                    except BaseException:  # e.g. more body than declared: the header block still goes
+                        await self.send(RawData(data=held))
+                        raise
                     await self.send(RawData(data=held if data is None else held + data))
                     return
                 await self.send(RawData(data=held))
@@ -367,6 +371,11 @@ def _classes() -> tuple[type, type, type]:
                 pass
             finally:
                 await self._close()
+
+        async def _close(self) -> None:
+            # Disarmed first: a timer firing while the socket closes would spawn into a finished task group.
+            await self.idle_task.stop()
+            await super()._close()
 
         async def protocol_send(self, event: Any) -> None:
             if type(event) is RawData and not event.data:
