@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from librefang_providers.api import CompletionRequest, ConnectionFailed, Message, TextDelta, TimedOut
 from librefang_providers.drivers import h1
+from librefang_providers.drivers.h1pool import H1Pool
 from librefang_providers.drivers.openai import OpenAIDriver
 from librefang_providers.types import DriverConfig
 
@@ -211,11 +213,66 @@ async def test_when_a_connection_is_not_reused(driver_for: Any, monkeypatch: pyt
     head(content_length="3", content_encoding="br") + b"abc",
     (head(content_length="100") + b"cut short", True),
     (b"HTTP/1.1 200", True),
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nContent-Length: 3\r\n\r\nabc" + head(content_length="0"),
+    head(transfer_encoding="chunked", content_length="3") + b"3\r\nabc\r\n0\r\n\r\n",  # smuggling shape
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
 ])
 async def test_malformed_or_cut_answers_are_transport_errors(driver_for: Any, answer: Any) -> None:
     async with Server([answer]) as server:
         with pytest.raises(ConnectionFailed):
             await driver_for(server.url).complete(ask())
+
+
+async def test_a_response_head_as_parsed() -> None:
+    answer = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nX-Multi: a \t\r\nx-multi:b\r\n"
+              b"X-Name: caf\xc3\xa9\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"hello"))
+    async with Server([answer]) as server:
+        pool = H1Pool(4, None)
+        try:
+            response = await pool.request(server.url + "/x", b"{}", {}, aiohttp.ClientTimeout(total=5))
+            assert response.status == 201
+            assert response.headers.getall("x-multi") == ["a", "b"] and response.headers["x-name"] == "café"
+            assert b"".join([piece async for piece in response.content.iter_any()]) == b"hello"
+            assert "x-trailer" not in response.headers  # trailers are read past, not kept
+            response.release()
+            assert pool._idle  # kept alive
+        finally:
+            pool.close()
+
+
+async def test_bytes_after_the_response_keep_it_but_not_the_connection(driver_for: Any) -> None:
+    ok = head(content_length=str(len(COMPLETION))) + COMPLETION
+    async with Server([ok + b"HTTP/1.1 200 OK\r\n", ok + b"junk", ok]) as server:
+        driver = driver_for(server.url)
+        for expected_connections in (1, 2, 3):
+            assert (await driver.complete(ask())).text == "pong"
+            await asyncio.sleep(0.02)
+            assert server.connections == expected_connections
+
+
+@pytest.mark.parametrize("opening", [
+    head(content_length="10")[:-4] + b"\r\nx-long: ",  # a header line that never ends
+    head(transfer_encoding="chunked") + b"5;ext=",  # a chunk size line that never ends
+])
+async def test_a_line_dripped_past_the_limit_is_refused(driver_for: Any, monkeypatch: pytest.MonkeyPatch,
+                                                        opening: bytes) -> None:
+    # llhttp sets no size limit and a line split over many reads is gathered by httptools: the
+    # client counts the bytes of reads that end no line and gives up past MAX_HEADER_BYTES
+    monkeypatch.setattr(h1, "MAX_HEADER_BYTES", 1024)
+
+    async def drip(writer: asyncio.StreamWriter) -> None:
+        writer.write(opening)
+        for _ in range(60):
+            await writer.drain()
+            await asyncio.sleep(0.005)
+            writer.write(b"a" * 100)
+        await asyncio.sleep(5)
+
+    async with Server([drip]) as server:
+        with pytest.raises(ConnectionFailed, match="too long"):
+            await asyncio.wait_for(driver_for(server.url, stream_idle_timeout=3).complete(ask()), 3)
 
 
 async def test_a_silent_server_times_out_and_a_stall_mid_body_too(driver_for: Any) -> None:

@@ -4,8 +4,13 @@ Why: the completion call is on every agent turn, and aiohttp's request and respo
 most of its CPU (measured in-process against the fake provider, one streamed call: aiohttp 0.50 ms,
 this client 0.35 ms, a bare protocol writing the request and waiting for the last chunk 0.23 ms;
 each SSE chunk passes ~8 Python calls in aiohttp's stream reader). A call through a proxy still goes
-over aiohttp (``HTTPPool.session``). This module is one connection and its response parser; the pool
-of kept-alive connections is ``h1pool.py``.
+over aiohttp (``HTTPPool.session``). This module is one connection reading its responses; the pool
+of kept-alive connections is ``h1pool.py``. The response is parsed by llhttp, Node's HTTP parser, through
+``httptools`` (the binding uvicorn uses): status line, header fields, Content-Length / chunked /
+until-close framing, chunk sizes and trailers are its work, strictly (bare LF line ends, both
+Content-Length and Transfer-Encoding, a duplicate Content-Length are refused); this module adds what
+llhttp leaves to its user: size and count limits, 1xx answers skipped, the end of an until-close body
+at the end of the connection, content decoding, flow control and timeouts.
 
 What it does, as the aiohttp session did: one POST at a time per connection, kept alive and reused
 (idle ones dropped after ``KEEPALIVE_SECS``), at most ``max_connections`` open; no cookies, no
@@ -27,17 +32,15 @@ import zlib
 from typing import Any
 
 import aiohttp
+import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 KEEPALIVE_SECS = 30.0
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 128
+MAX_HEAD_BYTES = MAX_HEADER_BYTES * (MAX_HEADERS + 1)  # a response head, interim answers included
 HIGH_WATER = 256 * 1024  # buffered body bytes at which reading the socket pauses
 _HEAD, _BODY, _DONE = 1, 2, 3
-_LENGTH, _CHUNKED, _UNTIL_CLOSE = 1, 2, 3
-_SIZE, _DATA, _DATA_END, _TRAILER = 1, 2, 3, 4
-_NO_BODY_STATUS = (204, 304)
-_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 def _bad(message: str) -> aiohttp.ClientPayloadError:
@@ -55,19 +58,30 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.sending = False
         self.idle_since = 0.0
+        # the parser hands each piece of body straight to this list (its append is the callback)
+        self.pieces: list[bytes] = []
+        self.on_body = self.pieces.append
         self._reset()
 
     def _reset(self) -> None:
         self.phase = 0  # 0: no request; _HEAD, _BODY, _DONE
-        self.head = bytearray()  # the response head as it arrives
-        self.scanned = 0  # how far head was searched for its end already
-        self.buf = b""  # body bytes not parsed yet
+        # llhttp (through httptools) frames the response: status line, headers, Content-Length /
+        # chunked / until-close bodies, chunk sizes and trailers; a new parser for every response
+        self.parser = httptools.HttpResponseParser(self)
+        self.fields: list[tuple[bytes, bytes]] = []  # the header fields of the head being read
+        # llhttp sets no size limit and httptools gathers a header line split over reads by
+        # concatenation: bytes received in reads where the parser got no further (no header line, no
+        # body) are one line being dripped, bounded by MAX_HEADER_BYTES; the head by MAX_HEAD_BYTES
+        self.stalled = 0
+        self.head_bytes = 0
+        self.progress = False  # a header line, the end of a head or of the response in this read
+        self.complete = False  # the parser saw the end of the final response
+        self.interim = False  # the head being read is a 1xx answer
+        self.until_close = False  # the body ends when the connection does
+        self.error: aiohttp.ClientPayloadError | None = None  # raised by a parser callback
         self.status = 0
         self.headers: CIMultiDictProxy[str] | None = None
         self.reusable = False
-        self.framing = 0
-        self.remaining = 0
-        self.chunk_state = _SIZE
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.paused = False
@@ -93,7 +107,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         phase = self.phase
-        if phase == _BODY and self.framing == _UNTIL_CLOSE and self.exc is None:
+        # llhttp is never told about the end of the stream: a body framed by it is complete here
+        if phase == _BODY and self.until_close and self.exc is None:
             self._finish()
         elif phase in (_HEAD, _BODY) and self.exc is None:
             self.exc = (aiohttp.ServerDisconnectedError() if phase == _HEAD
@@ -107,146 +122,103 @@ class Connection(asyncio.Protocol):
             if self.phase == 0:
                 self.close()
             return
+        pieces = self.pieces
+        self.progress = False
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if not self.complete:
+                pieces.clear()
+                self.exc = self.error or _bad(str(exc))
+                self.close()
+                self._wake()
+                return
+            # bytes after the end of the response (or after its "Connection: close"): the response
+            # stands, the connection is not trusted again
+            self.reusable = False
         try:
             if self.phase == _HEAD:
-                self.head += data  # a bytearray: a head arriving in many small reads stays linear
-                if not self._parse_head():
-                    return
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD_BYTES:
+                    raise _bad("header block too long")
+            if pieces or self.progress:
+                self.stalled = 0
             else:
-                self.buf = self.buf + data if self.buf else data
-            self._parse_body()
+                self.stalled += len(data)
+                if self.stalled > MAX_HEADER_BYTES:
+                    raise _bad("header line too long" if self.phase == _HEAD else "chunk framing too long")
+            if pieces:
+                self._push(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+                pieces.clear()
         except aiohttp.ClientPayloadError as exc:
+            pieces.clear()
             self.exc = exc
             self.close()
+        else:
+            if self.complete:
+                self._finish()
         self._wake()
 
-    # -- parsing -----------------------------------------------------------------------------------
-    def _parse_head(self) -> bool:
-        """True once a final (non-1xx) status line and its headers are parsed."""
-        while True:
-            head = self.head
-            end = head.find(b"\r\n\r\n", self.scanned)
-            if end < 0:
-                if len(head) > MAX_HEADER_BYTES * (MAX_HEADERS + 1):
-                    raise _bad("header block too long")
-                self.scanned = max(0, len(head) - 3)
-                return False
-            lines = bytes(head[:end]).split(b"\r\n")
-            self.buf = bytes(head[end + 4:])
-            self.head = bytearray(self.buf)
-            self.scanned = 0
-            parts = lines[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 or not parts[1].isdigit():
-                raise _bad("bad status line")
-            status = int(parts[1])
-            if len(lines) - 1 > MAX_HEADERS:
-                raise _bad("too many headers")
-            headers: CIMultiDict[str] = CIMultiDict()
-            for line in lines[1:]:
-                if len(line) > MAX_HEADER_BYTES:
-                    raise _bad("header line too long")
-                name, sep, value = line.partition(b":")
-                if not sep or not name or name != name.strip():
-                    raise _bad("bad header line")
-                headers.add(name.decode("latin-1"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
-            if 100 <= status < 200:
-                continue  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-            self.status = status
-            self.headers = CIMultiDictProxy(headers)
-            connection = headers.get("connection", "").lower()
-            self.reusable = parts[0] == b"HTTP/1.1" and "close" not in connection
-            encoding = headers.get("content-encoding", "").strip().lower()
-            if encoding in ("gzip", "x-gzip"):
-                self.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            elif encoding == "deflate":
-                self.decoder = zlib.decompressobj()
-            elif encoding not in ("", "identity"):
-                raise _bad(f"content-encoding {encoding!r} was not asked for")
-            transfer = headers.get("transfer-encoding", "").lower()
-            if status in _NO_BODY_STATUS:
-                self.framing, self.remaining = _LENGTH, 0
-            elif "chunked" in transfer:
-                self.framing = _CHUNKED
-            elif "content-length" in headers:
-                length = headers["content-length"].strip()
-                if not length.isdigit():
-                    raise _bad("bad content-length")
-                self.framing, self.remaining = _LENGTH, int(length)
-            else:
-                self.framing, self.reusable = _UNTIL_CLOSE, False
-            self.phase = _BODY
-            self.head = bytearray()
-            return True
+    # -- parser callbacks (httptools) --------------------------------------------------------------
+    def _fail(self, message: str) -> aiohttp.ClientPayloadError:
+        self.error = _bad(message)
+        return self.error
 
-    def _parse_body(self) -> None:
-        framing = self.framing
-        buf = self.buf
-        if framing == _LENGTH:
-            if buf:
-                take = buf[:self.remaining]
-                self.remaining -= len(take)
-                self.buf = buf[len(take):]
-                if take:
-                    self._push(take)
-            if self.remaining == 0:
-                if self.buf:
-                    self.reusable = False  # more than the body: do not trust this connection again
-                self._finish()
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response after the one asked for: stop there
+            raise self._fail("more than one response")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_HEADER_BYTES:
+            raise self._fail("header line too long")
+        self.progress = True
+        if self.phase == _HEAD:  # fields after the body are trailers: read past, not kept
+            fields = self.fields
+            if len(fields) >= MAX_HEADERS:
+                raise self._fail("too many headers")
+            fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        fields, self.fields = self.fields, []
+        self.progress = True
+        if status < 200:
+            if status == 101:
+                raise self._fail("unexpected protocol switch")
+            for name, value in fields:  # an interim answer has no body (llhttp would read one)
+                if name.lower() == b"transfer-encoding" or (name.lower() == b"content-length" and value.strip() != b"0"):
+                    raise self._fail("interim answer with a body")
+            self.interim = True  # an interim answer (100 Continue, 103 Early Hints): the real one follows
             return
-        if framing == _UNTIL_CLOSE:
-            self.buf = b""
-            if buf:
-                self._push(buf)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in fields:
+            headers.add(name.decode("latin-1"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
+        self.status = status
+        self.headers = CIMultiDictProxy(headers)
+        self.reusable = parser.should_keep_alive()
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self.decoder = zlib.decompressobj()
+        elif encoding not in ("", "identity"):
+            raise self._fail(f"content-encoding {encoding!r} was not asked for")
+        # what llhttp does without a length: a transfer coding not ending in chunked, or neither
+        # header, is a body up to the end of the connection (204/304 have none and finish at once)
+        transfer = headers.get("transfer-encoding")
+        if transfer is not None:
+            self.until_close = transfer.rsplit(",", 1)[-1].strip().lower() != "chunked"
+        else:
+            self.until_close = "content-length" not in headers
+        self.phase = _BODY
+
+    def on_message_complete(self) -> None:
+        self.progress = True
+        if self.interim:
+            self.interim = False
             return
-        pos, size = 0, len(buf)
-        state = self.chunk_state
-        pieces: list[bytes] = []  # this read's chunk data, handed over in one piece
-        finished = False
-        while pos < size:
-            if state == _SIZE:
-                end = buf.find(b"\r\n", pos)
-                if end < 0:
-                    if size - pos > MAX_HEADER_BYTES:
-                        raise _bad("chunk size line too long")
-                    break
-                text = buf[pos:end].split(b";", 1)[0].strip()
-                if not text or len(text) > 16 or text.strip(_HEX_DIGITS):
-                    raise _bad("bad chunk size")
-                self.remaining = int(text, 16)
-                pos = end + 2
-                state = _DATA if self.remaining else _TRAILER
-            elif state == _DATA:
-                take = buf[pos:pos + self.remaining]
-                pos += len(take)
-                self.remaining -= len(take)
-                pieces.append(take)
-                if self.remaining == 0:
-                    state = _DATA_END
-            elif state == _DATA_END:
-                if size - pos < 2:
-                    break
-                if buf[pos:pos + 2] != b"\r\n":
-                    raise _bad("chunk not ended by CRLF")
-                pos += 2
-                state = _SIZE
-            else:  # trailer fields, up to an empty line
-                end = buf.find(b"\r\n", pos)
-                if end < 0:
-                    if size - pos > MAX_HEADER_BYTES:
-                        raise _bad("trailer line too long")
-                    break
-                finished = end == pos
-                pos = end + 2
-                if finished:
-                    break
-        self.chunk_state = state
-        self.buf = buf[pos:]
-        if pieces:
-            self._push(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-        if finished:
-            if self.buf:
-                self.reusable = False  # more than the body: do not trust this connection again
-            self._finish()
+        self.complete = True
 
     def _push(self, data: bytes) -> None:
         if self.decoder is not None:
