@@ -218,6 +218,8 @@ async def test_when_a_connection_is_not_reused(driver_for: Any, monkeypatch: pyt
     head(transfer_encoding="chunked", content_length="3") + b"3\r\nabc\r\n0\r\n\r\n",  # smuggling shape
     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
     b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+    # chunked by its last Transfer-Encoding field: cut short, it is not an until-close body
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", True),
 ])
 async def test_malformed_or_cut_answers_are_transport_errors(driver_for: Any, answer: Any) -> None:
     async with Server([answer]) as server:

@@ -206,9 +206,9 @@ class Connection(asyncio.Protocol):
             raise self._fail(f"content-encoding {encoding!r} was not asked for")
         # what llhttp does without a length: a transfer coding not ending in chunked, or neither
         # header, is a body up to the end of the connection (204/304 have none and finish at once)
-        transfer = headers.get("transfer-encoding")
-        if transfer is not None:
-            self.until_close = transfer.rsplit(",", 1)[-1].strip().lower() != "chunked"
+        transfer = headers.getall("transfer-encoding", None)
+        if transfer is not None:  # the last coding of the last field decides, as for llhttp
+            self.until_close = transfer[-1].rsplit(",", 1)[-1].strip().lower() != "chunked"
         else:
             self.until_close = "content-length" not in headers
         self.phase = _BODY
