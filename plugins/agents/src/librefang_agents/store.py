@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
@@ -150,6 +149,8 @@ def load_json(text: str) -> Any:
     double; text that may hold an integer beyond 64 bits, or that orjson refuses, is read by the
     stdlib."""
     if _LONG_NUMBER.search(text) is None:
+        import orjson  # on first use: not needed to start the daemon (tests/bench/test_startup_imports.py)
+
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -13,7 +13,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from librefang_providers.api import (
     Block,
     ImageBlock,
@@ -97,6 +96,8 @@ def encode_content(content: list[dict[str, Any]], flat: bool | None = None) -> s
     tested over every code point); anything else, and what orjson refuses (lone surrogates), gets
     the stdlib's output."""
     if flat if flat is not None else is_flat(content):
+        import orjson  # on first use: not needed to start the daemon (tests/bench/test_startup_imports.py)
+
         try:
             return orjson.dumps(content).decode()
         except TypeError:
