@@ -235,8 +235,12 @@ class AgentStore:
         """(Re)build the index from the table."""
 
         def read(conn: Any) -> tuple[list[Any], int | None]:
-            rows = conn.execute(sa.select(*LIST_COLUMNS)).all()
-            return rows, (_read_version(conn) if self.shared else None)
+            # The version first: on PostgreSQL (READ COMMITTED) each statement sees its own snapshot, so a
+            # spawn committing between the two reads would leave an index without its row under a version
+            # that counts it, and no later sync would reload. Read in this order, the version can only be
+            # older than the rows: the next sync reloads once more.
+            version = _read_version(conn) if self.shared else None
+            return conn.execute(sa.select(*LIST_COLUMNS)).all(), version
 
         rows, version = await self.db.run(read)
         self._writes += 1
