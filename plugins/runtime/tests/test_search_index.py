@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ from librefang_providers.api import Message
 from librefang_runtime.plugin import MIGRATIONS
 from librefang_runtime.search_index import SearchIndexer, index_pending
 from librefang_runtime.sessions import SessionStore
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated SQLite database of its own for the test, closed after it."""
+    opened = await open_db(tmp_path / "a.db")
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 async def open_db(path: Path, migrations: Path = MIGRATIONS) -> Database:
@@ -80,119 +91,99 @@ async def found(store: SessionStore, text: str) -> list[str]:
     return sorted(hit["snippet"] for hit in await store.search(text))
 
 
-async def test_a_turn_commit_leaves_indexing_to_a_later_step_and_search_sees_it_at_once(tmp_path: Path) -> None:
-    db = await open_db(tmp_path / "a.db")
-    try:
-        store = store_of(db)
-        await turn(store, "s1", "zebra crossing")
-        mark, newest, indexed = await state(db)
-        assert (mark, newest, indexed) == (0, 2, 0)  # committed, not indexed by the commit
-        assert await found(store, "zebra") == ["reply about zebra crossing", "zebra crossing"]
-        assert await state(db) == (2, 2, 2)  # search caught up first
-        await integrity(db)
-        await turn(store, "s1", "zebra again")
-        assert len(await found(store, "zebra")) == 4
-        await integrity(db)
-        await store.aclose()
-    finally:
-        await db.close()
+async def test_a_turn_commit_leaves_indexing_to_a_later_step_and_search_sees_it_at_once(db: Database) -> None:
+    store = store_of(db)
+    await turn(store, "s1", "zebra crossing")
+    mark, newest, indexed = await state(db)
+    assert (mark, newest, indexed) == (0, 2, 0)  # committed, not indexed by the commit
+    assert await found(store, "zebra") == ["reply about zebra crossing", "zebra crossing"]
+    assert await state(db) == (2, 2, 2)  # search caught up first
+    await integrity(db)
+    await turn(store, "s1", "zebra again")
+    assert len(await found(store, "zebra")) == 4
+    await integrity(db)
+    await store.aclose()
 
 
-async def test_the_timed_step_indexes_in_batches_without_a_search(tmp_path: Path) -> None:
-    db = await open_db(tmp_path / "a.db")
-    try:
-        store = SessionStore(db)
-        store.indexer.delay, store.indexer.batch = 0.01, 3
-        for i in range(4):
-            await turn(store, "s1", f"word{i} common")
-        assert (await state(db))[0] < 8
-        for _ in range(200):
-            if (await state(db))[0] == 8:
-                break
-            await asyncio.sleep(0.01)
-        assert await state(db) == (8, 8, 8)  # 3 transactions of at most 3 messages
-        await integrity(db)
-        await turn(store, "s1", "late")  # written while idle: the timer is armed again
-        for _ in range(200):
-            if (await state(db))[0] == 10:
-                break
-            await asyncio.sleep(0.01)
-        assert await state(db) == (10, 10, 10)
-        await store.aclose()
-        await turn(store, "s1", "after close")  # no step is armed after close; search still catches up
-        assert (await state(db))[0] == 10
-        assert await found(store, "close") == ["after close", "reply about after close"]
-    finally:
-        await db.close()
+async def test_the_timed_step_indexes_in_batches_without_a_search(db: Database) -> None:
+    store = SessionStore(db)
+    store.indexer.delay, store.indexer.batch = 0.01, 3
+    for i in range(4):
+        await turn(store, "s1", f"word{i} common")
+    assert (await state(db))[0] < 8
+    for _ in range(200):
+        if (await state(db))[0] == 8:
+            break
+        await asyncio.sleep(0.01)
+    assert await state(db) == (8, 8, 8)  # 3 transactions of at most 3 messages
+    await integrity(db)
+    await turn(store, "s1", "late")  # written while idle: the timer is armed again
+    for _ in range(200):
+        if (await state(db))[0] == 10:
+            break
+        await asyncio.sleep(0.01)
+    assert await state(db) == (10, 10, 10)
+    await store.aclose()
+    await turn(store, "s1", "after close")  # no step is armed after close; search still catches up
+    assert (await state(db))[0] == 10
+    assert await found(store, "close") == ["after close", "reply about after close"]
 
 
 @pytest.mark.parametrize("indexed_first", [True, False])
-async def test_clear_trim_delete_and_compaction_keep_the_index_exact(tmp_path: Path, indexed_first: bool) -> None:
-    db = await open_db(tmp_path / "a.db")
-    try:
-        store = store_of(db, max_messages=6)
-        for i in range(3):
-            await turn(store, "keep", f"apple{i} kept")
-            await turn(store, "gone", f"apple{i} deleted")
-            await turn(store, "clear", f"apple{i} cleared")
-        if indexed_first:
-            await store.indexer.catch_up()
-        # a mix: the next rows are above the mark whichever way the first ones went
-        await turn(store, "keep", "apple3 kept")  # trims the oldest two of "keep" (6 messages kept)
-        await turn(store, "clear", "apple3 cleared")
-        await integrity(db)
-        await store.clear("clear")
-        await store.delete(["gone"])
-        await integrity(db)
-        assert await found(store, "apple1") == ["apple1 kept", "reply about apple1 kept"]
-        assert await found(store, "apple0") == []  # trimmed
-        # compaction: the summary takes the first removed message's id (at or below the mark here)
-        await store.compact_prefix("keep", 2, Message("user", "summary of banana talk"), "banana talk")
-        await integrity(db)
-        assert await found(store, "banana") == ["summary of banana talk"]
-        assert await found(store, "apple1") == []
-        mark, newest, indexed = await state(db)
-        assert mark == newest and indexed == 5  # summary + the last two turns of "keep"
-    finally:
-        await db.close()
-
-
-async def test_a_reused_id_at_or_below_the_mark_is_indexed_by_its_insert(tmp_path: Path) -> None:
-    db = await open_db(tmp_path / "a.db")
-    try:
-        store = store_of(db)
-        await turn(store, "old", "cherry old")
-        await turn(store, "new", "cherry new")
+async def test_clear_trim_delete_and_compaction_keep_the_index_exact(db: Database, indexed_first: bool) -> None:
+    store = store_of(db, max_messages=6)
+    for i in range(3):
+        await turn(store, "keep", f"apple{i} kept")
+        await turn(store, "gone", f"apple{i} deleted")
+        await turn(store, "clear", f"apple{i} cleared")
+    if indexed_first:
         await store.indexer.catch_up()
-        await store.delete(["new"])  # the newest ids go: SQLite hands them out again
-        await turn(store, "again", "cherry again")
-        mark, newest, indexed = await state(db)
-        assert (mark, newest, indexed) == (4, 4, 4)  # ids 3 and 4 again, indexed as they were inserted
-        await integrity(db)
-        assert await found(store, "cherry") == ["cherry again", "cherry old", "reply about cherry again",
-                                                "reply about cherry old"]
-    finally:
-        await db.close()
+    # a mix: the next rows are above the mark whichever way the first ones went
+    await turn(store, "keep", "apple3 kept")  # trims the oldest two of "keep" (6 messages kept)
+    await turn(store, "clear", "apple3 cleared")
+    await integrity(db)
+    await store.clear("clear")
+    await store.delete(["gone"])
+    await integrity(db)
+    assert await found(store, "apple1") == ["apple1 kept", "reply about apple1 kept"]
+    assert await found(store, "apple0") == []  # trimmed
+    # compaction: the summary takes the first removed message's id (at or below the mark here)
+    await store.compact_prefix("keep", 2, Message("user", "summary of banana talk"), "banana talk")
+    await integrity(db)
+    assert await found(store, "banana") == ["summary of banana talk"]
+    assert await found(store, "apple1") == []
+    mark, newest, indexed = await state(db)
+    assert mark == newest and indexed == 5  # summary + the last two turns of "keep"
 
 
-async def test_a_failed_index_step_changes_nothing_and_the_next_one_catches_up(tmp_path: Path) -> None:
-    db = await open_db(tmp_path / "a.db")
-    try:
-        store = store_of(db)
-        await turn(store, "s1", "grape")
+async def test_a_reused_id_at_or_below_the_mark_is_indexed_by_its_insert(db: Database) -> None:
+    store = store_of(db)
+    await turn(store, "old", "cherry old")
+    await turn(store, "new", "cherry new")
+    await store.indexer.catch_up()
+    await store.delete(["new"])  # the newest ids go: SQLite hands them out again
+    await turn(store, "again", "cherry again")
+    mark, newest, indexed = await state(db)
+    assert (mark, newest, indexed) == (4, 4, 4)  # ids 3 and 4 again, indexed as they were inserted
+    await integrity(db)
+    assert await found(store, "cherry") == ["cherry again", "cherry old", "reply about cherry again",
+                                            "reply about cherry old"]
 
-        def index_then_fail(conn: Any) -> None:
-            index_pending(conn)
-            raise RuntimeError("crash inside the index step")
 
-        with pytest.raises(RuntimeError):
-            await db.run(index_then_fail)
-        assert await state(db) == (0, 2, 0)  # rolled back together: the mark and the index
-        await integrity(db)
-        assert await found(store, "grape") == ["grape", "reply about grape"]
-        await integrity(db)
-    finally:
-        await db.close()
+async def test_a_failed_index_step_changes_nothing_and_the_next_one_catches_up(db: Database) -> None:
+    store = store_of(db)
+    await turn(store, "s1", "grape")
+
+    def index_then_fail(conn: Any) -> None:
+        index_pending(conn)
+        raise RuntimeError("crash inside the index step")
+
+    with pytest.raises(RuntimeError):
+        await db.run(index_then_fail)
+    assert await state(db) == (0, 2, 0)  # rolled back together: the mark and the index
+    await integrity(db)
+    assert await found(store, "grape") == ["grape", "reply about grape"]
+    await integrity(db)
 
 
 async def test_pending_messages_survive_a_restart_and_a_crash_after_the_commit(tmp_path: Path) -> None:
@@ -259,17 +250,13 @@ async def test_upgrade_from_the_indexing_trigger_keeps_what_it_indexed(tmp_path:
         await db.close()
 
 
-async def test_a_lost_state_row_rebuilds_the_index(tmp_path: Path) -> None:
-    db = await open_db(tmp_path / "a.db")
-    try:
-        store = store_of(db)
-        await turn(store, "s1", "plum")
-        await db.run(lambda conn: conn.execute(sa.text("DELETE FROM runtime_search_state")))
-        assert await found(store, "plum") == ["plum", "reply about plum"]
-        assert await state(db) == (2, 2, 2)
-        await integrity(db)
-    finally:
-        await db.close()
+async def test_a_lost_state_row_rebuilds_the_index(db: Database) -> None:
+    store = store_of(db)
+    await turn(store, "s1", "plum")
+    await db.run(lambda conn: conn.execute(sa.text("DELETE FROM runtime_search_state")))
+    assert await found(store, "plum") == ["plum", "reply about plum"]
+    assert await state(db) == (2, 2, 2)
+    await integrity(db)
 
 
 async def test_nothing_to_do_on_other_databases() -> None:
