@@ -35,8 +35,9 @@ import aiohttp
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-KEEPALIVE_SECS = 30.0
-MAX_HEADER_BYTES = 64 * 1024
+# The same keep-alive expiry and header-line bound as the aiohttp session used for proxied calls.
+from librefang_providers.drivers.transport import KEEPALIVE_SECS, MAX_HEADER_BYTES
+
 MAX_HEADERS = 128
 MAX_HEAD_BYTES = MAX_HEADER_BYTES * (MAX_HEADERS + 1)  # a response head, interim answers included
 HIGH_WATER = 256 * 1024  # buffered body bytes at which reading the socket pauses
